@@ -1,0 +1,458 @@
+"""Starting container processes inside the guest: what happens between fork and exec.
+
+Owns: the two-step fork that gives a container its namespaces (the first child unshares,
+the second becomes the container's PID 1), the root filesystem switch, the spec's mounts,
+hostname, rlimits, user and the start gate that holds ``create``'s process until ``start``.
+
+The parent learns the outcome through a ``sync`` pipe: the child writes ``{"ok": true}``
+when it is ready (blocked on the start gate) or ``{"error": ..., "pointer": ...}`` naming the
+config.json field that failed; a failed exec after the gate is reported the same way.
+
+The guest's root is the initramfs, which pivot_root(2) cannot leave, so the rootfs is moved
+over "/" with MS_MOVE and entered with chroot (runc's --no-pivot path). The VM is the
+isolation boundary; see docs/ARCHITECTURE.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import sys
+from dataclasses import dataclass, field
+
+from agent import linux
+
+DEFAULT_DEVICES = (
+    # name, type, major, minor, mode
+    ("null", stat.S_IFCHR, 1, 3, 0o666),
+    ("zero", stat.S_IFCHR, 1, 5, 0o666),
+    ("full", stat.S_IFCHR, 1, 7, 0o666),
+    ("random", stat.S_IFCHR, 1, 8, 0o666),
+    ("urandom", stat.S_IFCHR, 1, 9, 0o666),
+    ("tty", stat.S_IFCHR, 5, 0, 0o666),
+)
+DEV_SYMLINKS = (
+    ("/proc/self/fd", "fd"),
+    ("/proc/self/fd/0", "stdin"),
+    ("/proc/self/fd/1", "stdout"),
+    ("/proc/self/fd/2", "stderr"),
+    ("pts/ptmx", "ptmx"),
+)
+RLIMITS = {
+    "RLIMIT_CPU": 0,
+    "RLIMIT_FSIZE": 1,
+    "RLIMIT_DATA": 2,
+    "RLIMIT_STACK": 3,
+    "RLIMIT_CORE": 4,
+    "RLIMIT_RSS": 5,
+    "RLIMIT_NPROC": 6,
+    "RLIMIT_NOFILE": 7,
+    "RLIMIT_MEMLOCK": 8,
+    "RLIMIT_AS": 9,
+    "RLIMIT_LOCKS": 10,
+    "RLIMIT_SIGPENDING": 11,
+    "RLIMIT_MSGQUEUE": 12,
+    "RLIMIT_NICE": 13,
+    "RLIMIT_RTPRIO": 14,
+    "RLIMIT_RTTIME": 15,
+}
+
+
+class SetupError(Exception):
+    """A step of container setup failed; ``pointer`` names the config.json field."""
+
+    def __init__(self, message: str, pointer: str = "") -> None:
+        super().__init__(message)
+        self.pointer = pointer
+
+
+@dataclass
+class Stdio:
+    """The container side of a process's stdio: three fds, or a pty slave."""
+
+    stdin: int = -1
+    stdout: int = -1
+    stderr: int = -1
+    pty_slave: int = -1
+
+
+@dataclass
+class Launch:
+    """Everything the child needs; built by the agent before fork."""
+
+    process: dict
+    spec: dict = field(default_factory=dict)
+    rootfs: str = ""
+    join_pid: int = 0  # exec: enter the namespaces of this container init
+    stdio: Stdio = field(default_factory=Stdio)
+    cgroup_procs: str = ""  # the container cgroup's cgroup.procs, joined before unshare
+
+
+def spawn(launch: Launch, gate: bool) -> tuple[int, int, int]:
+    """Fork the process; return (pid, sync_read_fd, start_write_fd or -1).
+
+    The caller reads the sync fd (:func:`read_sync`) to learn whether setup worked.
+    """
+    info_r, info_w = os.pipe()
+    sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
+    start_r, start_w = os.pipe2(os.O_CLOEXEC) if gate else (-1, -1)
+    first = os.fork()
+    if first == 0:
+        _first_child(launch, info_w, sync_w, start_r)
+    os.close(info_w)
+    os.close(sync_w)
+    if start_r >= 0:
+        os.close(start_r)
+    try:
+        raw = _read_all(info_r)
+    finally:
+        os.close(info_r)
+        _, status = os.waitpid(first, 0)
+    try:
+        pid = int(raw)
+    except ValueError:
+        os.close(sync_r)
+        if start_w >= 0:
+            os.close(start_w)
+        raise SetupError(
+            f"container setup failed before its process existed: {raw.decode(errors='replace')}"
+        ) from None
+    return pid, sync_r, start_w
+
+
+def read_sync(fd: int) -> dict:
+    """Read one JSON status line from a sync pipe; EOF with no data means exec happened."""
+    raw = b""
+    while not raw.endswith(b"\n"):
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        raw += chunk
+    if not raw:
+        return {"exec": True}
+    return json.loads(raw)
+
+
+def _read_all(fd: int) -> bytes:
+    out = b""
+    while True:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return out
+        out += chunk
+
+
+def _report(fd: int, obj: dict) -> None:
+    os.write(fd, json.dumps(obj).encode() + b"\n")
+
+
+def _first_child(launch: Launch, info_w: int, sync_w: int, start_r: int) -> None:
+    """Unshare (or join) namespaces, then fork the process that becomes the container."""
+    try:
+        os.setsid()
+        if launch.join_pid:
+            _join_namespaces(launch.join_pid)
+        else:
+            if launch.cgroup_procs:
+                with open(launch.cgroup_procs, "w") as f:
+                    f.write("0")
+            _unshare_namespaces(launch.spec)
+        pid = os.fork()
+        if pid == 0:
+            os.close(info_w)
+            _second_child(launch, sync_w, start_r)
+        os.write(info_w, str(pid).encode())
+        os._exit(0)
+    except BaseException as exc:  # noqa: BLE001 - the child reports everything and exits
+        try:
+            os.write(info_w, f"{exc}".encode())
+        finally:
+            os._exit(1)
+
+
+def _unshare_namespaces(spec: dict) -> None:
+    flags = 0
+    for i, ns in enumerate(spec.get("linux", {}).get("namespaces", [])):
+        kind = ns.get("type", "")
+        if kind == "user":
+            continue  # user namespaces need the parent to write the maps: see issue 4
+        if kind not in linux.NAMESPACE_FLAGS:
+            raise SetupError(f"unknown namespace type {kind!r}", f"/linux/namespaces/{i}/type")
+        if ns.get("path"):
+            try:
+                fd = os.open(ns["path"], os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise SetupError(
+                    f"cannot open namespace {ns['path']}: {exc.strerror}",
+                    f"/linux/namespaces/{i}/path",
+                ) from exc
+            try:
+                linux.setns(fd, linux.NAMESPACE_FLAGS[kind])
+            finally:
+                os.close(fd)
+        else:
+            flags |= linux.NAMESPACE_FLAGS[kind]
+    if flags:
+        linux.unshare(flags)
+
+
+def _join_namespaces(pid: int) -> None:
+    """Enter every namespace of ``pid`` that differs from ours (mount last: it changes root)."""
+    order = ("cgroup", "ipc", "uts", "network", "pid", "time", "mount")
+    fds = []
+    for kind in order:
+        name = linux.NAMESPACE_FILES[kind]
+        path = f"/proc/{pid}/ns/{name}"
+        try:
+            if os.readlink(path) == os.readlink(f"/proc/self/ns/{name}"):
+                continue
+            fds.append((os.open(path, os.O_RDONLY | os.O_CLOEXEC), linux.NAMESPACE_FLAGS[kind]))
+        except FileNotFoundError:
+            continue
+    for fd, flag in fds:
+        linux.setns(fd, flag)
+        os.close(fd)
+
+
+def _second_child(launch: Launch, sync_w: int, start_r: int) -> None:
+    try:
+        for sig in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        _setup_stdio(launch.stdio)
+        if not launch.join_pid:
+            _setup_rootfs(launch.spec, launch.rootfs)
+            _setup_uts(launch.spec)
+        proc = launch.process
+        _setup_process(proc)
+        if start_r >= 0:
+            _report(sync_w, {"ok": True})
+            if os.read(start_r, 1) != b"S":
+                os._exit(1)  # the agent went away or destroyed us before start
+            os.close(start_r)
+        args = proc.get("args") or []
+        env = dict(e.split("=", 1) for e in proc.get("env", []) if "=" in e)
+        try:
+            os.execvpe(args[0], args, env)
+        except OSError as exc:
+            raise SetupError(
+                f"cannot execute {args[0]!r}: {exc.strerror}", "/process/args/0"
+            ) from exc
+    except SetupError as exc:
+        _report(sync_w, {"error": str(exc), "pointer": exc.pointer})
+    except BaseException as exc:  # noqa: BLE001 - the child reports everything and exits
+        _report(sync_w, {"error": f"{type(exc).__name__}: {exc}", "pointer": ""})
+    os._exit(127)
+
+
+def _setup_stdio(stdio: Stdio) -> None:
+    if stdio.pty_slave >= 0:
+        os.setsid()
+        import fcntl
+        import termios
+
+        fcntl.ioctl(stdio.pty_slave, termios.TIOCSCTTY, 0)
+        for fd in (0, 1, 2):
+            os.dup2(stdio.pty_slave, fd)
+        if stdio.pty_slave > 2:
+            os.close(stdio.pty_slave)
+        return
+    for src, dst in ((stdio.stdin, 0), (stdio.stdout, 1), (stdio.stderr, 2)):
+        if src >= 0:
+            os.dup2(src, dst)
+    for src in {stdio.stdin, stdio.stdout, stdio.stderr}:
+        if src > 2:
+            os.close(src)
+
+
+def _inside(rootfs: str, dest: str) -> str:
+    """The host-side path of ``dest`` inside rootfs; symlinks may not lead out of it."""
+    parts = [p for p in dest.split("/") if p and p != "."]
+    cur = rootfs
+    for depth, part in enumerate(parts):
+        if part == "..":
+            cur = os.path.dirname(cur) if cur != rootfs else rootfs
+            continue
+        nxt = os.path.join(cur, part)
+        hops = 0
+        while os.path.islink(nxt) and hops < 40:
+            target = os.readlink(nxt)
+            hops += 1
+            if target.startswith("/"):
+                nxt = _inside(rootfs, target)
+            else:
+                nxt = _inside(rootfs, os.path.relpath(os.path.join(cur, target), rootfs))
+        cur = nxt
+        del depth
+    return cur
+
+
+def _mkdirs(path: str) -> None:
+    os.makedirs(path, exist_ok=True)
+
+
+def _setup_rootfs(spec: dict, rootfs: str) -> None:
+    linux_cfg = spec.get("linux", {})
+    propagation = linux.PROPAGATION_FLAGS.get(
+        linux_cfg.get("rootfsPropagation", "") or "rslave", linux.MS_SLAVE | linux.MS_REC
+    )
+    linux.mount(None, "/", None, propagation)
+    linux.mount(rootfs, rootfs, None, linux.MS_BIND | linux.MS_REC)
+    for i, m in enumerate(spec.get("mounts", [])):
+        _do_mount(rootfs, m, f"/mounts/{i}")
+    _setup_dev(rootfs, spec)
+    for i, path in enumerate(linux_cfg.get("maskedPaths", [])):
+        _mask(_inside(rootfs, path), f"/linux/maskedPaths/{i}")
+    for i, path in enumerate(linux_cfg.get("readonlyPaths", [])):
+        _readonly(_inside(rootfs, path), f"/linux/readonlyPaths/{i}")
+    os.chdir(rootfs)
+    linux.mount(rootfs, "/", None, linux.MS_MOVE)
+    os.chroot(".")
+    os.chdir("/")
+    if spec.get("root", {}).get("readonly"):
+        linux.mount(
+            None, "/", None, linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY | linux.MS_REC
+        )
+
+
+def _do_mount(rootfs: str, m: dict, pointer: str) -> None:
+    dest = m.get("destination", "")
+    if not dest.startswith("/"):
+        dest = "/" + dest
+    target = _inside(rootfs, dest)
+    mtype = m.get("type") or ""
+    source = m.get("source") or mtype or "none"
+    options = m.get("options") or []
+    flags, propagation, data = linux.parse_mount_options(options)
+    is_bind = bool(flags & linux.MS_BIND) or mtype == "bind"
+    if is_bind:
+        flags |= linux.MS_BIND
+        if not os.path.exists(source):
+            raise SetupError(
+                f"bind mount source {m.get('source')!r} does not exist in the guest share",
+                pointer + "/source",
+            )
+        if os.path.isdir(source):
+            _mkdirs(target)
+        else:
+            _mkdirs(os.path.dirname(target))
+            if not os.path.exists(target):
+                open(target, "a").close()
+    else:
+        _mkdirs(target)
+    if mtype == "cgroup":
+        mtype, source = "cgroup2", "cgroup2"
+    try:
+        if is_bind:
+            linux.mount(source, target, None, flags & (linux.MS_BIND | linux.MS_REC))
+            if flags & ~(linux.MS_BIND | linux.MS_REC):
+                linux.mount(None, target, None, flags | linux.MS_REMOUNT | linux.MS_BIND)
+        else:
+            linux.mount(source, target, mtype, flags, ",".join(data))
+        if propagation:
+            linux.mount(None, target, None, propagation)
+    except OSError as exc:
+        raise SetupError(
+            f"cannot mount {mtype or 'bind'} {m.get('source', '')!r} on {dest}: {exc.strerror}",
+            pointer,
+        ) from exc
+
+
+def _setup_dev(rootfs: str, spec: dict) -> None:
+    """Default devices and /dev symlinks when /dev is a fresh tmpfs from the mounts."""
+    dev = _inside(rootfs, "/dev")
+    if not any(m.get("destination") == "/dev" for m in spec.get("mounts", [])):
+        return
+    for name, kind, major, minor, mode in DEFAULT_DEVICES:
+        path = os.path.join(dev, name)
+        if not os.path.exists(path):
+            os.mknod(path, kind | mode, os.makedev(major, minor))
+            os.chmod(path, mode)
+    for i, d in enumerate(spec.get("linux", {}).get("devices", [])):
+        path = _inside(rootfs, d["path"])
+        kind = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}.get(
+            d.get("type", ""), 0
+        )
+        if not kind:
+            raise SetupError(f"unknown device type {d.get('type')!r}", f"/linux/devices/{i}/type")
+        _mkdirs(os.path.dirname(path))
+        if not os.path.exists(path):
+            mode = d.get("fileMode", 0o666)
+            os.mknod(path, kind | mode, os.makedev(d.get("major", 0), d.get("minor", 0)))
+            os.chown(path, d.get("uid", 0), d.get("gid", 0))
+    for target, name in DEV_SYMLINKS:
+        path = os.path.join(dev, name)
+        if not os.path.lexists(path):
+            os.symlink(target, path)
+
+
+def _mask(path: str, pointer: str) -> None:
+    if not os.path.lexists(path):
+        return
+    try:
+        if os.path.isdir(path):
+            linux.mount("tmpfs", path, "tmpfs", linux.MS_RDONLY, "size=0")
+        else:
+            linux.mount("/dev/null", path, None, linux.MS_BIND)
+    except OSError as exc:
+        raise SetupError(f"cannot mask {path}: {exc.strerror}", pointer) from exc
+
+
+def _readonly(path: str, pointer: str) -> None:
+    if not os.path.lexists(path):
+        return
+    try:
+        linux.mount(path, path, None, linux.MS_BIND | linux.MS_REC)
+        linux.mount(
+            None, path, None, linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY | linux.MS_REC
+        )
+    except OSError as exc:
+        raise SetupError(f"cannot make {path} read-only: {exc.strerror}", pointer) from exc
+
+
+def _setup_uts(spec: dict) -> None:
+    if spec.get("hostname"):
+        linux.sethostname(spec["hostname"])
+    if spec.get("domainname"):
+        linux.setdomainname(spec["domainname"])
+    for i, (key, value) in enumerate(sorted(spec.get("linux", {}).get("sysctl", {}).items())):
+        try:
+            with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
+                f.write(str(value))
+        except OSError as exc:
+            raise SetupError(f"cannot set sysctl {key}={value}: {exc.strerror}", "/linux/sysctl")
+        del i
+
+
+def _setup_process(proc: dict) -> None:
+    import resource
+
+    for i, rl in enumerate(proc.get("rlimits", [])):
+        num = RLIMITS.get(rl.get("type", ""))
+        if num is None:
+            raise SetupError(f"unknown rlimit {rl.get('type')!r}", f"/process/rlimits/{i}/type")
+        try:
+            resource.setrlimit(num, (rl.get("soft", 0), rl.get("hard", 0)))
+        except (ValueError, OSError) as exc:
+            raise SetupError(f"cannot set {rl['type']}: {exc}", f"/process/rlimits/{i}") from exc
+    if "oomScoreAdj" in proc:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(proc["oomScoreAdj"]))
+    user = proc.get("user", {})
+    os.umask(user.get("umask", 0o022))
+    try:
+        os.setgroups(user.get("additionalGids", []))
+        os.setgid(user.get("gid", 0))
+        os.setuid(user.get("uid", 0))
+    except OSError as exc:
+        raise SetupError(f"cannot switch to user {user}: {exc.strerror}", "/process/user") from exc
+    if proc.get("noNewPrivileges"):
+        linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+    cwd = proc.get("cwd") or "/"
+    try:
+        os.chdir(cwd)
+    except OSError as exc:
+        raise SetupError(f"cannot enter cwd {cwd!r}: {exc.strerror}", "/process/cwd") from exc
+    sys.stdout.flush()

@@ -1,0 +1,591 @@
+"""The guest agent: PID 1 of the hyperpy guest.
+
+Owns, inside the guest: the early mounts (proc, sys, dev, devpts, shm, cgroup2, the 9p
+share), the one channel to the host (a named virtio-serial port, or vsock when the kernel
+command line names a port), the containers and their processes, their stdio, reaping every
+zombie, and powering the guest off.
+
+One thread and one ``selectors`` loop: the channel, every process's stdout/stderr (or pty
+master), stdin writes with their own buffers, and a wakeup pipe for SIGCHLD. Requests are
+handled in arrival order; a request that fails gets an error reply, a frame that cannot be
+read gets a ``ProtocolError`` reply, and the loop goes on.
+
+Kernel command line keys read here::
+
+    hyperpy.channel=serial:<port name> | vsock:<port>
+    hyperpy.share=<9p mount tag>        (default: hyperpy)
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import selectors
+import signal
+import time
+
+from agent import linux
+from agent import protocol as P
+from agent.container import Launch, SetupError, Stdio, read_sync, spawn
+
+SHARE_DIR = "/run/hyperpy/shared"
+OUTBUF_HIGH = 4 << 20
+
+
+def now_ms() -> float:
+    return time.clock_gettime(time.CLOCK_BOOTTIME) * 1000.0
+
+
+class Process:
+    """A container process as the agent tracks it."""
+
+    def __init__(self, proc: int, cid: str, pid: int) -> None:
+        self.proc = proc
+        self.cid = cid
+        self.pid = pid
+        self.stdin_fd = -1
+        self.stdin_buf = bytearray()
+        self.stdin_eof = False
+        self.outputs: dict[int, int] = {}  # fd -> stream id
+        self.master = -1
+        self.start_w = -1
+        self.sync_r = -1
+        self.status: int | None = None
+
+
+class Container:
+    def __init__(self, cid: str, init: Process) -> None:
+        self.cid = cid
+        self.init = init
+        self.procs: dict[int, Process] = {init.proc: init}
+
+
+class Agent:
+    def __init__(self, chan_fd: int, t_init: float) -> None:
+        self.chan = chan_fd
+        self.t_init = t_init
+        self.sel = selectors.DefaultSelector()
+        self.decoder = P.Decoder()
+        self.outbuf = bytearray()
+        self.containers: dict[str, Container] = {}
+        self.procs: dict[int, Process] = {}
+        self.by_pid: dict[int, Process] = {}
+        self.next_proc = 1
+        self.paused_outputs = False
+        self.shutting_down = False
+        os.set_blocking(chan_fd, False)
+        self.sel.register(chan_fd, selectors.EVENT_READ, self._on_channel)
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        self.sel.register(self.wake_r, selectors.EVENT_READ, self._on_wakeup)
+
+    # --- channel ------------------------------------------------------------------------
+    def send(self, frame: bytes) -> None:
+        was_empty = not self.outbuf
+        self.outbuf += frame
+        if was_empty:
+            self._flush()
+        if self.outbuf and was_empty:
+            self.sel.modify(self.chan, selectors.EVENT_READ | selectors.EVENT_WRITE, self._on_channel)
+        if len(self.outbuf) > OUTBUF_HIGH and not self.paused_outputs:
+            self._pause_outputs(True)
+
+    def send_msg(self, msg: dict) -> None:
+        self.send(P.encode_msg(msg))
+
+    def _flush(self) -> None:
+        while self.outbuf:
+            try:
+                n = os.write(self.chan, self.outbuf[: P.CHUNK * 4])
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EINTR):
+                    return
+                raise
+            del self.outbuf[:n]
+
+    def _on_channel(self, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE:
+            self._flush()
+            if not self.outbuf:
+                self.sel.modify(self.chan, selectors.EVENT_READ, self._on_channel)
+                if self.paused_outputs:
+                    self._pause_outputs(False)
+        if not mask & selectors.EVENT_READ:
+            return
+        try:
+            data = os.read(self.chan, 256 * 1024)
+        except BlockingIOError:
+            return
+        if not data:
+            # virtio-serial reads EOF while no host end is connected: wait for it.
+            time.sleep(0.05)
+            return
+        for item in self.decoder.feed(data):
+            if isinstance(item, P.BadFrame):
+                self.send_msg(P.error_reply(0, item.reason, "ProtocolError"))
+            elif item.kind == P.MSG:
+                self._on_message(item.message())
+            else:
+                self._on_stdin(item.stream, item.payload)
+
+    def _on_message(self, msg: dict) -> None:
+        op = msg.get("op")
+        handler = getattr(self, f"op_{op}", None) if isinstance(op, str) else None
+        req_id = msg.get("id", 0)
+        if handler is None:
+            self.send_msg(P.error_reply(req_id, f"unknown operation {op!r}", "ProtocolError"))
+            return
+        try:
+            result = handler(msg) or {}
+        except SetupError as exc:
+            reply = P.error_reply(req_id, str(exc), "SpecError")
+            reply["pointer"] = exc.pointer
+            self.send_msg(reply)
+            return
+        except KeyError as exc:
+            self.send_msg(P.error_reply(req_id, f"missing or unknown {exc}", "AgentError"))
+            return
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply
+            self.send_msg(P.error_reply(req_id, f"{type(exc).__name__}: {exc}", "AgentError"))
+            return
+        self.send_msg(P.reply(msg, **result))
+
+    # --- operations ---------------------------------------------------------------------
+    def op_hello(self, msg: dict) -> dict:
+        if msg.get("version") != P.PROTOCOL_VERSION:
+            raise ValueError(
+                f"host speaks protocol {msg.get('version')}, agent {P.PROTOCOL_VERSION}"
+            )
+        return {"version": P.PROTOCOL_VERSION, "init_ms": self.t_init, "now_ms": now_ms()}
+
+    def op_create(self, msg: dict) -> dict:
+        cid = msg["cid"]
+        if cid in self.containers:
+            raise ValueError(f"container {cid!r} exists in this guest")
+        spec = msg["spec"]
+        rootfs = os.path.join(SHARE_DIR, msg["rootfs"])
+        if not os.path.isdir(rootfs):
+            raise SetupError(f"rootfs {msg['rootfs']!r} is not in the guest share", "/root/path")
+        proc = self._spawn(cid, spec.get("process") or {}, Launch({}, spec, rootfs), gate=True)
+        self.containers[cid] = Container(cid, proc)
+        return {"proc": proc.proc, "pid": proc.pid}
+
+    def op_start(self, msg: dict) -> dict:
+        init = self.containers[msg["cid"]].init
+        if init.start_w < 0:
+            raise ValueError(f"container {msg['cid']!r} was already started")
+        os.write(init.start_w, b"S")
+        os.close(init.start_w)
+        init.start_w = -1
+        result = self._await_exec(init)
+        return {"started_ms": now_ms(), **result}
+
+    def op_exec(self, msg: dict) -> dict:
+        ctr = self.containers[msg["cid"]]
+        if ctr.init.status is not None:
+            raise ValueError(f"container {ctr.cid!r} is not running")
+        launch = Launch({}, {}, "", join_pid=ctr.init.pid)
+        proc = self._spawn(ctr.cid, msg["process"], launch, gate=False)
+        ctr.procs[proc.proc] = proc
+        self._await_exec(proc)
+        return {"proc": proc.proc, "pid": proc.pid}
+
+    def op_signal(self, msg: dict) -> dict:
+        sig = int(msg["signal"])
+        if msg.get("all"):
+            ctr = self.containers[msg["cid"]]
+            targets = [p.pid for p in ctr.procs.values() if p.status is None]
+            targets += self._pids_in_namespace(ctr.init.pid)
+        else:
+            targets = [self.procs[int(msg["proc"])].pid]
+        for pid in dict.fromkeys(targets):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        return {}
+
+    def op_winsize(self, msg: dict) -> dict:
+        import fcntl
+        import struct
+        import termios
+
+        proc = self.procs[int(msg["proc"])]
+        if proc.master >= 0:
+            size = struct.pack("HHHH", int(msg["rows"]), int(msg["cols"]), 0, 0)
+            fcntl.ioctl(proc.master, termios.TIOCSWINSZ, size)
+        return {}
+
+    def op_ps(self, msg: dict) -> dict:
+        ctr = self.containers[msg["cid"]]
+        return {"pids": self._pids_in_namespace(ctr.init.pid)}
+
+    def op_destroy(self, msg: dict) -> dict:
+        ctr = self.containers.pop(msg["cid"], None)
+        if ctr is None:
+            return {}
+        for proc in ctr.procs.values():
+            if proc.status is None:
+                try:
+                    os.kill(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self._close_proc(proc)
+        return {}
+
+    def op_shutdown(self, msg: dict) -> dict:
+        self.shutting_down = True
+        return {}
+
+    # --- processes ----------------------------------------------------------------------
+    def _spawn(self, cid: str, process: dict, launch: Launch, gate: bool) -> Process:
+        terminal = bool(process.get("terminal"))
+        launch.process = process
+        ours: list[int] = []
+        theirs: list[int] = []
+        try:
+            if terminal:
+                master, slave = os.openpty()
+                ours.append(master)
+                theirs.append(slave)
+                launch.stdio = Stdio(pty_slave=slave)
+                if process.get("consoleSize"):
+                    self._set_winsize(master, process["consoleSize"])
+            else:
+                in_r, in_w = os.pipe2(os.O_CLOEXEC)
+                out_r, out_w = os.pipe2(os.O_CLOEXEC)
+                err_r, err_w = os.pipe2(os.O_CLOEXEC)
+                ours += [in_w, out_r, err_r]
+                theirs += [in_r, out_w, err_w]
+                launch.stdio = Stdio(in_r, out_w, err_w)
+            pid, sync_r, start_w = spawn(launch, gate)
+        except BaseException:
+            for fd in ours:
+                os.close(fd)
+            raise
+        finally:
+            for fd in theirs:
+                os.close(fd)
+        proc = Process(self.next_proc, cid, pid)
+        self.next_proc += 1
+        proc.sync_r, proc.start_w = sync_r, start_w
+        if terminal:
+            proc.master = ours[0]
+            proc.stdin_fd = ours[0]
+            proc.outputs[ours[0]] = P.stream_id(proc.proc, P.STDOUT)
+        else:
+            proc.stdin_fd = ours[0]
+            proc.outputs[ours[1]] = P.stream_id(proc.proc, P.STDOUT)
+            proc.outputs[ours[2]] = P.stream_id(proc.proc, P.STDERR)
+        self.procs[proc.proc] = proc
+        self.by_pid[pid] = proc
+        if gate:
+            status = self._read_sync(proc)
+            if "error" in status:
+                self._fail(proc)
+                raise SetupError(status["error"], status.get("pointer", ""))
+        for fd in proc.outputs:
+            os.set_blocking(fd, False)
+            self.sel.register(fd, selectors.EVENT_READ, self._output_handler(proc, fd))
+        os.set_blocking(proc.stdin_fd, False)
+        return proc
+
+    def _read_sync(self, proc: Process, timeout: float = 30.0) -> dict:
+        import select
+
+        ready, _, _ = select.select([proc.sync_r], [], [], timeout)
+        if not ready:
+            return {"error": f"container process did not report within {timeout}s"}
+        return read_sync(proc.sync_r)
+
+    def _await_exec(self, proc: Process) -> dict:
+        status = self._read_sync(proc)
+        os.close(proc.sync_r)
+        proc.sync_r = -1
+        if "error" in status:
+            raise SetupError(status["error"], status.get("pointer", ""))
+        return {}
+
+    def _fail(self, proc: Process) -> None:
+        try:
+            os.kill(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._close_proc(proc)
+        self.procs.pop(proc.proc, None)
+
+    def _close_proc(self, proc: Process) -> None:
+        for fd in list(proc.outputs):
+            self._close_output(proc, fd, send_eof=False)
+        for attr in ("stdin_fd", "start_w", "sync_r"):
+            fd = getattr(proc, attr)
+            if fd >= 0 and fd != proc.master:
+                os.close(fd)
+            setattr(proc, attr, -1)
+        if proc.master >= 0 and not proc.outputs:
+            proc.master = -1
+
+    def _set_winsize(self, fd: int, size: dict) -> None:
+        import fcntl
+        import struct
+        import termios
+
+        packed = struct.pack("HHHH", size.get("height", 24), size.get("width", 80), 0, 0)
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, packed)
+
+    def _pids_in_namespace(self, init_pid: int) -> list[int]:
+        """Every guest pid that shares init_pid's pid namespace (init first)."""
+        try:
+            target = os.readlink(f"/proc/{init_pid}/ns/pid")
+        except OSError:
+            return []
+        pids = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                if os.readlink(f"/proc/{entry}/ns/pid") == target:
+                    pids.append(int(entry))
+            except OSError:
+                continue
+        if target == os.readlink("/proc/self/ns/pid"):
+            return [init_pid] if init_pid in pids else []
+        return sorted(pids, key=lambda p: (p != init_pid, p))
+
+    def _output_handler(self, proc: Process, fd: int):  # noqa: ANN202
+        def handler(mask: int) -> None:
+            self._read_output(proc, fd)
+
+        return handler
+
+    def _read_output(self, proc: Process, fd: int, drain: bool = False) -> None:
+        while True:
+            try:
+                data = os.read(fd, P.CHUNK)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno == errno.EIO:  # pty: every slave closed
+                    data = b""
+                else:
+                    raise
+            if not data:
+                self._close_output(proc, fd, send_eof=True)
+                return
+            for frame in P.encode_data(proc.outputs[fd], data):
+                self.send(frame)
+            if not drain:
+                return
+
+    def _close_output(self, proc: Process, fd: int, send_eof: bool) -> None:
+        stream = proc.outputs.pop(fd, None)
+        if stream is None:
+            return
+        try:
+            self.sel.unregister(fd)
+        except (KeyError, ValueError):
+            pass
+        if send_eof:
+            self.send(P.encode(P.DATA, stream, b""))
+        if fd != proc.stdin_fd:
+            os.close(fd)
+        elif proc.master == fd:
+            proc.stdin_fd = -1
+            proc.master = -1
+            os.close(fd)
+
+    def _pause_outputs(self, pause: bool) -> None:
+        self.paused_outputs = pause
+        for proc in self.procs.values():
+            for fd in proc.outputs:
+                if pause:
+                    self.sel.unregister(fd)
+                else:
+                    self.sel.register(fd, selectors.EVENT_READ, self._output_handler(proc, fd))
+
+    # --- stdin --------------------------------------------------------------------------
+    def _on_stdin(self, stream: int, data: bytes) -> None:
+        proc_id, fd = P.split_stream(stream)
+        proc = self.procs.get(proc_id)
+        if proc is None or fd != P.STDIN or proc.stdin_fd < 0 or proc.stdin_eof:
+            return  # the process is gone: its stdin is discarded, as a closed pipe would
+        if not data:
+            proc.stdin_eof = True
+        else:
+            proc.stdin_buf += data
+        self._write_stdin(proc)
+
+    def _write_stdin(self, proc: Process) -> None:
+        fd = proc.stdin_fd
+        while proc.stdin_buf:
+            try:
+                n = os.write(fd, proc.stdin_buf[: P.CHUNK])
+            except BlockingIOError:
+                break
+            except OSError:  # EPIPE: the process closed its stdin
+                proc.stdin_buf.clear()
+                break
+            del proc.stdin_buf[:n]
+        registered = self.sel.get_map().get(fd) if fd not in proc.outputs else None
+        if proc.stdin_buf:
+            if fd in proc.outputs:
+                return  # a pty master: written again when output is read (rare: tty input)
+            if registered is None:
+                self.sel.register(fd, selectors.EVENT_WRITE, lambda _m: self._write_stdin(proc))
+            return
+        if registered is not None:
+            self.sel.unregister(fd)
+        if proc.stdin_eof:
+            if proc.master >= 0:
+                os.write(proc.master, b"\x04")  # a terminal's EOF is ^D
+            else:
+                os.close(fd)
+                proc.stdin_fd = -1
+
+    # --- reaping ------------------------------------------------------------------------
+    def _on_wakeup(self, mask: int) -> None:
+        try:
+            while os.read(self.wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            proc = self.by_pid.pop(pid, None)
+            if proc is None:
+                continue  # an orphan re-parented to PID 1
+            code = os.waitstatus_to_exitcode(status)
+            sig = -code if code < 0 else None
+            proc.status = 128 + sig if sig else code
+            for fd in list(proc.outputs):
+                self._read_output(proc, fd, drain=True)
+                self._close_output(proc, fd, send_eof=True)
+            if proc.stdin_fd >= 0:
+                try:
+                    self.sel.unregister(proc.stdin_fd)
+                except (KeyError, ValueError):
+                    pass
+                if proc.stdin_fd != proc.master:
+                    os.close(proc.stdin_fd)
+                proc.stdin_fd = -1
+            self.send_msg(
+                {
+                    "event": P.EV_EXIT,
+                    "cid": proc.cid,
+                    "proc": proc.proc,
+                    "status": proc.status,
+                    "signal": sig,
+                    "t_ms": now_ms(),
+                }
+            )
+
+    def run(self) -> None:
+        self.send_msg(
+            {
+                "event": P.EV_READY,
+                "version": P.PROTOCOL_VERSION,
+                "init_ms": self.t_init,
+                "ready_ms": now_ms(),
+            }
+        )
+        while not (self.shutting_down and not self.outbuf):
+            for key, mask in self.sel.select(timeout=1.0):
+                key.data(mask)
+            self.reap()
+        poweroff()
+
+
+def early_mounts(share_tag: str) -> None:
+    specs = [
+        ("proc", "/proc", "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC, ""),
+        ("sysfs", "/sys", "sysfs", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC, ""),
+        ("devtmpfs", "/dev", "devtmpfs", linux.MS_NOSUID, "mode=0755"),
+        ("devpts", "/dev/pts", "devpts", linux.MS_NOSUID | linux.MS_NOEXEC, "ptmxmode=0666"),
+        ("shm", "/dev/shm", "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=1777"),
+        ("tmpfs", "/run", "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=0755"),
+        ("cgroup2", "/sys/fs/cgroup", "cgroup2", linux.MS_NOSUID | linux.MS_NODEV, ""),
+    ]
+    for source, target, fstype, flags, data in specs:
+        os.makedirs(target, exist_ok=True)
+        try:
+            linux.mount(source, target, fstype, flags, data)
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                raise
+    os.makedirs(SHARE_DIR, exist_ok=True)
+    try:
+        linux.mount(
+            share_tag, SHARE_DIR, "9p", 0, "trans=virtio,version=9p2000.L,msize=262144,cache=none"
+        )
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:  # no share device: a bare boot
+            raise
+
+
+def kernel_params() -> dict[str, str]:
+    with open("/proc/cmdline") as f:
+        words = f.read().split()
+    return dict(w.split("=", 1) for w in words if "=" in w and w.startswith("hyperpy."))
+
+
+def open_channel(spec: str, timeout: float = 10.0) -> int:
+    kind, _, name = spec.partition(":")
+    if kind == "vsock":
+        import socket
+
+        srv = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+        srv.bind((socket.VMADDR_CID_ANY, int(name)))
+        srv.listen(1)
+        conn, _ = srv.accept()
+        srv.close()
+        return conn.detach()
+    if kind != "serial":
+        raise SystemExit(f"hyperpy agent: unknown channel {spec!r}")
+    deadline = time.monotonic() + timeout
+    while True:
+        for port in os.listdir("/sys/class/virtio-ports"):
+            try:
+                with open(f"/sys/class/virtio-ports/{port}/name") as f:
+                    if f.read().strip() == name:
+                        return os.open(f"/dev/{port}", os.O_RDWR | os.O_CLOEXEC)
+            except OSError:
+                continue
+        if time.monotonic() > deadline:
+            raise SystemExit(f"hyperpy agent: no virtio-serial port named {name!r}")
+        time.sleep(0.01)
+
+
+def poweroff() -> None:
+    os.sync()
+    # The VM runs with -no-reboot and reboot=t: a reboot ends QEMU on every machine type.
+    linux.reboot(linux.RB_AUTOBOOT)
+
+
+def main(t_init: float) -> None:
+    try:
+        os.makedirs("/proc", exist_ok=True)
+        params = {}
+        early_mounts("hyperpy")
+        params = kernel_params()
+        share = params.get("hyperpy.share", "hyperpy")
+        if share != "hyperpy":
+            linux.mount(share, SHARE_DIR, "9p", 0, "trans=virtio,version=9p2000.L")
+        chan = open_channel(params.get("hyperpy.channel", "serial:agent"))
+        Agent(chan, t_init).run()
+    except BaseException as exc:  # noqa: BLE001 - PID 1 must not exit: say why, power off
+        import traceback
+
+        print(f"hyperpy agent: fatal: {exc!r}", flush=True)
+        traceback.print_exc()
+        poweroff()

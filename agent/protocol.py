@@ -1,0 +1,191 @@
+"""The wire format between host and guest agent: the single definition, imported by both.
+
+Owns framing, the protocol version and the message vocabulary. Standard library only: the
+guest imports this module at boot, so it stays small and imports little.
+
+A frame is a 12-byte header followed by ``length`` payload bytes::
+
+    offset  size  field
+    0       2     magic   b"HY"
+    2       1     version PROTOCOL_VERSION
+    3       1     kind    MSG (JSON object) | DATA (raw stream bytes)
+    4       4     stream  big-endian u32; 0 for MSG, the stream id for DATA
+    8       4     length  big-endian u32; at most MAX_PAYLOAD
+
+MSG payloads are UTF-8 JSON objects: a request ``{"id": N, "op": ..., ...}``, its reply
+``{"id": N, "ok": true, ...}`` or ``{"id": N, "ok": false, "error": "...", "kind": "..."}``,
+or an event ``{"event": ..., ...}`` (no id). DATA frames carry a process's stdio: a frame of
+length 0 is end-of-file on that stream. Stream ids are ``proc * 4 + fd`` (fd 0, 1, 2).
+
+The same framing is spoken on the host between the CLI, the process proxies and the sandbox
+monitor (over a unix socket), so there is one reader and one writer to test.
+
+A reader never crashes on bad input: :class:`Decoder` turns a bad magic, an unknown version
+or kind, an oversize length or a payload that is not a JSON object into a :class:`BadFrame`,
+resynchronises on the next magic (or skips the oversize payload) and goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+
+MAGIC = b"HY"
+PROTOCOL_VERSION = 1
+HEADER = struct.Struct(">2sBBII")
+HEADER_SIZE = HEADER.size
+MAX_PAYLOAD = 1 << 20
+CHUNK = 64 * 1024
+
+MSG = 1
+DATA = 2
+
+STDIN, STDOUT, STDERR = 0, 1, 2
+
+# Requests (host -> agent unless noted) and events (agent -> host).
+OP_HELLO = "hello"  # version handshake: {"version"} -> {"version", "boot_ms"}
+OP_CREATE = "create"  # {"cid", "spec", "rootfs", "terminal"} -> {"proc", "pid"}
+OP_START = "start"  # {"cid"} -> {}
+OP_EXEC = "exec"  # {"cid", "process"} -> {"proc", "pid"}
+OP_SIGNAL = "signal"  # {"cid", "proc" | "all": true, "signal"} -> {}
+OP_WINSIZE = "winsize"  # {"proc", "rows", "cols"} -> {}
+OP_PS = "ps"  # {"cid"} -> {"pids"}
+OP_DESTROY = "destroy"  # {"cid"} -> {}
+OP_SHUTDOWN = "shutdown"  # {} -> {} then the guest powers off
+EV_EXIT = "exit"  # {"proc", "cid", "status", "signal"}
+EV_READY = "ready"  # sent by the agent once its channel is open: {"version", "boot_ms"}
+
+
+class FrameError(ValueError):
+    """A frame could not be encoded (oversize payload, bad kind, bad stream)."""
+
+
+class Frame:
+    __slots__ = ("kind", "stream", "payload")
+
+    def __init__(self, kind: int, stream: int, payload: bytes) -> None:
+        self.kind = kind
+        self.stream = stream
+        self.payload = payload
+
+    def message(self) -> dict:
+        return json.loads(self.payload)
+
+    def __repr__(self) -> str:
+        return f"Frame(kind={self.kind}, stream={self.stream}, len={len(self.payload)})"
+
+
+class BadFrame:
+    """What the decoder yields for input it had to reject; ``reason`` says why."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"BadFrame({self.reason!r})"
+
+
+def encode(kind: int, stream: int, payload: bytes) -> bytes:
+    if kind not in (MSG, DATA):
+        raise FrameError(f"unknown frame kind {kind}")
+    if not 0 <= stream <= 0xFFFFFFFF:
+        raise FrameError(f"stream id {stream} out of range")
+    if len(payload) > MAX_PAYLOAD:
+        raise FrameError(f"payload of {len(payload)} bytes exceeds MAX_PAYLOAD={MAX_PAYLOAD}")
+    return HEADER.pack(MAGIC, PROTOCOL_VERSION, kind, stream, len(payload)) + payload
+
+
+def encode_msg(msg: dict) -> bytes:
+    return encode(MSG, 0, json.dumps(msg, separators=(",", ":")).encode())
+
+
+def encode_data(stream: int, data: bytes) -> list[bytes]:
+    """DATA frames for ``data`` split into CHUNK pieces; ``b""`` gives the one EOF frame."""
+    if not data:
+        return [encode(DATA, stream, b"")]
+    return [encode(DATA, stream, data[i : i + CHUNK]) for i in range(0, len(data), CHUNK)]
+
+
+def stream_id(proc: int, fd: int) -> int:
+    return proc * 4 + fd
+
+
+def split_stream(stream: int) -> tuple[int, int]:
+    return stream // 4, stream % 4
+
+
+class Decoder:
+    """Incremental frame reader: ``feed(bytes)`` returns the complete Frames and BadFrames."""
+
+    def __init__(self, max_payload: int = MAX_PAYLOAD) -> None:
+        self._buf = bytearray()
+        self._skip = 0
+        self._max = max_payload
+
+    def feed(self, data: bytes) -> list[Frame | BadFrame]:
+        self._buf += data
+        out: list[Frame | BadFrame] = []
+        while True:
+            if self._skip:
+                n = min(self._skip, len(self._buf))
+                del self._buf[:n]
+                self._skip -= n
+                if self._skip:
+                    return out
+            if len(self._buf) < HEADER_SIZE:
+                if self._buf and not MAGIC.startswith(bytes(self._buf[:2])):
+                    out.append(self._resync("bad magic"))
+                    continue
+                return out
+            magic, version, kind, stream, length = HEADER.unpack_from(self._buf)
+            if magic != MAGIC:
+                out.append(self._resync(f"bad magic {bytes(magic)!r}"))
+                continue
+            if version != PROTOCOL_VERSION:
+                out.append(self._resync(f"unsupported protocol version {version}"))
+                continue
+            if kind not in (MSG, DATA):
+                out.append(self._resync(f"unknown frame kind {kind}"))
+                continue
+            if length > self._max:
+                del self._buf[:HEADER_SIZE]
+                self._skip = length
+                out.append(BadFrame(f"frame of {length} bytes exceeds the limit of {self._max}"))
+                continue
+            if len(self._buf) < HEADER_SIZE + length:
+                return out
+            payload = bytes(self._buf[HEADER_SIZE : HEADER_SIZE + length])
+            del self._buf[: HEADER_SIZE + length]
+            if kind == MSG:
+                try:
+                    obj = json.loads(payload)
+                except ValueError as exc:
+                    out.append(BadFrame(f"message is not valid JSON: {exc}"))
+                    continue
+                if not isinstance(obj, dict):
+                    out.append(BadFrame("message is not a JSON object"))
+                    continue
+            out.append(Frame(kind, stream, payload))
+
+    def _resync(self, reason: str) -> BadFrame:
+        """Drop bytes up to the next possible magic and report what was dropped."""
+        idx = self._buf.find(MAGIC, 1)
+        if idx < 0:
+            # Keep a trailing b"H": it may be the start of the next magic.
+            keep = 1 if self._buf.endswith(MAGIC[:1]) else 0
+            dropped = len(self._buf) - keep
+            del self._buf[:dropped]
+        else:
+            dropped = idx
+            del self._buf[:idx]
+        return BadFrame(f"{reason}; skipped {dropped} bytes")
+
+
+def reply(req: dict, **fields: object) -> dict:
+    return {"id": req.get("id", 0), "ok": True, **fields}
+
+
+def error_reply(req_id: int, error: str, kind: str = "AgentError") -> dict:
+    return {"id": req_id, "ok": False, "error": error, "kind": kind}
