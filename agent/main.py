@@ -28,7 +28,7 @@ from agent import linux
 from agent import protocol as P
 from agent.container import Launch, SetupError, Stdio, read_sync, spawn
 
-SHARE_DIR = "/run/hyperpy/shared"
+SHARE_DIR = P.GUEST_SHARE_DIR
 OUTBUF_HIGH = 4 << 20
 
 

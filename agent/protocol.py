@@ -42,6 +42,10 @@ DATA = 2
 
 STDIN, STDOUT, STDERR = 0, 1, 2
 
+# Where the guest mounts the 9p share; host paths under the sandbox's shared/ dir appear here.
+GUEST_SHARE_DIR = "/run/hyperpy/shared"
+SHARE_TAG = "hyperpy"
+
 # Requests (host -> agent unless noted) and events (agent -> host).
 OP_HELLO = "hello"  # version handshake: {"version"} -> {"version", "boot_ms"}
 OP_CREATE = "create"  # {"cid", "spec", "rootfs", "terminal"} -> {"proc", "pid"}

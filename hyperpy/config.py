@@ -1,0 +1,100 @@
+"""hyperpy's own configuration: a TOML file read into frozen dataclasses.
+
+Owns where the configuration comes from (``$HYPERPY_CONFIG``, else
+``/etc/hyperpy/config.toml`` if present, else the defaults), the defaults themselves, and
+rejecting unknown keys and wrong types with the file and key named. A commented example is
+``docs/config.example.toml``. ``hyperpy env`` prints the effective values as JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from hyperpy.errors import ConfigError
+
+DEFAULT_PATH = "/etc/hyperpy/config.toml"
+
+
+def artifacts_dir() -> str:
+    return os.environ.get("HYPERPY_ARTIFACTS", "/var/lib/hyperpy")
+
+
+@dataclass(frozen=True)
+class VMConfig:
+    qemu: str = "qemu-system-x86_64"
+    kernel: str = field(default_factory=lambda: os.path.join(artifacts_dir(), "vmlinux"))
+    initrd: str = field(default_factory=lambda: os.path.join(artifacts_dir(), "initrd.img"))
+    machine: str = "microvm"  # microvm | q35
+    accel: str = "auto"  # auto (try KVM, fall back to TCG) | kvm | tcg
+    channel: str = "auto"  # auto (vsock if /dev/vhost-vsock works) | serial | vsock
+    vcpus: int = 1
+    memory_mb: int = 256
+    # Memory added to the container's limit for the guest kernel, agent and QEMU itself.
+    overhead_mb: int = 160
+    boot_timeout: float = 60.0
+    kernel_params: str = ""
+    icount: bool = False
+    verbose_console: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    vm: VMConfig = field(default_factory=VMConfig)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load(path: str | None = None) -> Config:
+    path = path or os.environ.get("HYPERPY_CONFIG") or DEFAULT_PATH
+    if not os.path.exists(path):
+        if path != DEFAULT_PATH:
+            raise ConfigError(f"{path}: configuration file not found (set by HYPERPY_CONFIG)")
+        return Config()
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read configuration: {exc}") from exc
+    return from_dict(raw, path)
+
+
+def from_dict(raw: dict[str, Any], path: str = "<config>") -> Config:
+    sections = {"vm": VMConfig}
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name not in sections:
+            raise ConfigError(f"{path}: unknown section [{name}]; known: {sorted(sections)}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: [{name}] must be a table")
+        values[name] = _section(sections[name], value, f"{path}: [{name}]")
+    return Config(**values)
+
+
+def _section(cls: type, raw: dict[str, Any], where: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    defaults = cls()
+    for key, value in raw.items():
+        if key not in fields:
+            raise ConfigError(f"{where}: unknown key {key!r}; known: {sorted(fields)}")
+        expected = type(getattr(defaults, key))
+        if expected is float and isinstance(value, int):
+            continue
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ConfigError(
+                f"{where}: {key} must be {expected.__name__}, got {type(value).__name__}"
+            )
+    choices = {
+        "machine": ("microvm", "q35"),
+        "accel": ("auto", "kvm", "tcg"),
+        "channel": ("auto", "serial", "vsock"),
+    }
+    for key, allowed in choices.items():
+        if key in raw and raw[key] not in allowed:
+            raise ConfigError(f"{where}: {key} must be one of {allowed}, got {raw[key]!r}")
+    return cls(**raw)

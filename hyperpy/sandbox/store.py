@@ -1,0 +1,157 @@
+"""Container state under --root: one directory per id, state.json written atomically.
+
+Owns the layout of a container's state directory, the schema-versioned state.json (temp
+file, fsync, rename), the per-id lock (flock on the directory itself) and making an id
+exactly once (mkdir is atomic: a raced create has one winner). Deleting renames the
+directory aside under the lock before removing it, so a waiter finds it gone.
+
+Layout of ``<root>/<id>/``::
+
+    state.json     this module's record          monitor.sock  the sandbox monitor
+    exit.json      init's exit status (monitor)  agent.sock    QEMU's end of the agent channel
+    console.log    guest serial console          qmp.sock      QMP
+    qemu.log       QEMU's stderr                 monitor.log   the monitor's log
+    shared/        exported to the guest over 9p (bind mounts of rootfs and volumes)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from hyperpy.errors import ContainerExists, ContainerNotFound, UsageError
+from hyperpy.sandbox.model import Status
+
+SCHEMA_VERSION = 1
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
+
+
+@dataclass
+class State:
+    id: str
+    bundle: str
+    rootfs: str
+    created: str
+    status: str = Status.CREATING.value
+    pid: int = 0
+    monitor_pid: int = 0
+    qemu_pid: int = 0
+    owner: str = ""
+    annotations: dict[str, str] = field(default_factory=dict)
+    init_proc: int = 0
+    terminal: bool = False
+    cgroups_path: str = ""
+    schema: int = SCHEMA_VERSION
+
+
+def check_id(cid: str) -> None:
+    if not ID_RE.match(cid):
+        raise UsageError(
+            f"invalid container id {cid!r}: use 1-128 characters of letters, digits, "
+            "'_', '.', '+' and '-', starting with a letter or digit"
+        )
+
+
+class Store:
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    def dir(self, cid: str) -> str:
+        check_id(cid)
+        return os.path.join(self.root, cid)
+
+    def ids(self) -> list[str]:
+        try:
+            names = os.listdir(self.root)
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in names if ID_RE.match(n) and os.path.isdir(os.path.join(self.root, n)))
+
+    def make(self, cid: str) -> str:
+        path = self.dir(cid)
+        os.makedirs(self.root, mode=0o711, exist_ok=True)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            raise ContainerExists(f"container {cid!r} already exists (under {self.root})") from None
+        return path
+
+    @contextlib.contextmanager
+    def locked(self, cid: str) -> Iterator[str]:
+        path = self.dir(cid)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise ContainerNotFound(f"container {cid!r} does not exist (under {self.root})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if not os.path.exists(os.path.join(path, "state.json")) and not os.path.isdir(path):
+                raise ContainerNotFound(f"container {cid!r} does not exist (under {self.root})")
+            yield path
+        finally:
+            os.close(fd)
+
+    def load(self, cid: str) -> State:
+        path = os.path.join(self.dir(cid), "state.json")
+        try:
+            with open(path) as f:
+                raw = json.load(f)
+        except FileNotFoundError:
+            raise ContainerNotFound(f"container {cid!r} does not exist (under {self.root})") from None
+        except ValueError as exc:
+            raise ContainerNotFound(f"container {cid!r}: state file {path} is corrupt: {exc}") from exc
+        known = {f.name for f in dataclasses.fields(State)}
+        return State(**{k: v for k, v in raw.items() if k in known})
+
+    def save(self, state: State) -> None:
+        write_json_atomic(os.path.join(self.dir(state.id), "state.json"), dataclasses.asdict(state))
+
+    def remove(self, cid: str) -> None:
+        path = self.dir(cid)
+        aside = os.path.join(self.root, f".deleting-{cid}-{os.getpid()}")
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def write_json_atomic(path: str, obj: object) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, path)
+
+
+def read_json(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie counts as dead.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False

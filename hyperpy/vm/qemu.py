@@ -1,0 +1,313 @@
+"""One QEMU guest: build its spec, launch it, watch its boot, and stop it in stages.
+
+Owns the QEMU process, its QMP connection (qemu.qmp) and its console log. Used by the
+sandbox monitor inside its asyncio loop. :class:`QemuVM` is an async context manager whose
+cleanup always runs: QMP ``quit``, then SIGTERM, then SIGKILL (after QEMU's QEMUMachine).
+
+Also owns choosing the accelerator: KVM is used only when a probe guest really ran on it
+(a device node is not enough: nested PVM hosts have /dev/kvm that cannot run guests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import time
+
+from hyperpy.config import VMConfig
+from hyperpy.errors import ArtifactMissing, BootTimeout, KernelPanic, VMError
+from hyperpy.vm.devices import (
+    Console,
+    Kernel,
+    Machine,
+    Qmp,
+    Resources,
+    Rng,
+    SerialChannel,
+    Share9p,
+    VMSpec,
+    VsockChannel,
+)
+
+log = logging.getLogger(__name__)
+
+PANIC_MARKERS = (b"Kernel panic", b"---[ end Kernel panic")
+# Fixed guest timing under TCG: a pinned TSC and no timer check avoid the calibration
+# hangs seen on microvm; nokaslr keeps guest time deterministic under -icount.
+BASE_CMDLINE = (
+    "console=ttyS0 reboot=t panic=-1 tsc_early_khz=2000000 no_timer_check nokaslr "
+    "i8042.noaux i8042.nokbd rdinit=/init"
+)
+KVM_PROBE_CACHE = "/run/hyperpy/kvm-probe.json"
+
+
+def console_tail(path: str, lines: int = 20) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 8192))
+            data = f.read()
+    except OSError:
+        return "(no console log)"
+    text = data.decode("utf-8", "replace").replace("\r", "")
+    return "\n".join(text.splitlines()[-lines:]) or "(console log is empty)"
+
+
+def build_spec(
+    cfg: VMConfig,
+    workdir: str,
+    accel: str,
+    *,
+    share: str | None = None,
+    vsock_cid: int | None = None,
+    memory_mb: int | None = None,
+    vcpus: int | None = None,
+    initrd: str | None = None,
+) -> VMSpec:
+    """The VMSpec for a sandbox whose sockets and logs live in ``workdir`` (QEMU's cwd)."""
+    machine = Machine(cfg.machine, accel, cfg.icount)
+    bus = machine.bus
+    channel: SerialChannel | VsockChannel
+    if vsock_cid is not None:
+        channel = VsockChannel(vsock_cid, bus=bus)
+    else:
+        channel = SerialChannel("agent.sock", bus=bus)
+    params = [BASE_CMDLINE, channel.kernel_param()]
+    if not cfg.verbose_console:
+        params.append("quiet")
+    if cfg.kernel_params:
+        params.append(cfg.kernel_params)
+    devices: list[Rng | Share9p] = [Rng(bus)]
+    if share:
+        devices.append(Share9p(share, bus=bus))
+    return VMSpec(
+        binary=cfg.qemu,
+        machine=machine,
+        resources=Resources(vcpus or cfg.vcpus, memory_mb or cfg.memory_mb),
+        kernel=Kernel(cfg.kernel, initrd or cfg.initrd, " ".join(params)),
+        console=Console(os.path.join(workdir, "console.log")),
+        qmp=Qmp("qmp.sock"),
+        channel=channel,
+        devices=tuple(devices),
+    )
+
+
+def check_artifacts(cfg: VMConfig) -> None:
+    for what, path in (("kernel", cfg.kernel), ("initrd", cfg.initrd)):
+        if not os.path.exists(path):
+            raise ArtifactMissing(
+                f"the guest {what} {path} does not exist: run `make kernel initrd` "
+                f"(or set [vm] {what} in the hyperpy config)"
+            )
+
+
+def choose_accel(cfg: VMConfig, bare_initrd: str | None = None) -> str:
+    if cfg.accel != "auto":
+        return cfg.accel
+    return "kvm" if kvm_usable(cfg, bare_initrd) else "tcg"
+
+
+def kvm_usable(cfg: VMConfig, bare_initrd: str | None = None, timeout: float = 10.0) -> bool:
+    """Boot the bare initrd under KVM once per host boot; cache the answer in /run."""
+    if not os.path.exists("/dev/kvm"):
+        return False
+    key = f"{cfg.qemu}|{cfg.kernel}|{os.path.getmtime(cfg.kernel) if os.path.exists(cfg.kernel) else 0}"
+    try:
+        with open(KVM_PROBE_CACHE) as f:
+            cached = json.load(f)
+        if cached.get("key") == key:
+            return bool(cached["usable"])
+    except (OSError, ValueError, KeyError):
+        pass
+    initrd = bare_initrd or os.path.join(os.path.dirname(cfg.initrd), "initrd-bare.img")
+    usable = False
+    detail = ""
+    if os.path.exists(initrd) and os.path.exists(cfg.kernel):
+        argv = [
+            cfg.qemu,
+            *"-nodefaults -no-user-config -display none -no-reboot".split(),
+            *Machine(cfg.machine, "kvm").args(),
+            "-m",
+            "128M",
+            "-kernel",
+            cfg.kernel,
+            "-initrd",
+            initrd,
+            "-append",
+            BASE_CMDLINE + " quiet",
+            "-serial",
+            "none",
+        ]
+        start = time.monotonic()
+        try:
+            res = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
+            usable = res.returncode == 0
+            detail = res.stderr.decode(errors="replace")[-300:]
+        except subprocess.TimeoutExpired:
+            detail = f"the probe guest did not finish within {timeout}s"
+        except OSError as exc:
+            detail = str(exc)
+        log.debug("KVM probe: usable=%s in %.2fs %s", usable, time.monotonic() - start, detail)
+    else:
+        detail = "no bare initrd to probe with"
+    with contextlib.suppress(OSError):
+        os.makedirs(os.path.dirname(KVM_PROBE_CACHE), exist_ok=True)
+        tmp = f"{KVM_PROBE_CACHE}.{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump({"key": key, "usable": usable, "detail": detail}, f)
+        os.rename(tmp, KVM_PROBE_CACHE)
+    return usable
+
+
+def vsock_usable() -> bool:
+    try:
+        fd = os.open("/dev/vhost-vsock", os.O_RDWR)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+class QemuVM:
+    """A running guest. ``async with QemuVM(spec, workdir) as vm:`` launches QEMU."""
+
+    def __init__(self, spec: VMSpec, workdir: str) -> None:
+        self.spec = spec
+        self.workdir = workdir
+        self.proc: asyncio.subprocess.Process | None = None
+        self.qmp = None
+        self.stderr_path = os.path.join(workdir, "qemu.log")
+
+    async def __aenter__(self) -> QemuVM:
+        await self.launch()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()
+
+    async def launch(self) -> None:
+        argv = self.spec.argv()
+        log.info("launching QEMU: %s", " ".join(argv))
+        with open(self.stderr_path, "wb") as err:
+            try:
+                self.proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    cwd=self.workdir,
+                    stdin=subprocess.DEVNULL,
+                    stdout=err,
+                    stderr=err,
+                    close_fds=True,
+                )
+            except OSError as exc:
+                raise VMError(f"cannot run {argv[0]}: {exc}; install qemu-system-x86") from exc
+        try:
+            await self._connect_qmp()
+        except VMError:
+            await self.shutdown()
+            raise
+
+    async def _connect_qmp(self, timeout: float = 10.0) -> None:
+        from qemu.qmp import QMPClient
+
+        deadline = time.monotonic() + timeout
+        path = os.path.join(self.workdir, "qmp.sock")
+        while True:
+            if self.proc is not None and self.proc.returncode is not None:
+                raise self.failure("QEMU exited during start-up")
+            if os.path.exists(path):
+                client = QMPClient("hyperpy")
+                try:
+                    await client.connect(_short_path(path))
+                    self.qmp = client
+                    return
+                except Exception as exc:  # noqa: BLE001 - retried until the deadline
+                    last = exc
+                    with contextlib.suppress(Exception):
+                        await client.disconnect()
+            else:
+                last = FileNotFoundError(path)
+            if time.monotonic() > deadline:
+                raise self.failure(f"QMP socket not ready within {timeout}s ({last})")
+            await asyncio.sleep(0.02)
+
+    def failure(self, what: str, cls: type[VMError] = VMError) -> VMError:
+        stderr = ""
+        with contextlib.suppress(OSError), open(self.stderr_path, "rb") as f:
+            stderr = f.read()[-2000:].decode(errors="replace").strip()
+        return cls(
+            f"{what}.\nQEMU command: {' '.join(self.spec.argv())}\n"
+            f"QEMU stderr: {stderr or '(empty)'}\n"
+            f"console log ({self.spec.console.log_path}), last lines:\n"
+            f"{console_tail(self.spec.console.log_path)}"
+        )
+
+    async def watch_boot(self, ready: asyncio.Future, timeout: float) -> None:
+        """Wait for ``ready`` while failing fast on a panic or on QEMU exiting."""
+        deadline = time.monotonic() + timeout
+        pos = 0
+        while not ready.done():
+            if self.proc is not None and self.proc.returncode is not None:
+                raise self.failure(f"QEMU exited with {self.proc.returncode} during boot")
+            pos, panicked = _scan_for_panic(self.spec.console.log_path, pos)
+            if panicked:
+                raise self.failure("the guest kernel panicked during boot", KernelPanic)
+            if time.monotonic() > deadline:
+                raise self.failure(
+                    f"the guest agent did not answer within {timeout:.0f}s", BootTimeout
+                )
+            await asyncio.wait({ready}, timeout=0.05)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    async def wait(self) -> int:
+        assert self.proc is not None
+        return await self.proc.wait()
+
+    async def shutdown(self, grace: float = 3.0) -> None:
+        """QMP quit, then SIGTERM, then SIGKILL; always disconnects QMP."""
+        proc = self.proc
+        if self.qmp is not None:
+            if proc is not None and proc.returncode is None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.qmp.execute("quit"), grace)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.qmp.disconnect(), grace)
+            self.qmp = None
+        if proc is None:
+            return
+        for sig in (None, signal.SIGTERM, signal.SIGKILL):
+            if proc.returncode is not None:
+                break
+            if sig is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(sig)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(proc.wait(), grace)
+
+
+def _scan_for_panic(path: str, pos: int) -> tuple[int, bool]:
+    start = max(0, pos - 32)  # overlap: a marker may straddle two reads
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            data = f.read()
+    except OSError:
+        return pos, False
+    return start + len(data), any(m in data for m in PANIC_MARKERS)
+
+
+def _short_path(path: str) -> str:
+    """A unix socket path short enough for sun_path (108 bytes), via /proc/self/fd."""
+    if len(path.encode()) < 100:
+        return path
+    fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+    # The fd stays open for the process's life; monitors have a handful of these.
+    return f"/proc/self/fd/{fd}/{os.path.basename(path)}"
