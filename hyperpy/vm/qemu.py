@@ -203,6 +203,7 @@ class QemuVM:
                     stdout=err,
                     stderr=err,
                     close_fds=True,
+                    preexec_fn=_die_with_parent,
                 )
             except OSError as exc:
                 raise VMError(f"cannot run {argv[0]}: {exc}; install qemu-system-x86") from exc
@@ -291,6 +292,13 @@ class QemuVM:
                     proc.send_signal(sig)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(proc.wait(), grace)
+
+
+def _die_with_parent() -> None:
+    """In QEMU's child before exec: SIGKILL it if the monitor dies, so no VM outlives it."""
+    import ctypes
+
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _scan_for_panic(path: str, pos: int) -> tuple[int, bool]:

@@ -1,0 +1,352 @@
+"""The hyperpy command line: runc's verbs and flags, parsed with click; no logic here.
+
+Each command parses, calls :mod:`hyperpy.runtime`, prints, and maps errors to exit codes
+(documented in :mod:`hyperpy.errors`). Every error is also logged, so with
+``--log-format json`` it lands in the --log file as the last JSON line, where containerd's
+shim looks for it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from hyperpy import __version__
+from hyperpy.errors import HyperpyError, UsageError
+
+log = logging.getLogger("hyperpy")
+
+
+def _runtime(ctx: click.Context):  # noqa: ANN202
+    from hyperpy.runtime import Runtime
+
+    obj = ctx.find_root().obj
+    return Runtime(obj["root"], systemd_cgroup=obj["systemd_cgroup"])
+
+
+def command(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``fn``; turn a HyperpyError into a logged error and its exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except HyperpyError as exc:
+            log.error("%s", exc)
+            handlers = logging.getLogger().handlers
+            if handlers and isinstance(handlers[0], logging.FileHandler):
+                click.echo(f"hyperpy: {exc}", err=True)  # the log went to --log only
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            sys.exit(130)
+
+    return wrapper
+
+
+def parse_signal(value: str) -> int:
+    v = value.strip().upper()
+    if v.isdigit():
+        num = int(v)
+        if 0 < num < 65:
+            return num
+    else:
+        name = v if v.startswith("SIG") else "SIG" + v
+        try:
+            return int(signal.Signals[name])
+        except KeyError:
+            pass
+        if name.startswith("SIGRTMIN") or name.startswith("SIGRTMAX"):
+            base = signal.SIGRTMIN if name.startswith("SIGRTMIN") else signal.SIGRTMAX
+            off = name[8:]
+            try:
+                return int(base) + (int(off) if off else 0)
+            except ValueError:
+                pass
+    raise UsageError(f"unknown signal {value!r}: use a name (TERM, SIGKILL) or a number (1-64)")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--root", default="/run/hyperpy", show_default=True,
+              help="directory for storage of container state (tmpfs recommended)")
+@click.option("--log", "log_file", default=None, help="log file (default: stderr)")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
+@click.option("--debug", is_flag=True, help="enable debug logging")
+@click.option("--systemd-cgroup", is_flag=True,
+              help="cgroupsPath is systemd's slice:prefix:name form")
+@click.option("--rootless", default="auto", hidden=True)
+@click.option("--criu", default="criu", hidden=True)
+@click.version_option(__version__, "-v", "--version", prog_name="hyperpy",
+                      message="hyperpy version %(version)s\nspec: 1.1.0")
+@click.pass_context
+def cli(ctx: click.Context, root: str, log_file: str | None, log_format: str, debug: bool,
+        systemd_cgroup: bool, rootless: str, criu: str) -> None:
+    """hyperpy: OCI containers, each in its own QEMU guest, with runc's command line."""
+    from hyperpy import log as hlog
+
+    hlog.setup(log_file, log_format, debug)
+    if debug:
+        os.environ["HYPERPY_DEBUG"] = "1"
+    ctx.obj = {"root": os.path.abspath(root), "systemd_cgroup": systemd_cgroup}
+
+
+@cli.command()
+@click.option("--bundle", "-b", default=".", help="path to the OCI bundle")
+@click.option("--pid-file", default=None)
+@click.option("--console-socket", default=None)
+@click.option("--no-pivot", is_flag=True)
+@click.option("--no-new-keyring", is_flag=True)
+@click.option("--preserve-fds", type=int, default=0)
+@click.argument("container_id")
+@click.pass_context
+@command
+def create(ctx: click.Context, bundle: str, pid_file: str | None, console_socket: str | None,
+           no_pivot: bool, no_new_keyring: bool, preserve_fds: int, container_id: str) -> None:
+    """Create a container (boots its VM); `start` runs its process."""
+    from hyperpy.runtime import CreateOptions
+
+    _runtime(ctx).create(container_id, CreateOptions(bundle, pid_file, console_socket))
+
+
+@cli.command()
+@click.argument("container_id")
+@click.pass_context
+@command
+def start(ctx: click.Context, container_id: str) -> None:
+    """Start the process of a created container."""
+    _runtime(ctx).start(container_id)
+
+
+@cli.command()
+@click.argument("container_id")
+@click.pass_context
+@command
+def state(ctx: click.Context, container_id: str) -> None:
+    """Print the state of a container as JSON."""
+    click.echo(json.dumps(_runtime(ctx).state(container_id), indent=2))
+
+
+@cli.command()
+@click.option("--all", "-a", "all_", is_flag=True, help="signal every process of the container")
+@click.argument("container_id")
+@click.argument("sig", default="SIGTERM")
+@click.pass_context
+@command
+def kill(ctx: click.Context, all_: bool, container_id: str, sig: str) -> None:
+    """Send a signal to the container's init process (or to all with --all)."""
+    _runtime(ctx).kill(container_id, parse_signal(sig), all_)
+
+
+@cli.command()
+@click.option("--force", "-f", is_flag=True, help="delete even a running container")
+@click.argument("container_id")
+@click.pass_context
+@command
+def delete(ctx: click.Context, force: bool, container_id: str) -> None:
+    """Delete a container and its VM."""
+    from hyperpy.errors import ContainerNotFound
+
+    try:
+        _runtime(ctx).delete(container_id, force)
+    except ContainerNotFound:
+        if not force:
+            raise
+
+
+@cli.command(name="list")
+@click.option("--format", "-f", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("--quiet", "-q", is_flag=True, help="print only the ids")
+@click.pass_context
+@command
+def list_(ctx: click.Context, fmt: str, quiet: bool) -> None:
+    """List containers."""
+    states = _runtime(ctx).list()
+    if quiet:
+        for s in states:
+            click.echo(s["id"])
+    elif fmt == "json":
+        click.echo(json.dumps(states))
+    else:
+        click.echo(f"{'ID':<20}{'PID':<10}{'STATUS':<10}{'BUNDLE':<40}{'CREATED':<32}OWNER")
+        for s in states:
+            click.echo(f"{s['id']:<20}{s['pid']:<10}{s['status']:<10}{s['bundle']:<40}"
+                       f"{s['created']:<32}{s['owner'] or 'root'}")
+
+
+@cli.command()
+@click.option("--bundle", "-b", default=".")
+@click.option("--pid-file", default=None)
+@click.option("--console-socket", default=None)
+@click.option("--detach", "-d", is_flag=True)
+@click.option("--no-pivot", is_flag=True)
+@click.option("--no-new-keyring", is_flag=True)
+@click.option("--keep", is_flag=True, help="do not delete the container after it exits")
+@click.argument("container_id")
+@click.pass_context
+@command
+def run(ctx: click.Context, bundle: str, pid_file: str | None, console_socket: str | None,
+        detach: bool, no_pivot: bool, no_new_keyring: bool, keep: bool,
+        container_id: str) -> None:
+    """Create and start a container; in the foreground, wait and exit with its status."""
+    from hyperpy.runtime import CreateOptions
+
+    rt = _runtime(ctx)
+    st = rt.create(container_id, CreateOptions(bundle, pid_file, console_socket))
+    if detach:
+        rt.start(container_id)
+        return
+    forward = {}
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        forward[sig] = signal.signal(sig, lambda s, _f: os.kill(st.pid, s))
+    try:
+        rt.start(container_id)
+        status = _wait_child(st.pid)
+    except BaseException:
+        rt.delete(container_id, force=True)
+        raise
+    if not keep:
+        rt.delete(container_id, force=True)
+    sys.exit(status)
+
+
+def _wait_child(pid: int) -> int:
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except InterruptedError:
+            continue
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+@cli.command(name="exec")
+@click.option("--process", "-p", "process_file", default=None, help="path to process.json")
+@click.option("--console-socket", default=None)
+@click.option("--detach", "-d", is_flag=True)
+@click.option("--pid-file", default=None)
+@click.option("--tty", "-t", is_flag=True)
+@click.option("--cwd", default=None)
+@click.option("--env", "-e", multiple=True)
+@click.option("--user", "-u", default=None, help="uid[:gid]")
+@click.option("--additional-gids", "-g", multiple=True, type=int)
+@click.option("--no-new-privs", is_flag=True)
+@click.option("--cap", "-c", multiple=True)
+@click.option("--preserve-fds", type=int, default=0)
+@click.argument("container_id")
+@click.argument("command_args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+@command
+def exec_(ctx: click.Context, process_file: str | None, console_socket: str | None, detach: bool,
+          pid_file: str | None, tty: bool, cwd: str | None, env: tuple[str, ...],
+          user: str | None, additional_gids: tuple[int, ...], no_new_privs: bool,
+          cap: tuple[str, ...], preserve_fds: int, container_id: str,
+          command_args: tuple[str, ...]) -> None:
+    """Run a new process in a running container."""
+    rt = _runtime(ctx)
+    if process_file:
+        try:
+            with open(process_file) as f:
+                process = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--process {process_file}: cannot read process JSON: {exc}") from exc
+        if not isinstance(process, dict) or not process.get("args"):
+            raise UsageError(f"--process {process_file}: /args must be a non-empty array")
+    else:
+        if not command_args:
+            raise UsageError("exec needs a command (or --process FILE)")
+        st = rt.store.load(container_id)
+        from hyperpy.oci.validate import load_bundle
+
+        base = (load_bundle(st.bundle).get("process") or {})
+        process = {
+            "terminal": tty,
+            "args": list(command_args),
+            "env": list(base.get("env", [])) + list(env),
+            "cwd": cwd or base.get("cwd", "/"),
+            "user": dict(base.get("user", {"uid": 0, "gid": 0})),
+            "noNewPrivileges": no_new_privs or base.get("noNewPrivileges", False),
+        }
+        if user:
+            uid, _, gid = user.partition(":")
+            process["user"] = {"uid": int(uid), "gid": int(gid or 0)}
+        if additional_gids:
+            process["user"]["additionalGids"] = list(additional_gids)
+    code = rt.exec(container_id, process, console_socket, pid_file, detach)
+    sys.exit(code)
+
+
+@cli.command()
+@click.option("--format", "-f", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.argument("container_id")
+@click.argument("ps_args", nargs=-1)
+@click.pass_context
+@command
+def ps(ctx: click.Context, fmt: str, container_id: str, ps_args: tuple[str, ...]) -> None:
+    """List the processes of a container (guest pids)."""
+    pids = _runtime(ctx).ps(container_id)
+    if fmt == "json":
+        click.echo(json.dumps(pids))
+    else:
+        click.echo("PID")
+        for pid in pids:
+            click.echo(str(pid))
+
+
+@cli.command()
+@click.argument("container_id")
+@click.pass_context
+@command
+def pause(ctx: click.Context, container_id: str) -> None:
+    """Suspend every process of the container."""
+    _runtime(ctx).pause(container_id)
+
+
+@cli.command()
+@click.argument("container_id")
+@click.pass_context
+@command
+def resume(ctx: click.Context, container_id: str) -> None:
+    """Resume a paused container."""
+    _runtime(ctx).pause(container_id, resume=True)
+
+
+@cli.command()
+@click.option("--rootless", is_flag=True)
+@click.option("--bundle", "-b", default=".")
+@command
+def spec(rootless: bool, bundle: str) -> None:
+    """Write a default config.json into the bundle."""
+    from hyperpy.oci.spec import default_spec
+
+    path = os.path.join(bundle, "config.json")
+    if os.path.exists(path):
+        raise UsageError(f"{path} already exists: remove it first")
+    with open(path, "w") as f:
+        json.dump(default_spec(rootless=rootless), f, indent="\t")
+        f.write("\n")
+
+
+@cli.command()
+@command
+def features() -> None:
+    """Print the features this runtime supports (the runtime-spec features document)."""
+    from hyperpy.oci.spec import features as feats
+
+    click.echo(json.dumps(feats(), indent=2))
+
+
+def main() -> None:
+    cli(prog_name="hyperpy")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""--log and --log-format as runc writes them.
+
+Owns the root logger's handler: text lines, or with ``--log-format json`` one JSON object
+per line with ``level``, ``msg`` and ``time`` (RFC 3339), the form containerd's runc shim
+parses to show the user the last error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+LEVELS = {"DEBUG": "debug", "INFO": "info", "WARNING": "warning", "ERROR": "error",
+          "CRITICAL": "fatal"}
+
+
+def _rfc3339(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e9):09d}Z"
+
+
+class JSONFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        if record.exc_info and record.levelno < logging.ERROR:
+            msg += "\n" + self.formatException(record.exc_info)
+        return json.dumps(
+            {"level": LEVELS.get(record.levelname, "info"), "msg": msg,
+             "time": _rfc3339(record.created)}
+        )
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        level = LEVELS.get(record.levelname, "info")[:4].upper()
+        return f"{level}[{_rfc3339(record.created)}] {record.getMessage()}"
+
+
+def setup(log_file: str | None, log_format: str, debug: bool) -> None:
+    root = logging.getLogger()
+    root.handlers.clear()
+    root.setLevel(logging.DEBUG if debug else logging.WARNING)
+    handler: logging.Handler
+    if log_file:
+        handler = logging.FileHandler(log_file)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JSONFormatter() if log_format == "json" else TextFormatter())
+    root.addHandler(handler)

@@ -1,0 +1,420 @@
+"""The sandbox monitor: one long-lived process per VM.
+
+Owns the QEMU process, QMP, the single agent channel (multiplexed here), the bind mounts in
+the sandbox's shared/ directory, and the record of exit statuses (exit.json). Serves the
+CLI and the process proxies on ``monitor.sock`` with the agent's own framing
+(:mod:`agent.protocol`):
+
+- CLI requests (``create``, ``start``, ``exec``, ``signal``, ``ps``, ``pause``, ``resume``,
+  ``shutdown``) are answered on the connection that sent them;
+- a proxy sends ``attach {"proc": N}``: from then on the monitor sends it that process's
+  stdout/stderr DATA frames and its ``exit`` event, and forwards its stdin DATA frames and
+  ``signal``/``winsize`` requests to the agent. Output produced before a proxy attaches is
+  kept until it does.
+
+If QEMU or the agent dies, every process without an exit gets a synthetic ``exit`` with
+status 255 and a reason, the proxies are told, and the monitor cleans up and exits.
+
+Started by ``hyperpy create`` as ``python -m hyperpy.monitor STATE_DIR READY_FD``: it
+detaches from the caller's stdio (the runc shim waits on those pipes), reports readiness or
+the boot error as one JSON line on READY_FD, then closes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+
+from agent import protocol as P
+from hyperpy import share
+from hyperpy.config import load as load_config
+from hyperpy.errors import AgentError, HyperpyError, SpecError, VMError
+from hyperpy.sandbox.store import write_json_atomic
+from hyperpy.vm import qemu
+
+log = logging.getLogger("hyperpy.monitor")
+
+AGENT_TIMEOUT = 60.0
+
+
+class Attachment:
+    """Frames for one process: sent to its proxy, or kept until one attaches."""
+
+    def __init__(self) -> None:
+        self.writer: asyncio.StreamWriter | None = None
+        self.pending: list[bytes] = []
+        self.exit: dict | None = None
+
+    def deliver(self, frame: bytes) -> None:
+        if self.writer is not None and not self.writer.is_closing():
+            self.writer.write(frame)
+        else:
+            self.pending.append(frame)
+
+
+class AgentLink:
+    """The host end of the agent channel: requests by id, events and DATA dispatched."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.next_id = 1
+        self.waiting: dict[int, asyncio.Future] = {}
+        self.on_event = lambda msg: None
+        self.on_data = lambda stream, payload: None
+        self.closed = asyncio.get_running_loop().create_future()
+
+    async def pump(self) -> None:
+        decoder = P.Decoder()
+        try:
+            while True:
+                data = await self.reader.read(256 * 1024)
+                if not data:
+                    break
+                for item in decoder.feed(data):
+                    if isinstance(item, P.BadFrame):
+                        log.warning("bad frame from the agent: %s", item.reason)
+                    elif item.kind == P.DATA:
+                        self.on_data(item.stream, item.payload)
+                    else:
+                        self._on_msg(item.message())
+        finally:
+            err = AgentError("the agent channel closed (the VM stopped or the agent died)")
+            for fut in self.waiting.values():
+                if not fut.done():
+                    fut.set_exception(err)
+            self.waiting.clear()
+            if not self.closed.done():
+                self.closed.set_result(None)
+
+    def _on_msg(self, msg: dict) -> None:
+        if "event" in msg:
+            self.on_event(msg)
+            return
+        fut = self.waiting.pop(msg.get("id", 0), None)
+        if fut is None:
+            if not msg.get("ok", True):
+                log.warning("agent error without a request: %s", msg.get("error"))
+            return
+        if not fut.done():
+            fut.set_result(msg)
+
+    def send_raw(self, frame: bytes) -> None:
+        self.writer.write(frame)
+
+    async def request(self, op: str, timeout: float = AGENT_TIMEOUT, **fields: object) -> dict:
+        if self.closed.done():
+            raise AgentError(f"cannot send {op!r}: the agent channel is closed")
+        req_id = self.next_id
+        self.next_id += 1
+        fut = asyncio.get_running_loop().create_future()
+        self.waiting[req_id] = fut
+        self.writer.write(P.encode_msg({"id": req_id, "op": op, **fields}))
+        try:
+            reply = await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            self.waiting.pop(req_id, None)
+            raise AgentError(f"the agent did not answer {op!r} within {timeout:.0f}s") from None
+        if not reply.get("ok"):
+            if reply.get("kind") == "SpecError":
+                raise SpecError(reply.get("error", ""), pointer=reply.get("pointer", ""))
+            raise AgentError(f"the agent refused {op!r}: {reply.get('error')}")
+        return reply
+
+
+class Monitor:
+    def __init__(self, state_dir: str) -> None:
+        self.dir = state_dir
+        self.cfg = load_config().vm
+        self.vm: qemu.QemuVM | None = None
+        self.agent: AgentLink | None = None
+        self.attachments: dict[int, Attachment] = {}
+        self.procs: dict[int, str] = {}  # proc -> cid
+        self.inits: dict[str, int] = {}  # cid -> init proc
+        self.stop = asyncio.Event()
+        self.server: asyncio.AbstractServer | None = None
+        self.timings: dict[str, float] = {}
+
+    # --- boot ---------------------------------------------------------------------------
+    async def boot(self, request: dict) -> dict:
+        cfg = self.cfg
+        qemu.check_artifacts(cfg)
+        os.makedirs(os.path.join(self.dir, "shared"), exist_ok=True)
+        accel = qemu.choose_accel(cfg)
+        vsock_cid = None
+        if cfg.channel == "vsock" or (cfg.channel == "auto" and qemu.vsock_usable()):
+            vsock_cid = 3 + (os.getpid() % 0x7FFFFFF0)
+        spec = qemu.build_spec(
+            cfg,
+            self.dir,
+            accel,
+            share=os.path.join(self.dir, "shared"),
+            vsock_cid=vsock_cid,
+            memory_mb=request.get("memory_mb") or None,
+            vcpus=request.get("vcpus") or None,
+        )
+        self.timings["launch"] = time.monotonic()
+        self.vm = qemu.QemuVM(spec, self.dir)
+        await self.vm.launch()
+        ready = asyncio.get_running_loop().create_future()
+        connect = asyncio.ensure_future(self._connect_agent(spec, ready))
+        try:
+            await self.vm.watch_boot(ready, cfg.boot_timeout)
+        finally:
+            if not connect.done():
+                connect.cancel()
+        hello = ready.result()
+        self.timings["agent_ready"] = time.monotonic()
+        return {"accel": accel, "hello": hello, "qemu_pid": self.vm.proc.pid if self.vm.proc else 0}
+
+    async def _connect_agent(self, spec: object, ready: asyncio.Future) -> None:
+        try:
+            channel = spec.channel
+            while True:
+                try:
+                    if isinstance(channel, qemu.VsockChannel):
+                        import socket
+
+                        sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+                        sock.setblocking(False)
+                        await asyncio.get_running_loop().sock_connect(
+                            sock, (channel.guest_cid, channel.port)
+                        )
+                        reader, writer = await asyncio.open_connection(sock=sock)
+                    else:
+                        reader, writer = await asyncio.open_unix_connection("agent.sock")
+                    break
+                except OSError:
+                    await asyncio.sleep(0.02)
+            self.agent = AgentLink(reader, writer)
+            self.agent.on_event = self._on_agent_event
+            self.agent.on_data = self._on_agent_data
+            asyncio.ensure_future(self.agent.pump())
+            hello = await self.agent.request(P.OP_HELLO, timeout=3600, version=P.PROTOCOL_VERSION)
+            if not ready.done():
+                ready.set_result(hello)
+        except Exception as exc:  # noqa: BLE001 - handed to the boot waiter
+            if not ready.done():
+                ready.set_exception(exc)
+
+    # --- agent events -------------------------------------------------------------------
+    def _attachment(self, proc: int) -> Attachment:
+        return self.attachments.setdefault(proc, Attachment())
+
+    def _on_agent_data(self, stream: int, payload: bytes) -> None:
+        proc, _ = P.split_stream(stream)
+        self._attachment(proc).deliver(P.encode(P.DATA, stream, payload))
+
+    def _on_agent_event(self, msg: dict) -> None:
+        if msg.get("event") == P.EV_EXIT:
+            self._record_exit(msg)
+
+    def _record_exit(self, msg: dict) -> None:
+        proc = int(msg.get("proc", 0))
+        att = self._attachment(proc)
+        if att.exit is not None:
+            return
+        att.exit = msg
+        cid = msg.get("cid") or self.procs.get(proc, "")
+        if self.inits.get(cid) == proc:
+            write_json_atomic(
+                os.path.join(self.dir, "exit.json"),
+                {"status": msg.get("status"), "signal": msg.get("signal"),
+                 "reason": msg.get("reason", ""), "time": time.time()},
+            )
+        att.deliver(P.encode_msg(msg))
+        if att.writer is not None:
+            att.writer.close()
+
+    def _vm_gone(self, reason: str) -> None:
+        for proc in list(self.procs):
+            att = self._attachment(proc)
+            if att.exit is None:
+                self._record_exit(
+                    {"event": P.EV_EXIT, "proc": proc, "cid": self.procs[proc],
+                     "status": 255, "signal": None, "reason": reason}
+                )
+        self.stop.set()
+
+    # --- clients ------------------------------------------------------------------------
+    async def serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        decoder = P.Decoder()
+        attached: int | None = None
+        try:
+            while True:
+                data = await reader.read(256 * 1024)
+                if not data:
+                    break
+                for item in decoder.feed(data):
+                    if isinstance(item, P.BadFrame):
+                        writer.write(P.encode_msg(P.error_reply(0, item.reason, "ProtocolError")))
+                    elif item.kind == P.DATA:
+                        if attached is not None and P.split_stream(item.stream)[0] == attached:
+                            assert self.agent is not None
+                            self.agent.send_raw(P.encode(P.DATA, item.stream, item.payload))
+                    else:
+                        msg = item.message()
+                        if msg.get("op") == "attach":
+                            attached = int(msg["proc"])
+                            self._attach(attached, writer, msg)
+                        else:
+                            asyncio.ensure_future(self._answer(msg, writer))
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            if attached is not None:
+                att = self._attachment(attached)
+                if att.writer is writer:
+                    att.writer = None
+            writer.close()
+
+    def _attach(self, proc: int, writer: asyncio.StreamWriter, msg: dict) -> None:
+        att = self._attachment(proc)
+        att.writer = writer
+        writer.write(P.encode_msg(P.reply(msg)))
+        for frame in att.pending:
+            writer.write(frame)
+        att.pending.clear()
+        if att.exit is not None:
+            writer.close()
+
+    async def _answer(self, msg: dict, writer: asyncio.StreamWriter) -> None:
+        try:
+            result = await self.handle(msg)
+            out = P.reply(msg, **result)
+        except HyperpyError as exc:
+            out = P.error_reply(msg.get("id", 0), str(exc), type(exc).__name__)
+            if isinstance(exc, SpecError):
+                out["pointer"] = exc.pointer
+        except Exception as exc:  # noqa: BLE001 - every failure is answered
+            log.exception("request %s failed", msg.get("op"))
+            out = P.error_reply(msg.get("id", 0), f"{type(exc).__name__}: {exc}", "HyperpyError")
+        if not writer.is_closing():
+            writer.write(P.encode_msg(out))
+
+    async def handle(self, msg: dict) -> dict:
+        op = msg.get("op")
+        agent = self.agent
+        if agent is None:
+            raise VMError("the VM is not running")
+        if op == "create":
+            return await self._create(msg)
+        if op == "start":
+            return await agent.request(P.OP_START, cid=msg["cid"])
+        if op == "exec":
+            reply = await agent.request(P.OP_EXEC, cid=msg["cid"], process=msg["process"])
+            self.procs[reply["proc"]] = msg["cid"]
+            return reply
+        if op in (P.OP_SIGNAL, P.OP_WINSIZE, P.OP_PS):
+            fields = {k: v for k, v in msg.items() if k not in ("id", "op")}
+            return await agent.request(op, **fields)
+        if op in ("pause", "resume"):
+            assert self.vm is not None and self.vm.qmp is not None
+            await self.vm.qmp.execute("stop" if op == "pause" else "cont")
+            return {}
+        if op == "info":
+            return {"pid": os.getpid(), "qemu_pid": self.vm.proc.pid if self.vm and self.vm.proc else 0,
+                    "timings": self.timings}
+        if op == "shutdown":
+            asyncio.get_running_loop().call_soon(self.stop.set)
+            return {}
+        raise AgentError(f"unknown monitor operation {op!r}")
+
+    async def _create(self, msg: dict) -> dict:
+        assert self.agent is not None
+        cid = msg["cid"]
+        plan = share.plan(msg["spec"], msg["bundle"], cid)
+        share.apply(plan, os.path.join(self.dir, "shared"))
+        try:
+            reply = await self.agent.request(
+                P.OP_CREATE, cid=cid, spec=plan.guest_spec, rootfs=plan.guest_rootfs
+            )
+        except BaseException:
+            share.release(os.path.join(self.dir, "shared"))
+            raise
+        self.procs[reply["proc"]] = cid
+        self.inits[cid] = reply["proc"]
+        return {"proc": reply["proc"], "pid": reply["pid"]}
+
+    # --- main ---------------------------------------------------------------------------
+    async def main(self, ready_fd: int) -> int:
+        os.chdir(self.dir)
+        request = json.loads(os.environ.get("HYPERPY_MONITOR_REQUEST", "{}"))
+        try:
+            info = await self.boot(request)
+            self.server = await asyncio.start_unix_server(self.serve_client, path="monitor.sock")
+        except BaseException as exc:
+            _report(ready_fd, {"ok": False, "error": str(exc), "kind": type(exc).__name__})
+            await self.cleanup()
+            return 1
+        _report(ready_fd, {"ok": True, "pid": os.getpid(), **info})
+        assert self.vm is not None and self.agent is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, self.stop.set)
+        vm_wait = asyncio.ensure_future(self.vm.wait())
+        stop_wait = asyncio.ensure_future(self.stop.wait())
+        await asyncio.wait(
+            {vm_wait, stop_wait, asyncio.ensure_future(asyncio.shield(self.agent.closed))},
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if vm_wait.done():
+            self._vm_gone(f"the VM exited (QEMU status {vm_wait.result()})")
+        elif self.agent.closed.done() and not stop_wait.done():
+            self._vm_gone("the guest agent closed its channel")
+        else:
+            with contextlib.suppress(Exception):
+                await self.agent.request(P.OP_SHUTDOWN, timeout=3)
+            self._vm_gone("the sandbox was shut down")
+        await self.cleanup()
+        return 0
+
+    async def cleanup(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for att in self.attachments.values():
+            if att.writer is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(att.writer.drain(), 2)
+                att.writer.close()
+        if self.vm is not None:
+            await self.vm.shutdown()
+        share.release(os.path.join(self.dir, "shared"))
+        for name in ("monitor.sock", "agent.sock", "qmp.sock"):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self.dir, name))
+
+
+def _report(fd: int, obj: dict) -> None:
+    if fd < 0:
+        return
+    with contextlib.suppress(OSError):
+        os.write(fd, json.dumps(obj).encode() + b"\n")
+        os.close(fd)
+
+
+def main() -> None:
+    state_dir, ready_fd = sys.argv[1], int(sys.argv[2])
+    logging.basicConfig(
+        filename=os.path.join(state_dir, "monitor.log"),
+        level=logging.DEBUG if os.environ.get("HYPERPY_DEBUG") else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        code = asyncio.run(Monitor(state_dir).main(ready_fd))
+    except Exception as exc:  # noqa: BLE001 - last resort: say why in the log and to create
+        log.exception("monitor failed")
+        _report(ready_fd, {"ok": False, "error": f"monitor failed: {exc}", "kind": "VMError"})
+        code = 1
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,372 @@
+"""The OCI operations, as runc performs them, orchestrating store, monitor and proxies.
+
+Owns the order of each operation's steps and its cleanup on failure: a create that fails
+leaves no process, mount, socket or state directory behind. Imports stay lean: ``state``,
+``kill`` and ``start`` run for every container the shim manages, so jsonschema and asyncio
+are imported only by the operations that need them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from agent import protocol as P
+from hyperpy.errors import (
+    AgentError,
+    ContainerNotFound,
+    HyperpyError,
+    InvalidState,
+    SpecError,
+    UsageError,
+    VMError,
+)
+from hyperpy.proxy import connect_unix
+from hyperpy.sandbox import model
+from hyperpy.sandbox.model import Status
+from hyperpy.sandbox.store import State, Store, pid_alive
+
+log = logging.getLogger(__name__)
+
+ERRORS = {
+    cls.__name__: cls
+    for cls in (HyperpyError, SpecError, AgentError, VMError, InvalidState, UsageError)
+}
+ERRORS.update({"BootTimeout": VMError, "KernelPanic": VMError, "ArtifactMissing": VMError})
+
+
+def _raise_remote(reply: dict) -> None:
+    kind = reply.get("kind", "HyperpyError")
+    cls = ERRORS.get(kind, HyperpyError)
+    if cls is SpecError:
+        raise SpecError(reply.get("error", ""), pointer=reply.get("pointer", ""))
+    if kind == "ArtifactMissing":
+        from hyperpy.errors import ArtifactMissing
+
+        raise ArtifactMissing(reply.get("error", ""))
+    raise cls(reply.get("error", "unknown error"))
+
+
+class MonitorClient:
+    """Synchronous requests to a sandbox monitor over its unix socket."""
+
+    def __init__(self, state_dir: str, timeout: float = 60.0) -> None:
+        self.path = os.path.join(state_dir, "monitor.sock")
+        self.timeout = timeout
+
+    def request(self, op: str, timeout: float | None = None, **fields: object) -> dict:
+        try:
+            sock = connect_unix(self.path)
+        except OSError as exc:
+            raise VMError(f"the sandbox monitor is not reachable at {self.path}: {exc}") from exc
+        with sock:
+            sock.settimeout(timeout or self.timeout)
+            sock.sendall(P.encode_msg({"id": 1, "op": op, **fields}))
+            decoder = P.Decoder()
+            while True:
+                try:
+                    data = sock.recv(65536)
+                except TimeoutError:
+                    raise VMError(f"the sandbox monitor did not answer {op!r} in time") from None
+                if not data:
+                    raise VMError(f"the sandbox monitor closed the connection during {op!r}")
+                for item in decoder.feed(data):
+                    if isinstance(item, P.Frame) and item.kind == P.MSG:
+                        reply = item.message()
+                        if reply.get("id") == 1:
+                            if not reply.get("ok"):
+                                _raise_remote(reply)
+                            return reply
+
+
+@dataclass
+class CreateOptions:
+    bundle: str
+    pid_file: str | None = None
+    console_socket: str | None = None
+    systemd_cgroup: bool = False
+
+
+def _now_rfc3339() -> str:
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e9):09d}Z"
+
+
+def _write_pid_file(path: str, pid: int) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(str(pid))
+    os.rename(tmp, path)
+
+
+def _read_ready(fd: int, timeout: float, what: str) -> str:
+    deadline = time.monotonic() + timeout
+    data = b""
+    while not data.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise VMError(f"{what} did not become ready within {timeout:.0f}s")
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode(errors="replace").strip()
+
+
+def _spawn_detached(argv: list[str], pass_fds: tuple[int, ...], env: dict | None = None,
+                    stdio: bool = False, session: bool = True) -> subprocess.Popen:
+    """Start a helper; unless ``stdio``, it holds none of our stdin/stdout/stderr."""
+    null = subprocess.DEVNULL
+    return subprocess.Popen(
+        argv,
+        stdin=None if stdio else null,
+        stdout=None if stdio else null,
+        stderr=None if stdio else null,
+        pass_fds=pass_fds,
+        close_fds=True,
+        start_new_session=session,
+        env=env,
+    )
+
+
+class Runtime:
+    def __init__(self, root: str, systemd_cgroup: bool = False) -> None:
+        self.store = Store(root)
+        self.systemd_cgroup = systemd_cgroup
+
+    # --- reading ------------------------------------------------------------------------
+    def status(self, st: State) -> Status:
+        d = self.store.dir(st.id)
+        exited = os.path.exists(os.path.join(d, "exit.json"))
+        return model.effective_status(Status(st.status), exited, pid_alive(st.monitor_pid))
+
+    def state(self, cid: str) -> dict:
+        st = self.store.load(cid)
+        status = self.status(st)
+        return {
+            "ociVersion": "1.1.0",
+            "id": st.id,
+            "pid": st.pid if status != Status.STOPPED else 0,
+            "status": status.value,
+            "bundle": st.bundle,
+            "rootfs": st.rootfs,
+            "created": st.created,
+            "owner": st.owner,
+            "annotations": st.annotations,
+        }
+
+    def list(self) -> list[dict]:
+        out = []
+        for cid in self.store.ids():
+            try:
+                out.append(self.state(cid))
+            except ContainerNotFound:
+                continue
+        return out
+
+    # --- create -------------------------------------------------------------------------
+    def create(self, cid: str, opts: CreateOptions) -> State:
+        from hyperpy.oci.validate import load_bundle
+
+        bundle = os.path.abspath(opts.bundle)
+        spec = load_bundle(bundle, systemd_cgroup=opts.systemd_cgroup or self.systemd_cgroup)
+        process = spec.get("process") or {}
+        if process.get("terminal") and not opts.console_socket and opts.pid_file:
+            raise UsageError(
+                "config.json asks for a terminal (/process/terminal) but no --console-socket "
+                "was given: pass --console-socket, or set process.terminal to false"
+            )
+        if opts.console_socket and not process.get("terminal"):
+            raise UsageError(
+                "--console-socket was given but /process/terminal is false in config.json"
+            )
+        d = self.store.make(cid)
+        root = spec.get("root", {}).get("path", "rootfs")
+        st = State(
+            id=cid,
+            bundle=bundle,
+            rootfs=root if os.path.isabs(root) else os.path.join(bundle, root),
+            created=_now_rfc3339(),
+            annotations=spec.get("annotations", {}),
+            terminal=bool(process.get("terminal")),
+            cgroups_path=spec.get("linux", {}).get("cgroupsPath", ""),
+        )
+        try:
+            self.store.save(st)
+            self._boot(d, st, spec)
+            reply = MonitorClient(d).request("create", cid=cid, spec=spec, bundle=bundle)
+            st.init_proc = reply["proc"]
+            st.pid = self._spawn_proxy(d, st.init_proc, opts.console_socket, stdio=True)
+            st.status = Status.CREATED.value
+            self.store.save(st)
+            if opts.pid_file:
+                _write_pid_file(opts.pid_file, st.pid)
+        except BaseException:
+            self._destroy(d, st)
+            self.store.remove(cid)
+            raise
+        return st
+
+    def _boot(self, d: str, st: State, spec: dict) -> None:
+        from hyperpy.config import load as load_config
+
+        cfg = load_config().vm
+        r, w = os.pipe()
+        env = dict(os.environ)
+        env["HYPERPY_MONITOR_REQUEST"] = json.dumps(_vm_request(spec, cfg.memory_mb, cfg.overhead_mb))
+        try:
+            mon = _spawn_detached(
+                [sys.executable, "-m", "hyperpy.monitor", d, str(w)], (w,), env=env
+            )
+        finally:
+            os.close(w)
+        st.monitor_pid = mon.pid
+        self.store.save(st)
+        try:
+            line = _read_ready(r, cfg.boot_timeout + 30, "the sandbox monitor")
+        finally:
+            os.close(r)
+        try:
+            result = json.loads(line) if line else {"ok": False, "error": "the monitor exited"}
+        except ValueError:
+            result = {"ok": False, "error": f"garbled monitor report: {line!r}"}
+        if not result.get("ok"):
+            mon.wait(timeout=30)
+            _raise_remote({"kind": result.get("kind", "VMError"),
+                           "error": result.get("error", "the sandbox monitor failed")})
+        st.qemu_pid = result.get("qemu_pid", 0)
+
+    def _spawn_proxy(self, d: str, proc: int, console_socket: str | None, stdio: bool) -> int:
+        r, w = os.pipe()
+        argv = [sys.executable, "-m", "hyperpy.proxy", d, str(proc), str(w)]
+        if console_socket:
+            argv += ["--console-socket", os.path.abspath(console_socket)]
+        try:
+            p = _spawn_detached(argv, (w,), stdio=stdio, session=False)
+        finally:
+            os.close(w)
+        try:
+            line = _read_ready(r, 30, "the process proxy")
+        finally:
+            os.close(r)
+        if line != "ok":
+            p.kill()
+            p.wait(timeout=10)
+            raise VMError(f"the process proxy failed: {line or 'it exited'}")
+        # The proxy outlives us; the runc shim (a subreaper) or `run` reaps it.
+        p.returncode = 0  # keep Popen.__del__ from warning about a running child
+        return p.pid
+
+    # --- start, kill, exec, ps, pause -----------------------------------------------------
+    def _check(self, cid: str, op: str) -> tuple[State, str]:
+        st = self.store.load(cid)
+        model.check(op, self.status(st), cid)
+        return st, self.store.dir(cid)
+
+    def start(self, cid: str) -> None:
+        with self.store.locked(cid):
+            st, d = self._check(cid, "start")
+            MonitorClient(d).request("start", cid=cid)
+            st.status = Status.RUNNING.value
+            self.store.save(st)
+
+    def kill(self, cid: str, sig: int, all_: bool = False) -> None:
+        st, d = self._check(cid, "kill")
+        if all_:
+            MonitorClient(d).request(P.OP_SIGNAL, cid=cid, all=True, signal=sig)
+        else:
+            MonitorClient(d).request(P.OP_SIGNAL, cid=cid, proc=st.init_proc, signal=sig)
+
+    def exec(self, cid: str, process: dict, console_socket: str | None, pid_file: str | None,
+             detach: bool) -> int:
+        st, d = self._check(cid, "exec")
+        if process.get("terminal") and not console_socket and detach:
+            raise UsageError("exec with a terminal and --detach needs --console-socket")
+        reply = MonitorClient(d).request("exec", cid=cid, process=process)
+        pid = self._spawn_proxy(d, reply["proc"], console_socket, stdio=True)
+        if pid_file:
+            _write_pid_file(pid_file, pid)
+        if detach:
+            return 0
+        return _wait_pid(pid)
+
+    def ps(self, cid: str) -> list[int]:
+        st, d = self._check(cid, "ps")
+        if self.status(st) == Status.STOPPED:
+            return []
+        return MonitorClient(d).request(P.OP_PS, cid=cid)["pids"]
+
+    def pause(self, cid: str, resume: bool = False) -> None:
+        op = "resume" if resume else "pause"
+        with self.store.locked(cid):
+            st, d = self._check(cid, op)
+            MonitorClient(d).request(op)
+            st.status = model.AFTER[op].value
+            self.store.save(st)
+
+    # --- delete -------------------------------------------------------------------------
+    def delete(self, cid: str, force: bool = False) -> None:
+        with self.store.locked(cid) as d:
+            st = self.store.load(cid)
+            model.check("delete-force" if force else "delete", self.status(st), cid)
+            self._destroy(d, st)
+            self.store.remove(cid)
+
+    def _destroy(self, d: str, st: State) -> None:
+        """Stop the sandbox and everything it made; safe to call on a half-made one."""
+        from hyperpy import share
+
+        if pid_alive(st.monitor_pid) and os.path.exists(os.path.join(d, "monitor.sock")):
+            try:
+                MonitorClient(d, timeout=10).request("shutdown")
+            except HyperpyError as exc:
+                log.warning("monitor shutdown request failed: %s", exc)
+        _wait_gone(st.monitor_pid, 15)
+        for pid in (st.monitor_pid, st.qemu_pid):
+            _kill_hard(pid)
+        if st.pid and pid_alive(st.pid) and not os.path.exists(os.path.join(d, "exit.json")):
+            _wait_gone(st.pid, 5)
+        share.release(os.path.join(d, "shared"))
+
+
+def _vm_request(spec: dict, default_mb: int, overhead_mb: int) -> dict:
+    """VM size from the spec: its memory limit plus the guest's own overhead."""
+    res = spec.get("linux", {}).get("resources", {}) or {}
+    limit = (res.get("memory") or {}).get("limit") or 0
+    memory_mb = max(default_mb, limit // (1 << 20) + overhead_mb) if limit > 0 else default_mb
+    cpu = res.get("cpu") or {}
+    vcpus = 0
+    if cpu.get("quota") and cpu.get("period"):
+        vcpus = max(1, min(os.cpu_count() or 1, -(-cpu["quota"] // cpu["period"])))
+    return {"memory_mb": memory_mb, "vcpus": vcpus}
+
+
+def _wait_gone(pid: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _kill_hard(pid: int) -> None:
+    if pid_alive(pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        _wait_gone(pid, 5)
+
+
+def _wait_pid(pid: int) -> int:
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
