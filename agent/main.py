@@ -88,7 +88,9 @@ class Agent:
         if was_empty:
             self._flush()
         if self.outbuf and was_empty:
-            self.sel.modify(self.chan, selectors.EVENT_READ | selectors.EVENT_WRITE, self._on_channel)
+            self.sel.modify(
+                self.chan, selectors.EVENT_READ | selectors.EVENT_WRITE, self._on_channel
+            )
         if len(self.outbuf) > OUTBUF_HIGH and not self.paused_outputs:
             self._pause_outputs(True)
 

@@ -74,21 +74,40 @@ def parse_signal(value: str) -> int:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--root", default="/run/hyperpy", show_default=True,
-              help="directory for storage of container state (tmpfs recommended)")
+@click.option(
+    "--root",
+    default="/run/hyperpy",
+    show_default=True,
+    help="directory for storage of container state (tmpfs recommended)",
+)
 @click.option("--log", "log_file", default=None, help="log file (default: stderr)")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
-              show_default=True)
+@click.option(
+    "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
 @click.option("--debug", is_flag=True, help="enable debug logging")
-@click.option("--systemd-cgroup", is_flag=True,
-              help="cgroupsPath is systemd's slice:prefix:name form")
+@click.option(
+    "--systemd-cgroup", is_flag=True, help="cgroupsPath is systemd's slice:prefix:name form"
+)
 @click.option("--rootless", default="auto", hidden=True)
 @click.option("--criu", default="criu", hidden=True)
-@click.version_option(__version__, "-v", "--version", prog_name="hyperpy",
-                      message="hyperpy version %(version)s\nspec: 1.1.0")
+@click.version_option(
+    __version__,
+    "-v",
+    "--version",
+    prog_name="hyperpy",
+    message="hyperpy version %(version)s\nspec: 1.1.0",
+)
 @click.pass_context
-def cli(ctx: click.Context, root: str, log_file: str | None, log_format: str, debug: bool,
-        systemd_cgroup: bool, rootless: str, criu: str) -> None:
+def cli(
+    ctx: click.Context,
+    root: str,
+    log_file: str | None,
+    log_format: str,
+    debug: bool,
+    systemd_cgroup: bool,
+    rootless: str,
+    criu: str,
+) -> None:
     """hyperpy: OCI containers, each in its own QEMU guest, with runc's command line."""
     from hyperpy import log as hlog
 
@@ -108,8 +127,16 @@ def cli(ctx: click.Context, root: str, log_file: str | None, log_format: str, de
 @click.argument("container_id")
 @click.pass_context
 @command
-def create(ctx: click.Context, bundle: str, pid_file: str | None, console_socket: str | None,
-           no_pivot: bool, no_new_keyring: bool, preserve_fds: int, container_id: str) -> None:
+def create(
+    ctx: click.Context,
+    bundle: str,
+    pid_file: str | None,
+    console_socket: str | None,
+    no_pivot: bool,
+    no_new_keyring: bool,
+    preserve_fds: int,
+    container_id: str,
+) -> None:
     """Create a container (boots its VM); `start` runs its process."""
     from hyperpy.runtime import CreateOptions
 
@@ -177,8 +204,10 @@ def list_(ctx: click.Context, fmt: str, quiet: bool) -> None:
     else:
         click.echo(f"{'ID':<20}{'PID':<10}{'STATUS':<10}{'BUNDLE':<40}{'CREATED':<32}OWNER")
         for s in states:
-            click.echo(f"{s['id']:<20}{s['pid']:<10}{s['status']:<10}{s['bundle']:<40}"
-                       f"{s['created']:<32}{s['owner'] or 'root'}")
+            click.echo(
+                f"{s['id']:<20}{s['pid']:<10}{s['status']:<10}{s['bundle']:<40}"
+                f"{s['created']:<32}{s['owner'] or 'root'}"
+            )
 
 
 @cli.command()
@@ -192,9 +221,17 @@ def list_(ctx: click.Context, fmt: str, quiet: bool) -> None:
 @click.argument("container_id")
 @click.pass_context
 @command
-def run(ctx: click.Context, bundle: str, pid_file: str | None, console_socket: str | None,
-        detach: bool, no_pivot: bool, no_new_keyring: bool, keep: bool,
-        container_id: str) -> None:
+def run(
+    ctx: click.Context,
+    bundle: str,
+    pid_file: str | None,
+    console_socket: str | None,
+    detach: bool,
+    no_pivot: bool,
+    no_new_keyring: bool,
+    keep: bool,
+    container_id: str,
+) -> None:
     """Create and start a container; in the foreground, wait and exit with its status."""
     from hyperpy.runtime import CreateOptions
 
@@ -245,11 +282,23 @@ def _wait_child(pid: int) -> int:
 @click.argument("command_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 @command
-def exec_(ctx: click.Context, process_file: str | None, console_socket: str | None, detach: bool,
-          pid_file: str | None, tty: bool, cwd: str | None, env: tuple[str, ...],
-          user: str | None, additional_gids: tuple[int, ...], no_new_privs: bool,
-          cap: tuple[str, ...], preserve_fds: int, container_id: str,
-          command_args: tuple[str, ...]) -> None:
+def exec_(
+    ctx: click.Context,
+    process_file: str | None,
+    console_socket: str | None,
+    detach: bool,
+    pid_file: str | None,
+    tty: bool,
+    cwd: str | None,
+    env: tuple[str, ...],
+    user: str | None,
+    additional_gids: tuple[int, ...],
+    no_new_privs: bool,
+    cap: tuple[str, ...],
+    preserve_fds: int,
+    container_id: str,
+    command_args: tuple[str, ...],
+) -> None:
     """Run a new process in a running container."""
     rt = _runtime(ctx)
     if process_file:
@@ -266,7 +315,7 @@ def exec_(ctx: click.Context, process_file: str | None, console_socket: str | No
         st = rt.store.load(container_id)
         from hyperpy.oci.validate import load_bundle
 
-        base = (load_bundle(st.bundle).get("process") or {})
+        base = load_bundle(st.bundle).get("process") or {}
         process = {
             "terminal": tty,
             "args": list(command_args),

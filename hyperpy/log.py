@@ -12,8 +12,13 @@ import logging
 import sys
 import time
 
-LEVELS = {"DEBUG": "debug", "INFO": "info", "WARNING": "warning", "ERROR": "error",
-          "CRITICAL": "fatal"}
+LEVELS = {
+    "DEBUG": "debug",
+    "INFO": "info",
+    "WARNING": "warning",
+    "ERROR": "error",
+    "CRITICAL": "fatal",
+}
 
 
 def _rfc3339(t: float) -> str:
@@ -26,8 +31,11 @@ class JSONFormatter(logging.Formatter):
         if record.exc_info and record.levelno < logging.ERROR:
             msg += "\n" + self.formatException(record.exc_info)
         return json.dumps(
-            {"level": LEVELS.get(record.levelname, "info"), "msg": msg,
-             "time": _rfc3339(record.created)}
+            {
+                "level": LEVELS.get(record.levelname, "info"),
+                "msg": msg,
+                "time": _rfc3339(record.created),
+            }
         )
 
 

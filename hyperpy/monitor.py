@@ -225,8 +225,12 @@ class Monitor:
         if self.inits.get(cid) == proc:
             write_json_atomic(
                 os.path.join(self.dir, "exit.json"),
-                {"status": msg.get("status"), "signal": msg.get("signal"),
-                 "reason": msg.get("reason", ""), "time": time.time()},
+                {
+                    "status": msg.get("status"),
+                    "signal": msg.get("signal"),
+                    "reason": msg.get("reason", ""),
+                    "time": time.time(),
+                },
             )
         att.deliver(P.encode_msg(msg))
         if att.writer is not None:
@@ -237,13 +241,21 @@ class Monitor:
             att = self._attachment(proc)
             if att.exit is None:
                 self._record_exit(
-                    {"event": P.EV_EXIT, "proc": proc, "cid": self.procs[proc],
-                     "status": 255, "signal": None, "reason": reason}
+                    {
+                        "event": P.EV_EXIT,
+                        "proc": proc,
+                        "cid": self.procs[proc],
+                        "status": 255,
+                        "signal": None,
+                        "reason": reason,
+                    }
                 )
         self.stop.set()
 
     # --- clients ------------------------------------------------------------------------
-    async def serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def serve_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         decoder = P.Decoder()
         attached: int | None = None
         try:
@@ -320,8 +332,11 @@ class Monitor:
             await self.vm.qmp.execute("stop" if op == "pause" else "cont")
             return {}
         if op == "info":
-            return {"pid": os.getpid(), "qemu_pid": self.vm.proc.pid if self.vm and self.vm.proc else 0,
-                    "timings": self.timings}
+            return {
+                "pid": os.getpid(),
+                "qemu_pid": self.vm.proc.pid if self.vm and self.vm.proc else 0,
+                "timings": self.timings,
+            }
         if op == "shutdown":
             asyncio.get_running_loop().call_soon(self.stop.set)
             return {}

@@ -29,8 +29,17 @@ log = logging.getLogger("hyperpy.proxy")
 FORWARDED = [
     s
     for s in signal.Signals
-    if s not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD, signal.SIGWINCH,
-                 signal.SIGPIPE, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCONT)
+    if s
+    not in (
+        signal.SIGKILL,
+        signal.SIGSTOP,
+        signal.SIGCHLD,
+        signal.SIGWINCH,
+        signal.SIGPIPE,
+        signal.SIGTTIN,
+        signal.SIGTTOU,
+        signal.SIGCONT,
+    )
 ]
 VM_GONE_STATUS = 255
 

@@ -123,8 +123,13 @@ def _read_ready(fd: int, timeout: float, what: str) -> str:
     return data.decode(errors="replace").strip()
 
 
-def _spawn_detached(argv: list[str], pass_fds: tuple[int, ...], env: dict | None = None,
-                    stdio: bool = False, session: bool = True) -> subprocess.Popen:
+def _spawn_detached(
+    argv: list[str],
+    pass_fds: tuple[int, ...],
+    env: dict | None = None,
+    stdio: bool = False,
+    session: bool = True,
+) -> subprocess.Popen:
     """Start a helper; unless ``stdio``, it holds none of our stdin/stdout/stderr."""
     null = subprocess.DEVNULL
     return subprocess.Popen(
@@ -223,7 +228,9 @@ class Runtime:
         cfg = load_config().vm
         r, w = os.pipe()
         env = dict(os.environ)
-        env["HYPERPY_MONITOR_REQUEST"] = json.dumps(_vm_request(spec, cfg.memory_mb, cfg.overhead_mb))
+        env["HYPERPY_MONITOR_REQUEST"] = json.dumps(
+            _vm_request(spec, cfg.memory_mb, cfg.overhead_mb)
+        )
         try:
             mon = _spawn_detached(
                 [sys.executable, "-m", "hyperpy.monitor", d, str(w)], (w,), env=env
@@ -242,8 +249,12 @@ class Runtime:
             result = {"ok": False, "error": f"garbled monitor report: {line!r}"}
         if not result.get("ok"):
             mon.wait(timeout=30)
-            _raise_remote({"kind": result.get("kind", "VMError"),
-                           "error": result.get("error", "the sandbox monitor failed")})
+            _raise_remote(
+                {
+                    "kind": result.get("kind", "VMError"),
+                    "error": result.get("error", "the sandbox monitor failed"),
+                }
+            )
         st.qemu_pid = result.get("qemu_pid", 0)
 
     def _spawn_proxy(self, d: str, proc: int, console_socket: str | None, stdio: bool) -> int:
@@ -287,8 +298,14 @@ class Runtime:
         else:
             MonitorClient(d).request(P.OP_SIGNAL, cid=cid, proc=st.init_proc, signal=sig)
 
-    def exec(self, cid: str, process: dict, console_socket: str | None, pid_file: str | None,
-             detach: bool) -> int:
+    def exec(
+        self,
+        cid: str,
+        process: dict,
+        console_socket: str | None,
+        pid_file: str | None,
+        detach: bool,
+    ) -> int:
         st, d = self._check(cid, "exec")
         if process.get("terminal") and not console_socket and detach:
             raise UsageError("exec with a terminal and --detach needs --console-socket")

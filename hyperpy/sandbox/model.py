@@ -45,7 +45,9 @@ def check(operation: str, status: Status, cid: str) -> None:
             "start": " (only a created container can be started)",
             "kill": " (it is not running)",
         }.get(operation, "")
-        raise InvalidState(f"cannot {operation.replace('-', ' ')} container {cid}: it is {status}{hint}")
+        raise InvalidState(
+            f"cannot {operation.replace('-', ' ')} container {cid}: it is {status}{hint}"
+        )
 
 
 def effective_status(stored: Status, exited: bool, monitor_alive: bool) -> Status:

@@ -72,7 +72,9 @@ class Store:
             names = os.listdir(self.root)
         except FileNotFoundError:
             return []
-        return sorted(n for n in names if ID_RE.match(n) and os.path.isdir(os.path.join(self.root, n)))
+        return sorted(
+            n for n in names if ID_RE.match(n) and os.path.isdir(os.path.join(self.root, n))
+        )
 
     def make(self, cid: str) -> str:
         path = self.dir(cid)
@@ -89,7 +91,9 @@ class Store:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise ContainerNotFound(f"container {cid!r} does not exist (under {self.root})") from None
+            raise ContainerNotFound(
+                f"container {cid!r} does not exist (under {self.root})"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             if not os.path.exists(os.path.join(path, "state.json")) and not os.path.isdir(path):
@@ -104,9 +108,13 @@ class Store:
             with open(path) as f:
                 raw = json.load(f)
         except FileNotFoundError:
-            raise ContainerNotFound(f"container {cid!r} does not exist (under {self.root})") from None
+            raise ContainerNotFound(
+                f"container {cid!r} does not exist (under {self.root})"
+            ) from None
         except ValueError as exc:
-            raise ContainerNotFound(f"container {cid!r}: state file {path} is corrupt: {exc}") from exc
+            raise ContainerNotFound(
+                f"container {cid!r}: state file {path} is corrupt: {exc}"
+            ) from exc
         known = {f.name for f in dataclasses.fields(State)}
         return State(**{k: v for k, v in raw.items() if k in known})
 
