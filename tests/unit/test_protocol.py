@@ -1,0 +1,95 @@
+"""Framing of the host/agent wire format, including garbage and oversize input."""
+
+import json
+import struct
+
+import pytest
+
+from agent import protocol as P
+
+
+def frames(items):
+    return [i for i in items if isinstance(i, P.Frame)]
+
+
+def bad(items):
+    return [i for i in items if isinstance(i, P.BadFrame)]
+
+
+def test_roundtrip_message_and_data():
+    wire = P.encode_msg({"id": 1, "op": "hello"}) + b"".join(P.encode_data(9, b"abc"))
+    out = P.Decoder().feed(wire)
+    assert [type(i) for i in out] == [P.Frame, P.Frame]
+    assert out[0].message() == {"id": 1, "op": "hello"}
+    assert (out[1].kind, out[1].stream, out[1].payload) == (P.DATA, 9, b"abc")
+
+
+def test_byte_by_byte_feed_gives_same_frames():
+    wire = P.encode_msg({"id": 7, "x": "é" * 100}) + P.encode(P.DATA, 5, b"")
+    dec = P.Decoder()
+    out = []
+    for b in wire:
+        out += dec.feed(bytes([b]))
+    assert len(frames(out)) == 2 and not bad(out)
+    assert out[1].payload == b""  # EOF frame
+
+
+def test_large_data_is_chunked():
+    data = bytes(range(256)) * 4096  # 1 MiB
+    chunks = P.encode_data(3, data)
+    assert len(chunks) == len(data) // P.CHUNK
+    out = P.Decoder().feed(b"".join(chunks))
+    assert b"".join(f.payload for f in out) == data
+
+
+def test_garbage_before_frame_is_reported_and_skipped():
+    wire = b"garbage!" + P.encode_msg({"id": 2, "op": "ps"})
+    out = P.Decoder().feed(wire)
+    assert len(bad(out)) == 1 and "bad magic" in bad(out)[0].reason
+    assert frames(out)[0].message()["id"] == 2
+
+
+def test_oversize_frame_is_rejected_and_skipped_in_pieces():
+    dec = P.Decoder(max_payload=16)
+    header = P.HEADER.pack(P.MAGIC, P.PROTOCOL_VERSION, P.DATA, 1, 100)
+    out = dec.feed(header + b"x" * 40)
+    assert len(bad(out)) == 1 and "exceeds" in bad(out)[0].reason
+    out = dec.feed(b"x" * 60 + P.encode_msg({"id": 3}))
+    assert [f.message()["id"] for f in frames(out)] == [3]
+
+
+@pytest.mark.parametrize(
+    "payload,reason",
+    [(b"{not json", "not valid JSON"), (b"[1,2]", "not a JSON object")],
+)
+def test_bad_message_payload(payload, reason):
+    wire = P.HEADER.pack(P.MAGIC, P.PROTOCOL_VERSION, P.MSG, 0, len(payload)) + payload
+    out = P.Decoder().feed(wire + P.encode_msg({"id": 4}))
+    assert reason in bad(out)[0].reason
+    assert frames(out)[0].message() == {"id": 4}
+
+
+def test_wrong_version_and_kind_resync():
+    v2 = struct.pack(">2sBBII", P.MAGIC, 99, P.MSG, 0, 2) + b"{}"
+    k9 = struct.pack(">2sBBII", P.MAGIC, P.PROTOCOL_VERSION, 9, 0, 2) + b"{}"
+    out = P.Decoder().feed(v2 + k9 + P.encode_msg({"id": 5}))
+    reasons = " ".join(b.reason for b in bad(out))
+    assert "version 99" in reasons and "kind 9" in reasons
+    assert frames(out)[-1].message() == {"id": 5}
+
+
+def test_encode_refuses_oversize_and_bad_kind():
+    with pytest.raises(P.FrameError):
+        P.encode(P.DATA, 1, b"x" * (P.MAX_PAYLOAD + 1))
+    with pytest.raises(P.FrameError):
+        P.encode(7, 1, b"")
+
+
+def test_stream_ids():
+    assert P.split_stream(P.stream_id(12, P.STDERR)) == (12, P.STDERR)
+
+
+def test_replies():
+    assert P.reply({"id": 3}, pid=4) == {"id": 3, "ok": True, "pid": 4}
+    err = P.error_reply(3, "nope", "SpecError")
+    assert err["ok"] is False and json.dumps(err)
