@@ -1,0 +1,94 @@
+"""Shared fixtures: the hyperpy binary, a private --root per test, busybox bundles, and the
+guarantee checked after every VM test that no QEMU, monitor or proxy process and no state
+is left behind. A failing VM test gets the console and monitor logs attached."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hyperpy.config import artifacts_dir
+
+HYPERPY = str(Path(sys.executable).parent / "hyperpy")
+ARTIFACTS = artifacts_dir()
+HAVE_ARTIFACTS = all(os.path.exists(os.path.join(ARTIFACTS, f)) for f in ("vmlinux", "initrd.img"))
+needs_artifacts = pytest.mark.skipif(
+    not HAVE_ARTIFACTS,
+    reason=f"kernel and initrd are not built in {ARTIFACTS}: run `make kernel initrd`",
+)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
+def processes_mentioning(text: str) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines()[1:] if text in line and "ps -eo" not in line]
+
+
+@pytest.fixture
+def root(tmp_path_factory, request):
+    path = tmp_path_factory.mktemp("root")
+    yield str(path)
+    failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
+    if failed:
+        for log in sorted(path.rglob("*.log")):
+            sys.stdout.write(f"\n----- {log} -----\n{log.read_text(errors='replace')[-4000:]}")
+    # Whatever a test leaves running is cleaned up, but the test fails for it.
+    leftovers = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        leftovers = processes_mentioning(str(path))
+        if not leftovers:
+            break
+        time.sleep(0.2)
+    for cid in os.listdir(path):
+        subprocess.run(
+            [HYPERPY, "--root", str(path), "delete", "--force", cid],
+            capture_output=True,
+            timeout=60,
+        )
+    state = [p for p in os.listdir(path)]
+    assert not leftovers, f"processes left behind: {leftovers}"
+    assert not state, f"state left behind under {path}: {state}"
+
+
+@pytest.fixture
+def bundle(tmp_path):
+    """Factory: bundle(args, **spec_overrides) -> bundle dir with a busybox rootfs."""
+    from hyperpy.bundle import make_bundle
+
+    counter = iter(range(1000))
+
+    def make(args, **overrides):
+        d = tmp_path / f"bundle{next(counter)}"
+        d.mkdir()
+        make_bundle(str(d), args, **overrides)
+        return str(d)
+
+    return make
+
+
+def hyperpy(
+    root: str,
+    *args: str,
+    input: bytes | None = None,
+    timeout: float = 180,
+    env: dict | None = None,
+    check: bool = False,
+) -> subprocess.CompletedProcess:
+    res = subprocess.run(
+        [HYPERPY, "--root", root, *args], input=input, capture_output=True, timeout=timeout, env=env
+    )
+    if check and res.returncode != 0:
+        raise AssertionError(f"hyperpy {args} exited {res.returncode}: {res.stderr.decode()}")
+    return res

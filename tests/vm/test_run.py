@@ -1,0 +1,94 @@
+"""`hyperpy run` in real QEMU guests under TCG: stdio, exit status, errors, no leftovers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import HYPERPY, hyperpy, needs_artifacts
+
+pytestmark = [pytest.mark.vm, needs_artifacts]
+
+
+def test_echo_runs_in_our_kernel(root, bundle):
+    b = bundle(["sh", "-c", "echo hello; uname -r"])
+    res = hyperpy(root, "run", "--bundle", b, "echo1")
+    assert res.returncode == 0, res.stderr.decode()
+    lines = res.stdout.decode().splitlines()
+    assert lines[0] == "hello"
+    assert lines[1] != os.uname().release  # the guest's kernel, not the host's
+
+
+@pytest.mark.parametrize("script,status", [("exit 0", 0), ("exit 7", 7), ("kill -9 $$", 137)])
+def test_exit_status(root, bundle, script, status):
+    res = hyperpy(root, "run", "--bundle", bundle(["sh", "-c", script]), f"exit{status}")
+    assert res.returncode == status, res.stderr.decode()
+
+
+def test_one_mib_through_stdin_and_stdout(root, bundle):
+    data = os.urandom(1 << 20)
+    res = hyperpy(root, "run", "--bundle", bundle(["cat"]), "cat1", input=data)
+    assert res.returncode == 0, res.stderr.decode()
+    assert len(res.stdout) == len(data)
+    assert res.stdout == data
+
+
+def test_stderr_is_kept_apart(root, bundle):
+    b = bundle(["sh", "-c", "echo out; echo err >&2; echo out2"])
+    res = hyperpy(root, "run", "--bundle", b, "err1")
+    assert res.returncode == 0
+    assert res.stdout == b"out\nout2\n"
+    assert res.stderr == b"err\n"
+
+
+def test_sigterm_to_run_reaches_the_container(root, bundle):
+    b = bundle(
+        [
+            "sh",
+            "-c",
+            "trap 'echo got-term; exit 3' TERM; echo ready; " "while true; do sleep 0.1; done",
+        ]
+    )
+    p = subprocess.Popen(
+        [HYPERPY, "--root", root, "run", "--bundle", b, "sig1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert p.stdout is not None
+    assert p.stdout.readline() == b"ready\n"
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert b"got-term" in out, err.decode()
+    assert p.returncode == 3
+
+
+def test_kernel_panic_fails_fast_with_console_tail(root, bundle, tmp_path):
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[vm]\nkernel_params = "rdinit=/does-not-exist"\nverbose_console = true\n')
+    env = dict(os.environ, HYPERPY_CONFIG=str(cfg))
+    start = time.monotonic()
+    res = hyperpy(root, "run", "--bundle", bundle(["true"]), "panic1", env=env)
+    assert res.returncode == 7
+    err = res.stderr.decode()
+    assert "panicked" in err and "Kernel panic" in err, err
+    assert time.monotonic() - start < 50  # failed on the panic, not the 60 s boot timeout
+
+
+def test_boot_timeout_names_console_tail(root, bundle, tmp_path):
+    cfg = tmp_path / "config.toml"
+    cfg.write_text("[vm]\nboot_timeout = 0.3\nverbose_console = true\n")
+    env = dict(os.environ, HYPERPY_CONFIG=str(cfg))
+    res = hyperpy(root, "run", "--bundle", bundle(["true"]), "timeout1", env=env)
+    assert res.returncode == 7
+    err = res.stderr.decode()
+    assert "did not answer within" in err and "console log" in err, err
+
+
+def test_bad_bundle_leaves_nothing(root, tmp_path):
+    res = hyperpy(root, "run", "--bundle", str(tmp_path / "nope"), "bad1")
+    assert res.returncode == 3
+    assert "config.json" in res.stderr.decode()
