@@ -319,6 +319,7 @@ class Agent:
             pass
         self._close_proc(proc)
         self.procs.pop(proc.proc, None)
+        self.by_pid.pop(proc.pid, None)  # reaped silently: it never existed for the host
 
     def _close_proc(self, proc: Process) -> None:
         for fd in list(proc.outputs):

@@ -26,21 +26,25 @@ from agent import protocol as P
 
 log = logging.getLogger("hyperpy.proxy")
 
-FORWARDED = [
-    s
-    for s in signal.Signals
-    if s
-    not in (
-        signal.SIGKILL,
-        signal.SIGSTOP,
-        signal.SIGCHLD,
-        signal.SIGWINCH,
-        signal.SIGPIPE,
-        signal.SIGTTIN,
-        signal.SIGTTOU,
-        signal.SIGCONT,
-    )
-]
+# Every signal the shim or a user may send is forwarded; not the ones the kernel raises
+# for a fault of this process, nor the job-control and child signals it needs itself.
+NOT_FORWARDED = {
+    signal.SIGKILL,
+    signal.SIGSTOP,
+    signal.SIGCHLD,
+    signal.SIGWINCH,
+    signal.SIGPIPE,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGCONT,
+    signal.SIGSEGV,
+    signal.SIGBUS,
+    signal.SIGFPE,
+    signal.SIGILL,
+    signal.SIGTRAP,
+    signal.SIGSYS,
+}
+FORWARDED = [s for s in signal.Signals if s not in NOT_FORWARDED]
 VM_GONE_STATUS = 255
 
 
@@ -93,7 +97,8 @@ class Proxy:
 
             master, slave = os.openpty()
             tty.setraw(slave, termios.TCSANOW)
-            os.setsid()
+            if os.getsid(0) != os.getpid():
+                os.setsid()
             import fcntl
 
             fcntl.ioctl(slave, termios.TIOCSCTTY, 0)

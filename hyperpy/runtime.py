@@ -263,7 +263,7 @@ class Runtime:
         if console_socket:
             argv += ["--console-socket", os.path.abspath(console_socket)]
         try:
-            p = _spawn_detached(argv, (w,), stdio=stdio, session=False)
+            p = _spawn_detached(argv, (w,), stdio=stdio, session=True)
         finally:
             os.close(w)
         try:
