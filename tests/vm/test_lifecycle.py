@@ -1,0 +1,295 @@
+"""The OCI lifecycle driven with exactly the command lines containerd's runc shim uses.
+
+The test process makes itself a child subreaper, as the shim does, so the process proxy
+whose pid --pid-file names is re-parented to it and its exit status can be waited for.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from tests.conftest import HYPERPY, hyperpy, needs_artifacts
+
+pytestmark = [pytest.mark.vm, needs_artifacts]
+PR_SET_CHILD_SUBREAPER = 36
+
+
+@pytest.fixture(autouse=True)
+def subreaper():
+    ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1)
+    yield
+    ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 0)
+    while True:  # reap the monitors and proxies that were re-parented to us
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            break
+
+
+class Pipes:
+    """The stdio a shim hands to `create`: three pipes; we keep the other ends."""
+
+    def __init__(self) -> None:
+        self.in_r, self.in_w = os.pipe()
+        self.out_r, self.out_w = os.pipe()
+        self.err_r, self.err_w = os.pipe()
+
+    def child_ends(self) -> dict:
+        return {"stdin": self.in_r, "stdout": self.out_w, "stderr": self.err_w}
+
+    def close_child_ends(self) -> None:
+        for fd in (self.in_r, self.out_w, self.err_w):
+            os.close(fd)
+
+
+def read_all(fd: int, timeout: float = 60) -> bytes:
+    out = b""
+    deadline = time.monotonic() + timeout
+    os.set_blocking(fd, False)
+    while time.monotonic() < deadline:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            time.sleep(0.02)
+            continue
+        if not chunk:
+            return out
+        out += chunk
+    raise AssertionError(f"no EOF within {timeout}s; got {out!r}")
+
+
+def create(root, bundle, cid, pipes=None, extra=(), tmp=None):
+    pid_file = os.path.join(tmp or bundle, f"{cid}.pid")
+    kw = pipes.child_ends() if pipes else {"stdin": subprocess.DEVNULL}
+    res = subprocess.run(
+        [
+            HYPERPY,
+            "--root",
+            root,
+            "--log",
+            os.path.join(bundle, "log.json"),
+            "--log-format",
+            "json",
+            "create",
+            "--bundle",
+            bundle,
+            "--pid-file",
+            pid_file,
+            *extra,
+            cid,
+        ],
+        capture_output=not pipes,
+        timeout=180,
+        **kw,
+    )
+    assert res.returncode == 0, open(os.path.join(bundle, "log.json")).read()
+    with open(pid_file) as f:
+        return int(f.read())
+
+
+def status_of(root, cid):
+    res = hyperpy(root, "state", cid, check=True)
+    return json.loads(res.stdout)
+
+
+def wait_exit(pid, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            code = os.waitstatus_to_exitcode(status)
+            return code
+        time.sleep(0.05)
+    raise AssertionError(f"proxy {pid} did not exit within {timeout}s")
+
+
+def test_create_start_state_exit_delete(root, bundle):
+    b = bundle(["sh", "-c", "read line; echo got:$line; exit 7"])
+    pipes = Pipes()
+    pid = create(root, b, "life1", pipes)
+    pipes.close_child_ends()
+    st = status_of(root, "life1")
+    assert st["status"] == "created" and st["pid"] == pid and st["bundle"] == b
+    hyperpy(root, "start", "life1", check=True)
+    assert status_of(root, "life1")["status"] == "running"
+    os.write(pipes.in_w, b"hello\n")
+    os.close(pipes.in_w)
+    assert read_all(pipes.out_r) == b"got:hello\n"
+    assert wait_exit(pid) == 7
+    assert status_of(root, "life1")["status"] == "stopped"
+    hyperpy(root, "delete", "life1", check=True)
+    assert hyperpy(root, "state", "life1").returncode == 4
+
+
+@pytest.mark.parametrize("sig", ["KILL", "SIGKILL", "9"])
+def test_kill_by_name_and_number(root, bundle, sig):
+    b = bundle(["sleep", "1000"])
+    pid = create(root, b, "kill1")
+    hyperpy(root, "start", "kill1", check=True)
+    hyperpy(root, "kill", "kill1", sig, check=True)
+    assert wait_exit(pid) == 128 + 9
+    hyperpy(root, "delete", "kill1", check=True)
+
+
+def test_kill_all_and_delete_force_rules(root, bundle):
+    b = bundle(["sh", "-c", "sleep 1000 & sleep 1000 & wait"])
+    pid = create(root, b, "all1")
+    hyperpy(root, "start", "all1", check=True)
+    res = hyperpy(root, "delete", "all1")
+    assert res.returncode == 6 and b"running" in res.stderr
+    hyperpy(root, "kill", "--all", "all1", "TERM", check=True)
+    assert wait_exit(pid) == 128 + 15
+    hyperpy(root, "delete", "all1", check=True)
+
+
+def test_delete_force_running(root, bundle):
+    pid = create(root, bundle(["sleep", "1000"]), "force1")
+    hyperpy(root, "start", "force1", check=True)
+    hyperpy(root, "delete", "--force", "force1", check=True)
+    assert wait_exit(pid) != 0
+
+
+def test_exec_detach_with_pid_file_and_status(root, bundle, tmp_path):
+    b = bundle(["sleep", "1000"])
+    create(root, b, "exec1")
+    hyperpy(root, "start", "exec1", check=True)
+    proc = tmp_path / "process.json"
+    proc.write_text(
+        json.dumps(
+            {
+                "args": ["sh", "-c", "echo in-exec; exit 5"],
+                "cwd": "/",
+                "env": ["PATH=/bin"],
+                "user": {"uid": 0, "gid": 0},
+            }
+        )
+    )
+    pipes = Pipes()
+    pid_file = tmp_path / "exec.pid"
+    res = subprocess.run(
+        [
+            HYPERPY,
+            "--root",
+            root,
+            "exec",
+            "--process",
+            str(proc),
+            "--detach",
+            "--pid-file",
+            str(pid_file),
+            "exec1",
+        ],
+        timeout=120,
+        **pipes.child_ends(),
+    )
+    pipes.close_child_ends()
+    assert res.returncode == 0
+    assert read_all(pipes.out_r) == b"in-exec\n"
+    assert wait_exit(int(pid_file.read_text())) == 5
+    # the argv form, in the foreground
+    res = hyperpy(root, "exec", "exec1", "sh", "-c", "exit 3")
+    assert res.returncode == 3
+    hyperpy(root, "delete", "--force", "exec1", check=True)
+
+
+def test_console_socket_receives_one_tty_fd(root, bundle, tmp_path):
+    b = bundle(["sh", "-c", "tty; echo done"], terminal=True)
+    sock_path = str(tmp_path / "console.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(sock_path)
+    srv.listen(1)
+    received = {}
+
+    def accept():
+        conn, _ = srv.accept()
+        msg, anc, _, _ = conn.recvmsg(4096, socket.CMSG_SPACE(4 * 4))
+        fds = []
+        for level, kind, data in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds += list(memoryview(data).cast("i"))
+        received["fds"] = fds
+        conn.close()
+
+    t = threading.Thread(target=accept)
+    t.start()
+    pid = create(root, b, "tty1", extra=["--console-socket", sock_path])
+    t.join(30)
+    fds = received["fds"]
+    assert len(fds) == 1 and os.isatty(fds[0])
+    hyperpy(root, "start", "tty1", check=True)
+    out = read_all(fds[0]) if False else b""
+    deadline = time.monotonic() + 60
+    os.set_blocking(fds[0], False)
+    while b"done" not in out and time.monotonic() < deadline:
+        try:
+            out += os.read(fds[0], 4096)
+        except BlockingIOError:
+            time.sleep(0.05)
+        except OSError:
+            break
+    assert b"/dev/pts/" in out and b"done" in out, out
+    assert wait_exit(pid) == 0
+    os.close(fds[0])
+    hyperpy(root, "delete", "tty1", check=True)
+
+
+def test_pipes_given_to_commands_reach_eof_when_they_exit(root, bundle):
+    """The shim blocks until every process it started lets go of its pipes."""
+    b = bundle(["sleep", "1000"])
+    for argv in (
+        ["create", "--bundle", b, "eof1"],
+        ["start", "eof1"],
+        ["kill", "eof1", "KILL"],
+        ["delete", "--force", "eof1"],
+    ):
+        p = subprocess.Popen(
+            [HYPERPY, "--root", root, *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert p.wait(timeout=180) == 0, p.stderr.read()
+        if argv[0] == "create":
+            continue  # create's stdio is the container's: the proxy holds it by design
+        t0 = time.monotonic()
+        p.stdout.read()
+        p.stderr.read()
+        assert time.monotonic() - t0 < 5, f"{argv[0]}: pipes held after exit"
+
+
+def test_concurrent_create_has_one_winner(root, bundle):
+    b = bundle(["sleep", "1000"])
+    procs = [
+        subprocess.Popen(
+            [HYPERPY, "--root", root, "create", "--bundle", b, "same"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(3)
+    ]
+    codes = sorted(p.wait(timeout=180) for p in procs)
+    assert codes == [0, 5, 5]
+    hyperpy(root, "delete", "--force", "same", check=True)
+
+
+def test_error_is_a_json_log_line(root, tmp_path):
+    log = tmp_path / "log.json"
+    res = subprocess.run(
+        [HYPERPY, "--root", root, "--log", str(log), "--log-format", "json", "start", "nosuch"],
+        capture_output=True,
+        timeout=30,
+    )
+    assert res.returncode == 4
+    last = json.loads(log.read_text().splitlines()[-1])
+    assert last["level"] == "error" and "nosuch" in last["msg"] and last["time"]
