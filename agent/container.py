@@ -422,7 +422,9 @@ def _setup_uts(spec: dict) -> None:
             with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
                 f.write(str(value))
         except OSError as exc:
-            raise SetupError(f"cannot set sysctl {key}={value}: {exc.strerror}", "/linux/sysctl")
+            raise SetupError(
+                f"cannot set sysctl {key}={value}: {exc.strerror}", "/linux/sysctl"
+            ) from exc
         del i
 
 

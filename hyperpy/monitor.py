@@ -37,6 +37,7 @@ from hyperpy.config import load as load_config
 from hyperpy.errors import AgentError, HyperpyError, SpecError, VMError
 from hyperpy.sandbox.store import write_json_atomic
 from hyperpy.vm import qemu
+from hyperpy.vm.devices import VMSpec
 
 log = logging.getLogger("hyperpy.monitor")
 
@@ -173,7 +174,7 @@ class Monitor:
         self.timings["agent_ready"] = time.monotonic()
         return {"accel": accel, "hello": hello, "qemu_pid": self.vm.proc.pid if self.vm.proc else 0}
 
-    async def _connect_agent(self, spec: object, ready: asyncio.Future) -> None:
+    async def _connect_agent(self, spec: VMSpec, ready: asyncio.Future) -> None:
         try:
             channel = spec.channel
             while True:

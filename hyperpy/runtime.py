@@ -8,6 +8,7 @@ are imported only by the operations that need them.
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import os
@@ -317,7 +318,7 @@ class Runtime:
             return 0
         return _wait_pid(pid)
 
-    def ps(self, cid: str) -> list[int]:
+    def ps(self, cid: str) -> builtins.list[int]:
         st, d = self._check(cid, "ps")
         if self.status(st) == Status.STOPPED:
             return []

@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import time
+from typing import TYPE_CHECKING
 
 from hyperpy.config import VMConfig
 from hyperpy.errors import ArtifactMissing, BootTimeout, KernelPanic, VMError
@@ -33,6 +34,9 @@ from hyperpy.vm.devices import (
     VMSpec,
     VsockChannel,
 )
+
+if TYPE_CHECKING:
+    from qemu.qmp import QMPClient
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +121,8 @@ def kvm_usable(cfg: VMConfig, bare_initrd: str | None = None, timeout: float = 1
     """Boot the bare initrd under KVM once per host boot; cache the answer in /run."""
     if not os.path.exists("/dev/kvm"):
         return False
-    key = f"{cfg.qemu}|{cfg.kernel}|{os.path.getmtime(cfg.kernel) if os.path.exists(cfg.kernel) else 0}"
+    mtime = os.path.getmtime(cfg.kernel) if os.path.exists(cfg.kernel) else 0
+    key = f"{cfg.qemu}|{cfg.kernel}|{mtime}"
     try:
         with open(KVM_PROBE_CACHE) as f:
             cached = json.load(f)
@@ -181,7 +186,7 @@ class QemuVM:
         self.spec = spec
         self.workdir = workdir
         self.proc: asyncio.subprocess.Process | None = None
-        self.qmp = None
+        self.qmp: QMPClient | None = None
         self.stderr_path = os.path.join(workdir, "qemu.log")
 
     async def __aenter__(self) -> QemuVM:
