@@ -32,7 +32,7 @@ $(VENV)/.stamp-pip: $(VENV)/.stamp-apt pyproject.toml
 deps: $(VENV)/.stamp-pip
 
 kernel: deps
-	$(PY) -m kernel.build
+	$(PY) -m kernel.build --out $(ARTIFACTS)/vmlinux
 
 initrd: deps
 	$(PY) -m initrd.build --out $(ARTIFACTS)/initrd.img
