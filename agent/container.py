@@ -15,14 +15,21 @@ isolation boundary; see docs/ARCHITECTURE.md.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import resource
 import signal
 import stat
 import sys
+import termios
 
 from agent import linux
 
+# Everything the child uses is imported here, before fork: after the chroot into the
+# container's rootfs the guest's standard library is out of reach.
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_DEVICES = (
     # name, type, major, minor, mode
     ("null", stat.S_IFCHR, 1, 3, 0o666),
@@ -234,16 +241,17 @@ def _second_child(launch: Launch, sync_w: int, start_r: int) -> None:
             _setup_rootfs(launch.spec, launch.rootfs)
             _setup_uts(launch.spec)
         proc = launch.process
+        args = proc.get("args") or []
+        env = dict(e.split("=", 1) for e in proc.get("env", []) if "=" in e)
+        path = find_executable(args[0] if args else "", env.get("PATH", DEFAULT_PATH))
         _setup_process(proc)
         if start_r >= 0:
             _report(sync_w, {"ok": True})
             if os.read(start_r, 1) != b"S":
                 os._exit(1)  # the agent went away or destroyed us before start
             os.close(start_r)
-        args = proc.get("args") or []
-        env = dict(e.split("=", 1) for e in proc.get("env", []) if "=" in e)
         try:
-            os.execvpe(args[0], args, env)
+            os.execve(path, args, env)
         except OSError as exc:
             raise SetupError(
                 f"cannot execute {args[0]!r}: {exc.strerror}", "/process/args/0"
@@ -258,8 +266,6 @@ def _second_child(launch: Launch, sync_w: int, start_r: int) -> None:
 def _setup_stdio(stdio: Stdio) -> None:
     if stdio.pty_slave >= 0:
         os.setsid()
-        import fcntl
-        import termios
 
         fcntl.ioctl(stdio.pty_slave, termios.TIOCSCTTY, 0)
         for fd in (0, 1, 2):
@@ -396,6 +402,26 @@ def _setup_dev(rootfs: str, spec: dict) -> None:
             os.symlink(target, path)
 
 
+def find_executable(name: str, search: str) -> str:
+    """Resolve args[0] in the container as runc does: before start, so create fails on it.
+
+    (os.execvpe would import ``warnings`` lazily, after the chroot.)
+    """
+    if not name:
+        raise SetupError("process.args is empty", "/process/args")
+    dirs = search.split(":")
+    candidates = [name] if "/" in name else [os.path.join(d or ".", name) for d in dirs]
+    for c in candidates:
+        try:
+            st = os.stat(c)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and os.access(c, os.X_OK):
+            return c
+    where = "" if "/" in name else " in $PATH"
+    raise SetupError(f"exec: {name!r}: executable file not found{where}", "/process/args/0")
+
+
 def _mask(path: str, pointer: str) -> None:
     if not os.path.lexists(path):
         return
@@ -437,8 +463,6 @@ def _setup_uts(spec: dict) -> None:
 
 
 def _setup_process(proc: dict) -> None:
-    import resource
-
     for i, rl in enumerate(proc.get("rlimits", [])):
         num = RLIMITS.get(rl.get("type", ""))
         if num is None:

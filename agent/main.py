@@ -95,6 +95,8 @@ class Agent:
             self._pause_outputs(True)
 
     def send_msg(self, msg: dict) -> None:
+        if TRACE:
+            trace(f"-> {msg}")
         self.send(P.encode_msg(msg))
 
     def _flush(self) -> None:
@@ -135,6 +137,8 @@ class Agent:
                 self._on_stdin(item.stream, item.payload)
 
     def _on_message(self, msg: dict) -> None:
+        if TRACE:
+            trace(f"<- {msg.get('id')} {msg.get('op')}")
         op = msg.get("op")
         handler = getattr(self, f"op_{op}", None) if isinstance(op, str) else None
         req_id = msg.get("id", 0)
@@ -509,6 +513,14 @@ class Agent:
         poweroff()
 
 
+TRACE = False
+
+
+def trace(text: str) -> None:
+    """With hyperpy.debug=1 on the kernel command line: one line on the console."""
+    os.write(2, f"hyperpy-agent: {text[:300]}\n".encode(errors="replace"))
+
+
 def early_mounts(share_tag: str) -> None:
     specs = [
         ("proc", "/proc", "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC, ""),
@@ -581,6 +593,8 @@ def main(t_init: float) -> None:
         params = {}
         early_mounts("hyperpy")
         params = kernel_params()
+        global TRACE
+        TRACE = params.get("hyperpy.debug") == "1"
         share = params.get("hyperpy.share", "hyperpy")
         if share != "hyperpy":
             linux.mount(share, SHARE_DIR, "9p", 0, "trans=virtio,version=9p2000.L")

@@ -301,7 +301,8 @@ class Monitor:
     async def _answer(self, msg: dict, writer: asyncio.StreamWriter) -> None:
         try:
             result = await self.handle(msg)
-            out = P.reply(msg, **result)
+            # An agent reply carries the agent's own request id: never the client's.
+            out = P.reply(msg, **{k: v for k, v in result.items() if k not in ("id", "ok")})
         except HyperpyError as exc:
             out = P.error_reply(msg.get("id", 0), str(exc), type(exc).__name__)
             if isinstance(exc, SpecError):

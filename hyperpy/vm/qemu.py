@@ -83,8 +83,7 @@ def build_spec(
     else:
         channel = SerialChannel("agent.sock", bus=bus)
     params = [BASE_CMDLINE, channel.kernel_param()]
-    if not cfg.verbose_console:
-        params.append("quiet")
+    params.append("hyperpy.debug=1" if cfg.verbose_console else "quiet")
     if cfg.kernel_params:
         params.append(cfg.kernel_params)
     devices: list[Rng | Share9p] = [Rng(bus)]
