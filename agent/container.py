@@ -20,7 +20,9 @@ import json
 import os
 import resource
 import signal
+import socket
 import stat
+import struct
 import sys
 import termios
 
@@ -29,6 +31,9 @@ from agent import linux
 # Everything the child uses is imported here, before fork: after the chroot into the
 # container's rootfs the guest's standard library is out of reach.
 
+# <asm-generic/ioctls.h>: unlockpt() and ptsname() without libc.
+TIOCSPTLCK = 0x40045431
+TIOCGPTN = 0x80045430
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_DEVICES = (
     # name, type, major, minor, mode
@@ -81,12 +86,15 @@ class Stdio:
     costs tens of milliseconds of guest boot under TCG.
     """
 
-    __slots__ = ("stdin", "stdout", "stderr", "pty_slave")
+    __slots__ = ("stdin", "stdout", "stderr", "pty_socket")
 
     def __init__(
-        self, stdin: int = -1, stdout: int = -1, stderr: int = -1, pty_slave: int = -1
+        self, stdin: int = -1, stdout: int = -1, stderr: int = -1, pty_socket: int = -1
     ) -> None:
-        self.stdin, self.stdout, self.stderr, self.pty_slave = stdin, stdout, stderr, pty_slave
+        # pty_socket: a terminal is wanted; the child opens it in the container's own devpts
+        # and sends the master back over this unix socket (as runc does with its
+        # console socket), so ttyname() inside the container names the container's /dev/pts.
+        self.stdin, self.stdout, self.stderr, self.pty_socket = stdin, stdout, stderr, pty_socket
 
 
 class Launch:
@@ -241,6 +249,8 @@ def _second_child(launch: Launch, sync_w: int, start_r: int) -> None:
             _setup_rootfs(launch.spec, launch.rootfs)
             _setup_uts(launch.spec)
         proc = launch.process
+        if launch.stdio.pty_socket >= 0:
+            _setup_terminal(launch.stdio.pty_socket, proc)
         args = proc.get("args") or []
         env = dict(e.split("=", 1) for e in proc.get("env", []) if "=" in e)
         path = find_executable(args[0] if args else "", env.get("PATH", DEFAULT_PATH))
@@ -263,16 +273,40 @@ def _second_child(launch: Launch, sync_w: int, start_r: int) -> None:
     os._exit(127)
 
 
-def _setup_stdio(stdio: Stdio) -> None:
-    if stdio.pty_slave >= 0:
-        os.setsid()
+def _setup_terminal(sock: int, process: dict) -> None:
+    """Open a pty in the container's devpts, send the master to the agent, make the slave
+    our controlling terminal and stdio."""
+    try:
+        master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SetupError(
+            f"process.terminal is true but /dev/ptmx cannot be opened in the container "
+            f"({exc.strerror}): mount devpts at /dev/pts (newinstance,ptmxmode=0666)",
+            "/process/terminal",
+        ) from exc
+    fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))  # unlockpt
+    n = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, b"\0\0\0\0"))[0]
+    slave = os.open(f"/dev/pts/{n}", os.O_RDWR | os.O_NOCTTY)
+    user = process.get("user") or {}
+    os.chown(slave, user.get("uid", 0), user.get("gid", 0))
+    if process.get("consoleSize"):
+        size = process["consoleSize"]
+        packed = struct.pack("HHHH", size.get("height", 24), size.get("width", 80), 0, 0)
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, packed)
+    with socket.socket(fileno=sock) as conn:
+        socket.send_fds(conn, [b"M"], [master])
+    os.close(master)
+    os.setsid()
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    if slave > 2:
+        os.close(slave)
 
-        fcntl.ioctl(stdio.pty_slave, termios.TIOCSCTTY, 0)
-        for fd in (0, 1, 2):
-            os.dup2(stdio.pty_slave, fd)
-        if stdio.pty_slave > 2:
-            os.close(stdio.pty_slave)
-        return
+
+def _setup_stdio(stdio: Stdio) -> None:
+    if stdio.pty_socket >= 0:
+        return  # after the rootfs: _setup_terminal
     for src, dst in ((stdio.stdin, 0), (stdio.stdout, 1), (stdio.stderr, 2)):
         if src >= 0:
             os.dup2(src, dst)

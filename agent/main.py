@@ -22,6 +22,7 @@ import errno
 import os
 import selectors
 import signal
+import socket
 import time
 
 from agent import linux
@@ -166,6 +167,9 @@ class Agent:
             raise ValueError(
                 f"host speaks protocol {msg.get('version')}, agent {P.PROTOCOL_VERSION}"
             )
+        if isinstance(msg.get("time_ns"), int):
+            # The guest has no RTC on microvm: its wall clock starts at the host's.
+            time.clock_settime_ns(time.CLOCK_REALTIME, msg["time_ns"])
         return {"version": P.PROTOCOL_VERSION, "init_ms": self.t_init, "now_ms": now_ms()}
 
     def op_create(self, msg: dict) -> dict:
@@ -255,12 +259,10 @@ class Agent:
         theirs: list[int] = []
         try:
             if terminal:
-                master, slave = os.openpty()
-                ours.append(master)
-                theirs.append(slave)
-                launch.stdio = Stdio(pty_slave=slave)
-                if process.get("consoleSize"):
-                    self._set_winsize(master, process["consoleSize"])
+                mine, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                ours.append(mine.detach())
+                theirs.append(child.detach())
+                launch.stdio = Stdio(pty_socket=theirs[0])
             else:
                 in_r, in_w = os.pipe2(os.O_CLOEXEC)
                 out_r, out_w = os.pipe2(os.O_CLOEXEC)
@@ -280,9 +282,11 @@ class Agent:
         self.next_proc += 1
         proc.sync_r, proc.start_w = sync_r, start_w
         if terminal:
-            proc.master = ours[0]
-            proc.stdin_fd = ours[0]
-            proc.outputs[ours[0]] = P.stream_id(proc.proc, P.STDOUT)
+            master = self._receive_master(ours[0])
+            if master >= 0:
+                proc.master = master
+                proc.stdin_fd = master
+                proc.outputs[master] = P.stream_id(proc.proc, P.STDOUT)
         else:
             proc.stdin_fd = ours[0]
             proc.outputs[ours[1]] = P.stream_id(proc.proc, P.STDOUT)
@@ -299,6 +303,16 @@ class Agent:
             self.sel.register(fd, selectors.EVENT_READ, self._output_handler(proc, fd))
         os.set_blocking(proc.stdin_fd, False)
         return proc
+
+    def _receive_master(self, sock: int, timeout: float = 30.0) -> int:
+        """The pty master the child opened in the container, or -1 if setup failed first."""
+        with socket.socket(fileno=sock) as conn:
+            conn.settimeout(timeout)
+            try:
+                _, fds, _, _ = socket.recv_fds(conn, 16, 1)
+            except OSError:
+                return -1
+        return fds[0] if fds else -1
 
     def _read_sync(self, proc: Process, timeout: float = 30.0) -> dict:
         import select
@@ -557,8 +571,6 @@ def kernel_params() -> dict[str, str]:
 def open_channel(spec: str, timeout: float = 10.0) -> int:
     kind, _, name = spec.partition(":")
     if kind == "vsock":
-        import socket
-
         srv = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
         srv.bind((socket.VMADDR_CID_ANY, int(name)))
         srv.listen(1)

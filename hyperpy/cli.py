@@ -265,7 +265,7 @@ def _wait_child(pid: int) -> int:
     return 128 - code if code < 0 else code
 
 
-@cli.command(name="exec")
+@cli.command(name="exec", context_settings={"allow_interspersed_args": False})
 @click.option("--process", "-p", "process_file", default=None, help="path to process.json")
 @click.option("--console-socket", default=None)
 @click.option("--detach", "-d", is_flag=True)

@@ -197,7 +197,9 @@ class Monitor:
             self.agent.on_event = self._on_agent_event
             self.agent.on_data = self._on_agent_data
             asyncio.ensure_future(self.agent.pump())
-            hello = await self.agent.request(P.OP_HELLO, timeout=3600, version=P.PROTOCOL_VERSION)
+            hello = await self.agent.request(
+                P.OP_HELLO, timeout=3600, version=P.PROTOCOL_VERSION, time_ns=time.time_ns()
+            )
             if not ready.done():
                 ready.set_result(hello)
         except Exception as exc:  # noqa: BLE001 - handed to the boot waiter

@@ -267,6 +267,15 @@ class QemuVM:
                     f"the guest agent did not answer within {timeout:.0f}s", BootTimeout
                 )
             await asyncio.wait({ready}, timeout=0.05)
+        if ready.exception() is not None and self.proc is not None:
+            # The channel failing during boot usually means QEMU went away (a panic reboots
+            # it, and -no-reboot ends it): say why from the console rather than the socket.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.proc.wait(), 2.0)
+            if _scan_for_panic(self.spec.console.log_path, 0)[1]:
+                raise self.failure("the guest kernel panicked during boot", KernelPanic)
+            if self.proc.returncode is not None:
+                raise self.failure(f"QEMU exited with {self.proc.returncode} during boot")
 
     @property
     def running(self) -> bool:

@@ -147,8 +147,11 @@ def test_kill_all_and_delete_force_rules(root, bundle):
     hyperpy(root, "start", "all1", check=True)
     res = hyperpy(root, "delete", "all1")
     assert res.returncode == 6 and b"running" in res.stderr
+    # As with runc: the container's init (sh, pid 1 of its namespace, no TERM handler) does not
+    # take the TERM, its children do; its `wait` returns and it exits 0. A plain `kill TERM`
+    # would leave everything running, so exiting at all shows --all reached the children.
     hyperpy(root, "kill", "--all", "all1", "TERM", check=True)
-    assert wait_exit(pid) == 128 + 15
+    assert wait_exit(pid) == 0
     hyperpy(root, "delete", "all1", check=True)
 
 
