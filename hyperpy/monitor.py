@@ -140,7 +140,8 @@ class Monitor:
         self.inits: dict[str, int] = {}  # cid -> init proc
         self.stop = asyncio.Event()
         self.server: asyncio.AbstractServer | None = None
-        self.timings: dict[str, float] = {}
+        self.timings: dict[str, float] = {}  # host CLOCK_MONOTONIC seconds
+        self.guest: dict[str, float] = {}  # guest CLOCK_BOOTTIME ms: the boot's phases
 
     # --- boot ---------------------------------------------------------------------------
     async def boot(self, request: dict) -> dict:
@@ -200,6 +201,8 @@ class Monitor:
             hello = await self.agent.request(
                 P.OP_HELLO, timeout=3600, version=P.PROTOCOL_VERSION, time_ns=time.time_ns()
             )
+            self.guest["init_ms"] = hello.get("init_ms", 0.0)
+            self.guest["hello_ms"] = hello.get("now_ms", 0.0)
             if not ready.done():
                 ready.set_result(hello)
         except Exception as exc:  # noqa: BLE001 - handed to the boot waiter
@@ -215,6 +218,8 @@ class Monitor:
         self._attachment(proc).deliver(P.encode(P.DATA, stream, payload))
 
     def _on_agent_event(self, msg: dict) -> None:
+        if msg.get("event") == P.EV_READY:
+            self.guest["ready_ms"] = msg.get("ready_ms", 0.0)
         if msg.get("event") == P.EV_EXIT:
             self._record_exit(msg)
 
@@ -226,6 +231,8 @@ class Monitor:
         att.exit = msg
         cid = msg.get("cid") or self.procs.get(proc, "")
         if self.inits.get(cid) == proc:
+            if msg.get("t_ms"):
+                self.guest["exit_ms"] = msg["t_ms"]
             write_json_atomic(
                 os.path.join(self.dir, "exit.json"),
                 {
@@ -323,7 +330,9 @@ class Monitor:
         if op == "create":
             return await self._create(msg)
         if op == "start":
-            return await agent.request(P.OP_START, cid=msg["cid"])
+            reply = await agent.request(P.OP_START, cid=msg["cid"])
+            self.guest["started_ms"] = reply.get("started_ms", 0.0)
+            return reply
         if op == "exec":
             reply = await agent.request(P.OP_EXEC, cid=msg["cid"], process=msg["process"])
             self.procs[reply["proc"]] = msg["cid"]
@@ -340,6 +349,7 @@ class Monitor:
                 "pid": os.getpid(),
                 "qemu_pid": self.vm.proc.pid if self.vm and self.vm.proc else 0,
                 "timings": self.timings,
+                "guest": self.guest,
             }
         if op == "shutdown":
             asyncio.get_running_loop().call_soon(self.stop.set)
