@@ -34,6 +34,10 @@ class UsageError(HyperpyError):
     exit_code = 2
 
 
+class CgroupError(HyperpyError):
+    """The pod's host cgroup could not be made, joined or removed."""
+
+
 class SpecError(HyperpyError):
     """config.json is invalid; ``pointer`` is the RFC 6901 JSON pointer of the bad value."""
 

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from agent import protocol as P
 from hyperpy.errors import (
@@ -33,6 +34,9 @@ from hyperpy.proxy import connect_unix
 from hyperpy.sandbox import model
 from hyperpy.sandbox.model import Status
 from hyperpy.sandbox.store import State, Store, pid_alive
+
+if TYPE_CHECKING:
+    from hyperpy.hostcgroup import HostCgroup
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +200,10 @@ class Runtime:
             raise UsageError(
                 "--console-socket was given but /process/terminal is false in config.json"
             )
+        from hyperpy.hostcgroup import relative_path
+
+        systemd = opts.systemd_cgroup or self.systemd_cgroup
+        host_cgroup = relative_path(spec.get("linux", {}).get("cgroupsPath", ""), cid, systemd)
         d = self.store.make(cid)
         root = spec.get("root", {}).get("path", "rootfs")
         st = State(
@@ -207,12 +215,14 @@ class Runtime:
             terminal=bool(process.get("terminal")),
             cgroups_path=spec.get("linux", {}).get("cgroupsPath", ""),
         )
+        st.host_cgroup = host_cgroup
         try:
             self.store.save(st)
             self._boot(d, st, spec)
             reply = MonitorClient(d).request("create", cid=cid, spec=spec, bundle=bundle)
             st.init_proc = reply["proc"]
             st.pid = self._spawn_proxy(d, st.init_proc, opts.console_socket, stdio=True)
+            self._cgroup(st).add(st.pid)
             st.status = Status.CREATED.value
             self.store.save(st)
             if opts.pid_file:
@@ -240,6 +250,15 @@ class Runtime:
             os.close(w)
         st.monitor_pid = mon.pid
         self.store.save(st)
+        # Into the pod's cgroup before the monitor starts QEMU, so that the guest's memory
+        # is charged there from its first page (v1 does not move charges with a process).
+        req = _vm_request(spec, cfg.memory_mb, cfg.overhead_mb)
+        cg = self._cgroup(st)
+        # The guest enforces the container's limit; the host ceiling is the whole VM plus
+        # QEMU's own memory, so the host never OOM-kills the VM for that limit.
+        ceiling = (req["memory_mb"] + QEMU_OVERHEAD_MB) << 20 if req["limited"] else None
+        cg.create(memory_limit=ceiling)
+        cg.add(st.monitor_pid)
         try:
             line = _read_ready(r, cfg.boot_timeout + 30, "the sandbox monitor")
         finally:
@@ -312,6 +331,7 @@ class Runtime:
             raise UsageError("exec with a terminal and --detach needs --console-socket")
         reply = MonitorClient(d).request("exec", cid=cid, process=process)
         pid = self._spawn_proxy(d, reply["proc"], console_socket, stdio=True)
+        self._cgroup(st).add(pid)
         if pid_file:
             _write_pid_file(pid_file, pid)
         if detach:
@@ -355,6 +375,21 @@ class Runtime:
         if st.pid and pid_alive(st.pid) and not os.path.exists(os.path.join(d, "exit.json")):
             _wait_gone(st.pid, 5)
         share.release(os.path.join(d, "shared"))
+        if st.host_cgroup:
+            try:
+                self._cgroup(st).remove()
+            except OSError as exc:
+                log.warning("cannot remove the host cgroup %s: %s", st.host_cgroup, exc)
+
+    def _cgroup(self, st: State) -> HostCgroup:
+        from hyperpy.hostcgroup import HostCgroup
+
+        return HostCgroup(st.host_cgroup)
+
+
+# QEMU's own memory beside the guest's RAM (TCG translation cache, device state), measured
+# as RSS minus guest RAM under TCG: well under this.
+QEMU_OVERHEAD_MB = 256
 
 
 def _vm_request(spec: dict, default_mb: int, overhead_mb: int) -> dict:
@@ -366,7 +401,7 @@ def _vm_request(spec: dict, default_mb: int, overhead_mb: int) -> dict:
     vcpus = 0
     if cpu.get("quota") and cpu.get("period"):
         vcpus = max(1, min(os.cpu_count() or 1, -(-cpu["quota"] // cpu["period"])))
-    return {"memory_mb": memory_mb, "vcpus": vcpus}
+    return {"memory_mb": memory_mb, "vcpus": vcpus, "limited": limit > 0}
 
 
 def _wait_gone(pid: int, timeout: float) -> None:

@@ -48,6 +48,7 @@ class State:
     init_proc: int = 0
     terminal: bool = False
     cgroups_path: str = ""
+    host_cgroup: str = ""  # below each hierarchy's root; empty: not placed
     schema: int = SCHEMA_VERSION
 
 

@@ -296,3 +296,45 @@ def test_error_is_a_json_log_line(root, tmp_path):
     assert res.returncode == 4
     last = json.loads(log.read_text().splitlines()[-1])
     assert last["level"] == "error" and "nosuch" in last["msg"] and last["time"]
+
+
+def _cgroup_dirs(rel):
+    root = "/sys/fs/cgroup"
+    if os.path.exists(f"{root}/cgroup.controllers"):
+        return {"v2": f"{root}/{rel}"}
+    return {
+        c: f"{root}/{c}/{rel}" for c in ("memory", "pids", "cpu") if os.path.isdir(f"{root}/{c}")
+    }
+
+
+def test_pod_lives_in_its_host_cgroup(root, bundle):
+    rel = f"hyperpy-test/cg-{os.getpid()}"
+    limit = 64 << 20
+    b = bundle(
+        ["sleep", "1000"],
+        linux={
+            "cgroupsPath": "/" + rel,
+            "namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "uts"}],
+            "resources": {"memory": {"limit": limit}},
+        },
+    )
+    pid = create(root, b, "cg1")
+    st = json.loads(hyperpy(root, "state", "cg1", check=True).stdout)
+    assert st["pid"] == pid
+    dirs = _cgroup_dirs(rel)
+    mem = dirs.get("memory") or dirs["v2"]
+    with open(f"{mem}/cgroup.procs") as f:
+        procs = {int(x) for x in f.read().split()}
+    assert pid in procs and len(procs) >= 3  # proxy, monitor, QEMU
+    limit_file = "memory.max" if "v2" in dirs else "memory.limit_in_bytes"
+    with open(f"{mem}/{limit_file}") as f:
+        ceiling = int(f.read())
+    # the guest enforces the limit; the host ceiling leaves room for the VM around it
+    assert ceiling > limit + (128 << 20)
+    usage_file = "memory.current" if "v2" in dirs else "memory.usage_in_bytes"
+    with open(f"{mem}/{usage_file}") as f:
+        assert int(f.read()) > 32 << 20  # the guest's memory is charged to the pod
+    hyperpy(root, "delete", "--force", "cg1", check=True)
+    for d in dirs.values():
+        assert not os.path.exists(d)
+        assert not os.path.exists(os.path.dirname(d))  # the parent we made is gone too

@@ -1,0 +1,175 @@
+"""The pod's cgroup on the host: where the monitor, QEMU and the process proxies live.
+
+containerd reads a task's stats and OOM events from the cgroup of the pid in --pid-file, so
+that cgroup must hold what the pod really costs: QEMU (the guest's memory and vCPUs), the
+monitor and every proxy.  The container's limits are enforced inside the guest (the agent's
+cgroup); the host cgroup only gets a memory ceiling of the container's limit plus the VM's
+overhead, so it can never OOM-kill the VM for a limit the guest already enforces.
+
+Both layouts are handled: cgroup v2 (one hierarchy at /sys/fs/cgroup) and v1 (one
+hierarchy per controller, /sys/fs/cgroup/<controller>), including the hybrid layout where a
+cgroup2 tree is mounted at /sys/fs/cgroup/unified but holds no controllers.  With
+``--systemd-cgroup`` the path is ``slice:prefix:name``; it is placed at the path systemd would
+give it (``a-b.slice`` nests as ``a.slice/a-b.slice``, the unit is ``prefix-name.scope``)
+by writing the cgroup files directly: hyperpy does not ask systemd over D-Bus to create a
+transient scope (no systemd runs on the hosts this was written for), which a host with
+systemd managing the same slice would want.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+
+from hyperpy.errors import CgroupError, SpecError
+
+ROOT = "/sys/fs/cgroup"
+V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "cpuset", "blkio", "freezer", "devices")
+
+
+def systemd_path(spec: str) -> str:
+    """``slice:prefix:name`` → ``parent.slice/slice.slice/prefix-name.scope``."""
+    parts = spec.split(":")
+    if len(parts) != 3:
+        raise SpecError(
+            f"cgroupsPath {spec!r} is not in the systemd form slice:prefix:name "
+            "(--systemd-cgroup was given)",
+            "/linux/cgroupsPath",
+        )
+    slice_, prefix, name = parts
+    slice_ = slice_ or "system.slice"
+    if not slice_.endswith(".slice"):
+        raise SpecError(f"cgroupsPath slice {slice_!r} must end in .slice", "/linux/cgroupsPath")
+    stem = slice_[: -len(".slice")]
+    dirs = []
+    if stem != "-":
+        words = stem.split("-")
+        dirs = ["-".join(words[: i + 1]) + ".slice" for i in range(len(words))]
+    unit = f"{prefix}-{name}.scope" if prefix else (name if "." in name else f"{name}.scope")
+    return "/".join([*dirs, unit])
+
+
+def relative_path(cgroups_path: str, cid: str, systemd: bool) -> str:
+    """The cgroup below each hierarchy's root, as runc resolves cgroupsPath."""
+    if systemd:
+        return systemd_path(cgroups_path or f"system.slice:hyperpy:{cid}")
+    path = os.path.normpath("/" + (cgroups_path or f"hyperpy/{cid}")).lstrip("/")
+    if ".." in path.split("/") or not path:
+        raise SpecError(
+            f"cgroupsPath {cgroups_path!r} escapes the cgroup root", "/linux/cgroupsPath"
+        )
+    return path
+
+
+def is_v2(root: str = ROOT) -> bool:
+    return os.path.exists(os.path.join(root, "cgroup.controllers"))
+
+
+class HostCgroup:
+    """One pod's cgroup in every hierarchy this host has."""
+
+    def __init__(self, rel: str, root: str = ROOT) -> None:
+        self.rel = rel
+        self.root = root
+        if is_v2(root):
+            self.dirs = [os.path.join(root, rel)]
+        else:
+            self.dirs = [
+                os.path.join(root, c, rel)
+                for c in V1_CONTROLLERS
+                if os.path.isdir(os.path.join(root, c))
+            ]
+
+    def create(self, memory_limit: int | None = None) -> None:
+        try:
+            self._create(memory_limit)
+        except OSError as exc:
+            raise CgroupError(
+                f"cannot create the pod's host cgroup {self.rel} ({exc}): hyperpy needs a "
+                "writable cgroup hierarchy (run as root; check /sys/fs/cgroup is mounted rw)"
+            ) from exc
+
+    def _create(self, memory_limit: int | None) -> None:
+        for d in self.dirs:
+            os.makedirs(d, exist_ok=True)
+            cpuset_top = os.path.join(self.root, "cpuset")
+            if d.startswith(cpuset_top + "/"):
+                _inherit_cpuset(d, cpuset_top)
+        if memory_limit:
+            self._write_memory(memory_limit)
+
+    def _write_memory(self, limit: int) -> None:
+        for d in self.dirs:
+            for name in ("memory.max", "memory.limit_in_bytes"):
+                path = os.path.join(d, name)
+                if os.path.exists(path):
+                    _write(path, str(limit))
+
+    def add(self, *pids: int) -> None:
+        """Move processes in (threads follow: cgroup.procs moves the whole process)."""
+        for d in self.dirs:
+            for pid in pids:
+                if pid > 0:
+                    try:
+                        _write(os.path.join(d, "cgroup.procs"), str(pid))
+                    except OSError as exc:
+                        if exc.errno != errno.ESRCH:
+                            raise CgroupError(f"cannot move pid {pid} into {d}: {exc}") from exc
+
+    def pids(self) -> list[int]:
+        out: set[int] = set()
+        for d in self.dirs:
+            try:
+                with open(os.path.join(d, "cgroup.procs")) as f:
+                    out.update(int(x) for x in f.read().split())
+            except OSError:
+                continue
+        return sorted(out)
+
+    def remove(self, timeout: float = 5.0) -> None:
+        """rmdir the pod's cgroups (after its processes exited) and empty parents we made."""
+        deadline = time.monotonic() + timeout
+        for d in self.dirs:
+            while True:
+                try:
+                    os.rmdir(d)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as exc:
+                    if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+            parent = os.path.dirname(d)
+            top = os.path.join(self.root, d[len(self.root) :].lstrip("/").split("/")[0])
+            while parent.startswith(top + "/") and parent != top:
+                try:
+                    os.rmdir(parent)
+                except OSError:
+                    break
+                parent = os.path.dirname(parent)
+
+
+def _write(path: str, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+def _inherit_cpuset(d: str, top: str) -> None:
+    """v1 cpuset cgroups start empty and refuse tasks: fill cpus and mems top-down."""
+    levels = []
+    while d != top and d.startswith(top + "/"):
+        levels.append(d)
+        d = os.path.dirname(d)
+    for level in reversed(levels):
+        for name in ("cpuset.cpus", "cpuset.mems"):
+            path = os.path.join(level, name)
+            try:
+                with open(path) as f:
+                    if f.read().strip():
+                        continue
+                with open(os.path.join(os.path.dirname(level), name)) as f:
+                    _write(path, f.read().strip())
+            except OSError:
+                continue
