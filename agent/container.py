@@ -175,12 +175,12 @@ def _first_child(launch: Launch, info_w: int, sync_w: int, start_r: int) -> None
     """Unshare (or join) namespaces, then fork the process that becomes the container."""
     try:
         os.setsid()
+        if launch.cgroup_procs:  # before the namespaces: the cgroup path is the guest's
+            with open(launch.cgroup_procs, "w") as f:
+                f.write("0")
         if launch.join_pid:
             _join_namespaces(launch.join_pid)
         else:
-            if launch.cgroup_procs:
-                with open(launch.cgroup_procs, "w") as f:
-                    f.write("0")
             _unshare_namespaces(launch.spec)
         pid = os.fork()
         if pid == 0:
@@ -347,6 +347,7 @@ def _setup_rootfs(spec: dict, rootfs: str) -> None:
         linux_cfg.get("rootfsPropagation", "") or "rslave", linux.MS_SLAVE | linux.MS_REC
     )
     linux.mount(None, "/", None, propagation)
+    _setup_sysctl(spec)
     linux.mount(rootfs, rootfs, None, linux.MS_BIND | linux.MS_REC)
     for i, m in enumerate(spec.get("mounts", [])):
         _do_mount(rootfs, m, f"/mounts/{i}")
@@ -480,20 +481,24 @@ def _readonly(path: str, pointer: str) -> None:
         raise SetupError(f"cannot make {path} read-only: {exc.strerror}", pointer) from exc
 
 
-def _setup_uts(spec: dict) -> None:
-    if spec.get("hostname"):
-        linux.sethostname(spec["hostname"])
-    if spec.get("domainname"):
-        linux.setdomainname(spec["domainname"])
-    for i, (key, value) in enumerate(sorted(spec.get("linux", {}).get("sysctl", {}).items())):
+def _setup_sysctl(spec: dict) -> None:
+    """Through the guest's /proc, before the container's /proc/sys turns read-only: net.*
+    and ipc sysctls apply to the namespaces of the writing process, which are ours."""
+    for key, value in sorted(spec.get("linux", {}).get("sysctl", {}).items()):
         try:
             with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
                 f.write(str(value))
         except OSError as exc:
             raise SetupError(
-                f"cannot set sysctl {key}={value}: {exc.strerror}", "/linux/sysctl"
+                f"cannot set sysctl {key}={value}: {exc.strerror}", "/linux/sysctl/" + key
             ) from exc
-        del i
+
+
+def _setup_uts(spec: dict) -> None:
+    if spec.get("hostname"):
+        linux.sethostname(spec["hostname"])
+    if spec.get("domainname"):
+        linux.setdomainname(spec["domainname"])
 
 
 def _setup_process(proc: dict) -> None:

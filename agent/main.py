@@ -25,7 +25,7 @@ import signal
 import socket
 import time
 
-from agent import linux
+from agent import cgroups, linux
 from agent import protocol as P
 from agent.container import Launch, SetupError, Stdio, read_sync, spawn
 
@@ -55,9 +55,10 @@ class Process:
 
 
 class Container:
-    def __init__(self, cid: str, init: Process) -> None:
+    def __init__(self, cid: str, init: Process, cgroup: str) -> None:
         self.cid = cid
         self.init = init
+        self.cgroup = cgroup  # its cgroup v2 directory in the guest
         self.procs: dict[int, Process] = {init.proc: init}
 
 
@@ -180,9 +181,42 @@ class Agent:
         rootfs = os.path.join(SHARE_DIR, msg["rootfs"])
         if not os.path.isdir(rootfs):
             raise SetupError(f"rootfs {msg['rootfs']!r} is not in the guest share", "/root/path")
-        proc = self._spawn(cid, spec.get("process") or {}, Launch({}, spec, rootfs), gate=True)
-        self.containers[cid] = Container(cid, proc)
+        linux_cfg = spec.get("linux") or {}
+        cgroup = cgroups.create(
+            cid, linux_cfg.get("cgroupsPath", ""), linux_cfg.get("resources") or {}
+        )
+        launch = Launch({}, spec, rootfs)
+        launch.cgroup_procs = os.path.join(cgroup, "cgroup.procs")
+        try:
+            proc = self._spawn(cid, spec.get("process") or {}, launch, gate=True)
+        except BaseException:
+            cgroups.remove(cgroup)
+            raise
+        self.containers[cid] = Container(cid, proc, cgroup)
         return {"proc": proc.proc, "pid": proc.pid}
+
+    def op_freeze(self, msg: dict) -> dict:
+        """Pause (freeze: true) or resume the container through its cgroup's freezer."""
+        ctr = self.containers[msg["cid"]]
+        want = "1" if msg.get("freeze") else "0"
+        with open(os.path.join(ctr.cgroup, "cgroup.freeze"), "w") as f:
+            f.write(want)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            with open(os.path.join(ctr.cgroup, "cgroup.events")) as f:
+                if f"frozen {want}" in f.read():
+                    return {}
+            time.sleep(0.005)
+        raise ValueError(f"container {ctr.cid!r} did not {'freeze' if want == '1' else 'thaw'}")
+
+    def op_update(self, msg: dict) -> dict:
+        ctr = self.containers[msg["cid"]]
+        cgroups.update(ctr.cgroup, msg.get("resources") or {})
+        return {}
+
+    def op_stats(self, msg: dict) -> dict:
+        ctr = self.containers[msg["cid"]]
+        return {"stats": cgroups.stats(ctr.cgroup), "oom_kills": cgroups.oom_kills(ctr.cgroup)}
 
     def op_start(self, msg: dict) -> dict:
         init = self.containers[msg["cid"]].init
@@ -199,6 +233,7 @@ class Agent:
         if ctr.init.status is not None:
             raise ValueError(f"container {ctr.cid!r} is not running")
         launch = Launch({}, {}, "", join_pid=ctr.init.pid)
+        launch.cgroup_procs = os.path.join(ctr.cgroup, "cgroup.procs")
         proc = self._spawn(ctr.cid, msg["process"], launch, gate=False)
         ctr.procs[proc.proc] = proc
         self._await_exec(proc)
@@ -232,7 +267,8 @@ class Agent:
 
     def op_ps(self, msg: dict) -> dict:
         ctr = self.containers[msg["cid"]]
-        return {"pids": self._pids_in_namespace(ctr.init.pid)}
+        pids = self._pids_in_namespace(ctr.init.pid)
+        return {"pids": pids, "processes": [p for p in map(_proc_info, pids) if p]}
 
     def op_destroy(self, msg: dict) -> dict:
         ctr = self.containers.pop(msg["cid"], None)
@@ -245,6 +281,7 @@ class Agent:
                 except ProcessLookupError:
                     pass
             self._close_proc(proc)
+        cgroups.remove(ctr.cgroup)
         return {}
 
     def op_shutdown(self, msg: dict) -> dict:
@@ -528,6 +565,23 @@ class Agent:
 
 
 TRACE = False
+
+
+def _proc_info(pid: int) -> dict | None:
+    """pid, ppid, uid, state and command line of a guest process, from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode(errors="replace")
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().replace(b"\0", b" ").strip().decode(errors="replace")
+        uid = os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+    comm_end = stat.rfind(")")
+    fields = stat[comm_end + 2 :].split()
+    comm = stat[stat.find("(") + 1 : comm_end]
+    return {"pid": pid, "ppid": int(fields[1]), "uid": uid, "state": fields[0],
+            "cmd": cmd or f"[{comm}]"}  # fmt: skip
 
 
 def trace(text: str) -> None:

@@ -12,15 +12,17 @@ import functools
 import json
 import logging
 import os
+import re
 import signal
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
 import click
 
 from hyperpy import __version__
-from hyperpy.errors import HyperpyError, UsageError
+from hyperpy.errors import HyperpyError, InvalidState, UsageError
 
 log = logging.getLogger("hyperpy")
 
@@ -340,14 +342,153 @@ def exec_(
 @click.pass_context
 @command
 def ps(ctx: click.Context, fmt: str, container_id: str, ps_args: tuple[str, ...]) -> None:
-    """List the processes of a container (guest pids)."""
-    pids = _runtime(ctx).ps(container_id)
+    """List the processes of a container.
+
+    --format json prints host pids, as runc does: those of the process proxies that stand
+    for the container's processes on the host.  The table lists the processes inside the
+    guest (their guest pids); ps options are not applied.
+    """
+    host, guest = _runtime(ctx).ps(container_id)
     if fmt == "json":
-        click.echo(json.dumps(pids))
+        click.echo(json.dumps(host))
     else:
-        click.echo("PID")
-        for pid in pids:
-            click.echo(str(pid))
+        click.echo(f"{'PID':>7} {'PPID':>7} {'UID':>6} S CMD   (pids in the guest)")
+        for p in guest:
+            click.echo(f"{p['pid']:>7} {p['ppid']:>7} {p['uid']:>6} {p['state']} {p['cmd']}")
+
+
+def parse_bytes(value: str, flag: str) -> int:
+    """runc's sizes: 1024, 300m, 1.5g, 64MiB, 2kb; -1 for unlimited."""
+    v = value.strip().lower()
+    if v == "-1":
+        return -1
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?", v)
+    if not m:
+        raise UsageError(f"{flag} {value!r}: use bytes or a size like 300m, 1g (or -1)")
+    return int(float(m.group(1)) * (1 << (10 * " kmgt".index(m.group(2) or " "))))
+
+
+def parse_duration(value: str, flag: str) -> float:
+    """Go-style durations as runc takes them: 5s, 500ms, 1m, 1.5s."""
+    v = value.strip()
+    for suffix, mult in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
+        if v.endswith(suffix):
+            try:
+                out = float(v[: -len(suffix)]) * mult
+            except ValueError:
+                break
+            if out > 0:
+                return out
+            break
+    raise UsageError(f"{flag} {value!r}: use a duration like 5s, 500ms or 1m")
+
+
+@cli.command()
+@click.option("--resources", "-r", default=None, help="LinuxResources JSON file, - for stdin")
+@click.option("--memory", default=None)
+@click.option("--memory-reservation", default=None)
+@click.option("--memory-swap", default=None)
+@click.option("--kernel-memory", default=None, hidden=True)
+@click.option("--kernel-memory-tcp", default=None, hidden=True)
+@click.option("--cpu-shares", "--cpu-share", "cpu_shares", type=int, default=None)
+@click.option("--cpu-period", type=int, default=None)
+@click.option("--cpu-quota", type=int, default=None)
+@click.option("--cpu-rt-period", type=int, default=None, hidden=True)
+@click.option("--cpu-rt-runtime", type=int, default=None, hidden=True)
+@click.option("--cpuset-cpus", default=None)
+@click.option("--cpuset-mems", default=None)
+@click.option("--pids-limit", type=int, default=None)
+@click.option("--blkio-weight", type=int, default=None)
+@click.argument("container_id")
+@click.pass_context
+@command
+def update(
+    ctx: click.Context,
+    resources: str | None,
+    memory: str | None,
+    memory_reservation: str | None,
+    memory_swap: str | None,
+    kernel_memory: str | None,
+    kernel_memory_tcp: str | None,
+    cpu_shares: int | None,
+    cpu_period: int | None,
+    cpu_quota: int | None,
+    cpu_rt_period: int | None,
+    cpu_rt_runtime: int | None,
+    cpuset_cpus: str | None,
+    cpuset_mems: str | None,
+    pids_limit: int | None,
+    blkio_weight: int | None,
+    container_id: str,
+) -> None:
+    """Change a container's resource limits (applied to its cgroup in the guest)."""
+    res: dict = {}
+    if resources:
+        try:
+            if resources == "-":
+                res = json.load(sys.stdin)
+            else:
+                with open(resources) as f:
+                    res = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise UsageError(
+                f"--resources {resources}: cannot read LinuxResources JSON: {exc}"
+            ) from exc
+        if not isinstance(res, dict):
+            raise UsageError(f"--resources {resources}: expected a JSON object")
+    mem = res.setdefault("memory", {})
+    for flag, value, key in (
+        ("--memory", memory, "limit"),
+        ("--memory-reservation", memory_reservation, "reservation"),
+        ("--memory-swap", memory_swap, "swap"),
+    ):
+        if value is not None:
+            mem[key] = parse_bytes(value, flag)
+    cpu = res.setdefault("cpu", {})
+    cpu_flags: tuple[tuple[str, int | str | None], ...] = (
+        ("shares", cpu_shares), ("period", cpu_period), ("quota", cpu_quota),
+        ("realtimePeriod", cpu_rt_period), ("realtimeRuntime", cpu_rt_runtime),
+        ("cpus", cpuset_cpus), ("mems", cpuset_mems),
+    )  # fmt: skip
+    for key, setting in cpu_flags:
+        if setting is not None:
+            cpu[key] = setting
+    if pids_limit is not None:
+        res["pids"] = {"limit": pids_limit}
+    if blkio_weight is not None:
+        res.setdefault("blockIO", {})["weight"] = blkio_weight
+    res = {k: v for k, v in res.items() if v}
+    if not res:
+        raise UsageError("update: nothing to change: pass --resources FILE or a limit flag")
+    _runtime(ctx).update(container_id, res)
+
+
+@cli.command()
+@click.option("--stats", "once", is_flag=True, help="print the stats once and exit")
+@click.option("--interval", default="5s", help="time between stats reports")
+@click.argument("container_id")
+@click.pass_context
+@command
+def events(ctx: click.Context, once: bool, interval: str, container_id: str) -> None:
+    """Print the container's resource stats and OOM events as JSON lines (runc events)."""
+    rt = _runtime(ctx)
+    period = parse_duration(interval, "--interval")
+    ooms = None
+    while True:
+        try:
+            reply = rt.stats(container_id)
+        except InvalidState:
+            if once:
+                raise
+            return  # the container stopped: the stream ends, as runc's does
+        if ooms is not None and reply.get("oom_kills", 0) > ooms:
+            click.echo(json.dumps({"type": "oom", "id": container_id}))
+        ooms = reply.get("oom_kills", 0)
+        click.echo(json.dumps({"type": "stats", "id": container_id, "data": reply["stats"]}))
+        if once:
+            return
+        sys.stdout.flush()
+        time.sleep(period)
 
 
 @cli.command()

@@ -44,6 +44,7 @@ class SpecError(HyperpyError):
     exit_code = 3
 
     def __init__(self, message: str, pointer: str = "", path: str = "") -> None:
+        self.message = message  # without the location, for passing on
         self.pointer = pointer
         self.path = path
         where = ""

@@ -312,10 +312,11 @@ class Monitor:
             result = await self.handle(msg)
             # An agent reply carries the agent's own request id: never the client's.
             out = P.reply(msg, **{k: v for k, v in result.items() if k not in ("id", "ok")})
+        except SpecError as exc:
+            out = P.error_reply(msg.get("id", 0), exc.message, "SpecError")
+            out["pointer"] = exc.pointer
         except HyperpyError as exc:
             out = P.error_reply(msg.get("id", 0), str(exc), type(exc).__name__)
-            if isinstance(exc, SpecError):
-                out["pointer"] = exc.pointer
         except Exception as exc:  # noqa: BLE001 - every failure is answered
             log.exception("request %s failed", msg.get("op"))
             out = P.error_reply(msg.get("id", 0), f"{type(exc).__name__}: {exc}", "HyperpyError")
@@ -337,13 +338,9 @@ class Monitor:
             reply = await agent.request(P.OP_EXEC, cid=msg["cid"], process=msg["process"])
             self.procs[reply["proc"]] = msg["cid"]
             return reply
-        if op in (P.OP_SIGNAL, P.OP_WINSIZE, P.OP_PS):
+        if op in (P.OP_SIGNAL, P.OP_WINSIZE, P.OP_PS, P.OP_UPDATE, P.OP_STATS, P.OP_FREEZE):
             fields = {k: v for k, v in msg.items() if k not in ("id", "op")}
             return await agent.request(op, **fields)
-        if op in ("pause", "resume"):
-            assert self.vm is not None and self.vm.qmp is not None
-            await self.vm.qmp.execute("stop" if op == "pause" else "cont")
-            return {}
         if op == "info":
             return {
                 "pid": os.getpid(),

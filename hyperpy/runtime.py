@@ -338,19 +338,47 @@ class Runtime:
             return 0
         return _wait_pid(pid)
 
-    def ps(self, cid: str) -> builtins.list[int]:
+    def ps(self, cid: str) -> tuple[builtins.list[int], builtins.list[dict]]:
+        """(host pids, guest processes) of a container.
+
+        The host pids are the process proxies, one per container process hyperpy started
+        (init and each exec): callers of ``ps --format json`` (containerd's Pids, docker
+        top) look them up on the host, where the guest's own pids mean nothing.  The guest
+        processes (pid, ppid, uid, state, cmd in the guest) are what the table shows.
+        """
         st, d = self._check(cid, "ps")
         if self.status(st) == Status.STOPPED:
-            return []
-        return MonitorClient(d).request(P.OP_PS, cid=cid)["pids"]
+            return [], []
+        guest = MonitorClient(d).request(P.OP_PS, cid=cid).get("processes", [])
+        marker = f"hyperpy.proxy\0{d}\0".encode()
+        host = []
+        for pid in self._cgroup(st).pids() if st.host_cgroup else [st.pid]:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if marker in f.read():
+                        host.append(pid)
+            except OSError:
+                continue
+        return host, guest
 
     def pause(self, cid: str, resume: bool = False) -> None:
         op = "resume" if resume else "pause"
         with self.store.locked(cid):
             st, d = self._check(cid, op)
-            MonitorClient(d).request(op)
+            # The guest's cgroup freezer, as runc: the VM keeps running, so exec, update,
+            # ps and stats still work on a paused container.
+            MonitorClient(d).request(P.OP_FREEZE, cid=cid, freeze=not resume)
             st.status = model.AFTER[op].value
             self.store.save(st)
+
+    def update(self, cid: str, resources: dict) -> None:
+        with self.store.locked(cid):
+            st, d = self._check(cid, "update")
+            MonitorClient(d).request(P.OP_UPDATE, cid=cid, resources=resources)
+
+    def stats(self, cid: str) -> dict:
+        st, d = self._check(cid, "events")
+        return MonitorClient(d).request(P.OP_STATS, cid=cid)
 
     # --- delete -------------------------------------------------------------------------
     def delete(self, cid: str, force: bool = False) -> None:

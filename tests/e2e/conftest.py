@@ -1,0 +1,263 @@
+"""Real containerd and dockerd, each on private paths, with hyperpy registered as a runtime.
+
+One containerd and one dockerd per test session (dockerd uses that containerd, as a host
+does). Everything lives under one temporary directory; the daemons are stopped and their
+mounts and directories removed at the end, also when tests fail. The busybox image is built
+by hyperpy.image and imported into both.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import HAVE_ARTIFACTS, HYPERPY, processes_mentioning
+
+IMAGE = "docker.io/hyperpy/busybox:latest"
+DOCKER_IMAGE = "hyperpy/busybox:latest"
+NS = "hyperpy-e2e"
+
+pytestmark = pytest.mark.e2e
+
+needs_daemons = pytest.mark.skipif(
+    not (HAVE_ARTIFACTS and shutil.which("containerd") and shutil.which("dockerd")),
+    reason="needs the kernel and initrd, containerd and docker.io (make deps artifacts)",
+)
+
+
+def _wait_for(path: str, proc: subprocess.Popen, log: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"daemon did not come up ({path}):\n{log.read_text()[-3000:]}")
+        time.sleep(0.1)
+
+
+def _stop(proc: subprocess.Popen, timeout: float = 30) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def _umount_below(path: str) -> None:
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    for point in sorted((p for p in points if p.startswith(path + "/")), reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, timeout=30)
+
+
+class Daemons:
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.ctd_sock = str(base / "containerd.sock")
+        self.docker_sock = str(base / "docker.sock")
+        self.procs: list[subprocess.Popen] = []
+
+    def ctr(self, *args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["ctr", "-a", self.ctd_sock, "-n", NS, *args],
+            capture_output=True,
+            timeout=timeout,
+            **kw,
+        )
+
+    def ctr_run_argv(self, *args: str) -> list[str]:
+        return ["ctr", "-a", self.ctd_sock, "-n", NS, "run", "--runtime",
+                "io.containerd.runc.v2", "--runc-binary", HYPERPY, *args]  # fmt: skip
+
+    def docker(self, *args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["docker", "-H", f"unix://{self.docker_sock}", *args],
+            capture_output=True,
+            timeout=timeout,
+            **kw,
+        )
+
+    def start(self, image_tar: str) -> None:
+        b = self.base
+        (b / "containerd.toml").write_text(
+            f"""version = 2
+root = "{b}/containerd/root"
+state = "{b}/containerd/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "{self.ctd_sock}"
+[ttrpc]
+  address = "{self.ctd_sock}.ttrpc"
+[debug]
+  address = "{b}/containerd-debug.sock"
+"""
+        )
+        log = b / "containerd.log"
+        self.procs.append(
+            subprocess.Popen(
+                ["containerd", "--config", str(b / "containerd.toml")],
+                stdout=open(log, "w"),
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
+        _wait_for(self.ctd_sock, self.procs[-1], log)
+        dlog = b / "dockerd.log"
+        # dockerd keeps its containers in its own containerd namespace ("moby").
+        self.procs.append(
+            subprocess.Popen(
+                [
+                    "dockerd",
+                    "--host",
+                    f"unix://{self.docker_sock}",
+                    "--data-root",
+                    str(b / "docker-data"),
+                    "--exec-root",
+                    str(b / "docker-exec"),
+                    "--pidfile",
+                    str(b / "docker.pid"),
+                    "--containerd",
+                    self.ctd_sock,
+                    "--iptables=false",
+                    "--ip6tables=false",
+                    "--bridge=none",
+                    "--add-runtime",
+                    f"hyperpy={HYPERPY}",
+                ],  # fmt: skip
+                stdout=open(dlog, "w"),
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
+        _wait_for(self.docker_sock, self.procs[-1], dlog)
+        deadline = time.monotonic() + 30
+        while self.docker("version").returncode != 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"dockerd does not answer:\n{dlog.read_text()[-3000:]}")
+            time.sleep(0.2)
+        res = self.ctr("images", "import", image_tar)
+        assert res.returncode == 0, res.stderr.decode()
+        res = self.docker("load", "-i", image_tar)
+        assert res.returncode == 0, res.stderr.decode()
+
+    def stop(self) -> None:
+        # Containers first, through the daemons, so the runtime cleans up as it would.
+        try:
+            ids = self.docker("ps", "-aq").stdout.decode().split()
+            if ids:
+                self.docker("rm", "-f", *ids, timeout=180)
+            for task in self.ctr("task", "ls", "-q").stdout.decode().split():
+                self.ctr("task", "kill", "-s", "KILL", task)
+                self.ctr("task", "delete", "-f", task)
+            for c in self.ctr("containers", "ls", "-q").stdout.decode().split():
+                self.ctr("containers", "rm", c)
+        except (subprocess.TimeoutExpired, OSError):
+            pass
+        for proc in reversed(self.procs):
+            _stop(proc)
+        _umount_below(str(self.base))
+
+
+@pytest.fixture(scope="session")
+def daemons():
+    if not (HAVE_ARTIFACTS and shutil.which("containerd") and shutil.which("dockerd")):
+        pytest.skip("needs the kernel and initrd, containerd and docker.io")
+    from hyperpy.image import build
+
+    base = Path(tempfile.mkdtemp(prefix="hyperpy-e2e-"))
+    d = Daemons(base)
+    try:
+        build(str(base / "busybox.tar"))
+        d.start(str(base / "busybox.tar"))
+        yield d
+    finally:
+        d.stop()
+        leftovers = processes_mentioning("hyperpy.monitor") + processes_mentioning("qemu-system")
+        for line in leftovers:
+            try:
+                os.kill(int(line.split()[0]), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def no_leftovers(daemons):
+    """After the test: no monitor, QEMU or proxy of hyperpy, and no state dir, remain."""
+    yield
+    deadline = time.monotonic() + 20
+    left: list[str] = []
+    while time.monotonic() < deadline:
+        left = [
+            line
+            for line in processes_mentioning("hyperpy.")
+            if "hyperpy.monitor" in line or "hyperpy.proxy" in line
+        ] + processes_mentioning("qemu-system")
+        if not left:
+            break
+        time.sleep(0.2)
+    assert not left, f"left behind: {left}"
+    assert not state_left(), f"state or mounts left behind: {state_left()}"
+
+
+def run_in_pty(argv: list[str], send: bytes = b"", timeout: float = 120) -> tuple[int, bytes]:
+    """Run argv with a pseudo-terminal as its controlling tty and stdio; (status, output)."""
+    import fcntl
+    import select
+    import termios
+
+    master, slave = os.openpty()
+
+    def ctty() -> None:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    p = subprocess.Popen(
+        argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=True, preexec_fn=ctty
+    )
+    os.close(slave)
+    out = b""
+    if send:
+        os.write(master, send)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: every slave end closed
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            elif p.poll() is not None:
+                break
+        rc = p.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+        os.close(master)
+    return rc, out
+
+
+RUNTIME_ROOTS = ("/run/containerd/runc/" + NS, "/run/containerd/runc/moby")
+
+
+def state_left() -> list[str]:
+    out = []
+    for root in RUNTIME_ROOTS:
+        if os.path.isdir(root):
+            out += [os.path.join(root, e) for e in os.listdir(root)]
+    with open("/proc/self/mountinfo") as f:
+        out += [line.split()[4] for line in f if "/shared/" in line.split()[4]]
+    return out

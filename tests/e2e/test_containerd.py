@@ -1,0 +1,128 @@
+"""containerd's runc v2 shim driving hyperpy (`--runc-binary`), through ctr."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+
+import pytest
+
+from tests.e2e.conftest import IMAGE, run_in_pty, state_left
+
+pytestmark = pytest.mark.e2e
+
+
+def ctr_run(daemons, cid: str, *cmd: str, flags: tuple[str, ...] = ("--rm",), **kw):
+    return subprocess.run(
+        daemons.ctr_run_argv(*flags, IMAGE, cid, *cmd), capture_output=True, timeout=180, **kw
+    )
+
+
+def task_status(daemons, cid: str) -> str:
+    for line in daemons.ctr("task", "ls").stdout.decode().splitlines()[1:]:
+        words = line.split()
+        if words and words[0] == cid:
+            return words[2]
+    return ""
+
+
+def wait_status(daemons, cid: str, want: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while task_status(daemons, cid) != want:
+        assert time.monotonic() < deadline, f"{cid} is {task_status(daemons, cid)!r}, not {want}"
+        time.sleep(0.1)
+
+
+def cleanup(daemons, cid: str) -> None:
+    daemons.ctr("task", "kill", "-s", "KILL", cid)
+    daemons.ctr("task", "delete", "-f", cid)
+    daemons.ctr("containers", "rm", cid)
+
+
+def test_echo(daemons, no_leftovers):
+    res = ctr_run(daemons, "echo1", "sh", "-c", "echo hello from ctr; uname -r")
+    assert res.returncode == 0, res.stderr.decode()
+    out = res.stdout.decode().splitlines()
+    assert out[0] == "hello from ctr" and out[1].endswith("-hyperpy")
+
+
+def test_exit_code_passes_through(daemons, no_leftovers):
+    res = ctr_run(daemons, "exit1", "sh", "-c", "exit 3")
+    assert res.returncode == 3, res.stderr.decode()
+
+
+def test_tty(daemons, no_leftovers):
+    argv = daemons.ctr_run_argv("--rm", "-t", IMAGE, "tty1", "sh", "-c", "tty; stty size")
+    rc, out = run_in_pty(argv)
+    assert rc == 0, out
+    assert b"/dev/pts/" in out, out
+
+
+def test_exec_with_and_without_tty(daemons, no_leftovers):
+    res = ctr_run(daemons, "exec1", "sleep", "1000", flags=("-d",))
+    assert res.returncode == 0, res.stderr.decode()
+    try:
+        r = daemons.ctr("task", "exec", "--exec-id", "e1", "exec1", "sh", "-c", "echo in; exit 5")
+        assert r.returncode == 5 and r.stdout == b"in\n", r.stderr.decode()
+        argv = ["ctr", "-a", daemons.ctd_sock, "-n", "hyperpy-e2e", "task", "exec", "-t",
+                "--exec-id", "e2", "exec1", "sh", "-c", "tty"]  # fmt: skip
+        rc, out = run_in_pty(argv)
+        assert rc == 0 and b"/dev/pts/" in out, out
+    finally:
+        cleanup(daemons, "exec1")
+
+
+@pytest.mark.parametrize("sig,status", [("SIGTERM", 4), ("SIGKILL", 137)])
+def test_kill(daemons, no_leftovers, sig, status):
+    cid = f"kill-{status}"
+    p = subprocess.Popen(
+        daemons.ctr_run_argv("--rm", IMAGE, cid, "sh", "-c",
+                             'trap "echo got TERM; exit 4" TERM; echo ready; '
+                             "while true; do sleep 0.1; done"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert p.stdout is not None
+    assert p.stdout.readline() == b"ready\n"
+    res = daemons.ctr("task", "kill", "-s", sig, cid)
+    assert res.returncode == 0, res.stderr.decode()
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == status, err.decode()
+    if sig == "SIGTERM":
+        assert b"got TERM" in out
+
+
+def test_ps_pause_resume_metrics(daemons, no_leftovers):
+    script = "while true; do cut -d' ' -f1 /proc/uptime >> /tmp/ticks; sleep 0.1; done"
+    res = ctr_run(daemons, "pp1", "sh", "-c", script, flags=("-d",))
+    assert res.returncode == 0, res.stderr.decode()
+    try:
+        line = [ln for ln in daemons.ctr("task", "ls").stdout.decode().splitlines()
+                if ln.startswith("pp1 ")][0]  # fmt: skip
+        task_pid = int(line.split()[1])
+        ps = daemons.ctr("task", "ps", "pp1").stdout.decode()
+        assert str(task_pid) in ps.split(), ps
+        time.sleep(1)
+        assert daemons.ctr("task", "pause", "pp1").returncode == 0
+        wait_status(daemons, "pp1", "PAUSED")
+        time.sleep(1.5)
+        assert daemons.ctr("task", "resume", "pp1").returncode == 0
+        wait_status(daemons, "pp1", "RUNNING")
+        time.sleep(0.5)
+        r = daemons.ctr("task", "exec", "--exec-id", "t", "pp1", "cat", "/tmp/ticks")
+        ticks = [float(x) for x in r.stdout.decode().split()]
+        gaps = [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
+        assert max(gaps) > 1.2, gaps  # nothing ran while paused
+        assert ticks[-1] - ticks[0] > 1.8  # and it ran again after resume
+        m = daemons.ctr("task", "metrics", "pp1").stdout.decode()
+        usage = re.search(r"memory\.(?:usage_in_bytes|usage\.usage)\s+(\d+)", m)
+        assert usage and int(usage.group(1)) > 32 << 20, m  # the VM's memory, charged
+    finally:
+        cleanup(daemons, "pp1")
+
+
+def test_back_to_back_runs_leave_nothing(daemons, no_leftovers):
+    for i in range(20):
+        res = ctr_run(daemons, f"loop{i}", "true")
+        assert res.returncode == 0, (i, res.stderr.decode())
+    assert not state_left()

@@ -1,0 +1,121 @@
+"""dockerd with `--add-runtime hyperpy=...`: everyday docker commands on hyperpy."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.e2e.conftest import DOCKER_IMAGE, run_in_pty
+
+pytestmark = pytest.mark.e2e
+
+RUN = ("run", "--runtime", "hyperpy", "--network", "none")
+
+
+def test_run_echo_and_exit_code(daemons, no_leftovers):
+    res = daemons.docker(*RUN, "--rm", DOCKER_IMAGE, "sh", "-c", "echo hi; uname -r")
+    assert res.returncode == 0, res.stderr.decode()
+    out = res.stdout.decode().splitlines()
+    assert out[0] == "hi" and out[1].endswith("-hyperpy")
+    res = daemons.docker(*RUN, "--rm", DOCKER_IMAGE, "sh", "-c", "exit 42")
+    assert res.returncode == 42, res.stderr.decode()
+
+
+def test_stdin(daemons, no_leftovers):
+    data = b"".join(b"line %d\n" % i for i in range(5000))
+    res = daemons.docker(*RUN, "--rm", "-i", DOCKER_IMAGE, "sh", "-c", "cat; echo end", input=data)
+    assert res.returncode == 0, res.stderr.decode()
+    assert res.stdout == data + b"end\n"
+
+
+def test_tty(daemons, no_leftovers):
+    rc, out = run_in_pty(
+        [
+            "docker",
+            "-H",
+            f"unix://{daemons.docker_sock}",
+            *RUN,
+            "--rm",
+            "-t",
+            DOCKER_IMAGE,
+            "sh",
+            "-c",
+            "tty; exit 3",
+        ]  # fmt: skip
+    )
+    assert rc == 3, out
+    assert b"/dev/pts/" in out, out
+
+
+def test_detached_lifecycle(daemons, no_leftovers):
+    name = "life"
+    script = 'echo started; trap "echo stopping; exit 0" TERM; while true; do sleep 0.1; done'
+    res = daemons.docker(*RUN, "-d", "--name", name, DOCKER_IMAGE, "sh", "-c", script)
+    assert res.returncode == 0, res.stderr.decode()
+    try:
+        r = daemons.docker("exec", name, "sh", "-c", "echo from exec; exit 6")
+        assert r.returncode == 6 and r.stdout == b"from exec\n", r.stderr.decode()
+        rc, out = run_in_pty(
+            [
+                "docker",
+                "-H",
+                f"unix://{daemons.docker_sock}",
+                "exec",
+                "-it",
+                name,
+                "sh",
+                "-c",
+                "tty",
+            ]  # fmt: skip
+        )
+        assert rc == 0 and b"/dev/pts/" in out, out
+        assert b"started" in daemons.docker("logs", name).stdout
+        top = daemons.docker("top", name)
+        assert top.returncode == 0 and b"hyperpy.proxy" in top.stdout, top.stderr.decode()
+        stats = daemons.docker("stats", "--no-stream", "--format", "{{.MemUsage}}", name)
+        assert stats.returncode == 0, stats.stderr.decode()
+        assert not stats.stdout.startswith(b"0B"), stats.stdout  # the VM's real memory
+        assert daemons.docker("pause", name).returncode == 0
+        status = daemons.docker("inspect", "-f", "{{.State.Status}}", name).stdout.strip()
+        assert status == b"paused"
+        assert daemons.docker("unpause", name).returncode == 0
+        r = daemons.docker("update", "--memory", "200m", "--memory-swap", "200m", name)
+        assert r.returncode == 0, r.stderr.decode()
+        r = daemons.docker(
+            "exec", name, "sh", "-c",
+            'cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/memory.max',
+        )  # fmt: skip
+        assert r.stdout.strip() == str(200 << 20).encode(), (r.stdout, r.stderr)
+        start = time.monotonic()
+        assert daemons.docker("stop", name).returncode == 0
+        assert time.monotonic() - start < 8  # the TERM trap ended it, no 10 s KILL wait
+        logs = daemons.docker("logs", name).stdout
+        assert b"stopping" in logs
+        code = daemons.docker("inspect", "-f", "{{.State.ExitCode}}", name).stdout.strip()
+        assert code == b"0"
+    finally:
+        daemons.docker("rm", "-f", name)
+
+
+def test_stop_escalates_to_kill_and_kill_and_rm_force(daemons, no_leftovers):
+    res = daemons.docker(*RUN, "-d", "--name", "stubborn", DOCKER_IMAGE, "sh", "-c",
+                         "trap '' TERM; while true; do sleep 0.1; done")  # fmt: skip
+    assert res.returncode == 0, res.stderr.decode()
+    try:
+        time.sleep(0.5)
+        assert daemons.docker("stop", "-t", "2", "stubborn").returncode == 0
+        code = daemons.docker("inspect", "-f", "{{.State.ExitCode}}", "stubborn").stdout.strip()
+        assert code == b"137"
+    finally:
+        daemons.docker("rm", "-f", "stubborn")
+    res = daemons.docker(*RUN, "-d", "--name", "victim", DOCKER_IMAGE, "sleep", "1000")
+    assert res.returncode == 0, res.stderr.decode()
+    assert daemons.docker("kill", "victim").returncode == 0
+    code = daemons.docker("inspect", "-f", "{{.State.ExitCode}}", "victim").stdout.strip()
+    assert code == b"137"
+    assert daemons.docker("rm", "victim").returncode == 0
+    res = daemons.docker(*RUN, "-d", "--name", "forced", DOCKER_IMAGE, "sleep", "1000")
+    assert res.returncode == 0
+    assert daemons.docker("rm", "-f", "forced").returncode == 0
+    assert daemons.docker("ps", "-aq", "--filter", "name=forced").stdout.strip() == b""
