@@ -216,13 +216,18 @@ class Runtime:
             cgroups_path=spec.get("linux", {}).get("cgroupsPath", ""),
         )
         st.host_cgroup = host_cgroup
+        st.hooks = spec.get("hooks") or {}
         try:
             self.store.save(st)
             self._boot(d, st, spec)
             reply = MonitorClient(d).request("create", cid=cid, spec=spec, bundle=bundle)
             st.init_proc = reply["proc"]
-            st.pid = self._spawn_proxy(d, st.init_proc, opts.console_socket, stdio=True)
+            st.pid = self._spawn_proxy(
+                d, st.init_proc, opts.console_socket, stdio=not opts.console_socket
+            )
             self._cgroup(st).add(st.pid)
+            for kind in ("prestart", "createRuntime", "createContainer"):
+                self._hooks(st, kind, Status.CREATING)
             st.status = Status.CREATED.value
             self.store.save(st)
             if opts.pid_file:
@@ -278,6 +283,11 @@ class Runtime:
         st.qemu_pid = result.get("qemu_pid", 0)
 
     def _spawn_proxy(self, d: str, proc: int, console_socket: str | None, stdio: bool) -> int:
+        """Start the process proxy; with ``stdio`` it carries the caller's stdin/out/err.
+
+        With a console socket the container's stdio is the pty, and the proxy must hold
+        none of the caller's fds: the runc shim reads create's output until EOF.
+        """
         r, w = os.pipe()
         argv = [sys.executable, "-m", "hyperpy.proxy", d, str(proc), str(w)]
         if console_socket:
@@ -307,9 +317,11 @@ class Runtime:
     def start(self, cid: str) -> None:
         with self.store.locked(cid):
             st, d = self._check(cid, "start")
+            self._hooks(st, "startContainer", Status.CREATED)
             MonitorClient(d).request("start", cid=cid)
             st.status = Status.RUNNING.value
             self.store.save(st)
+            self._hooks(st, "poststart", Status.RUNNING)
 
     def kill(self, cid: str, sig: int, all_: bool = False) -> None:
         st, d = self._check(cid, "kill")
@@ -330,7 +342,7 @@ class Runtime:
         if process.get("terminal") and not console_socket and detach:
             raise UsageError("exec with a terminal and --detach needs --console-socket")
         reply = MonitorClient(d).request("exec", cid=cid, process=process)
-        pid = self._spawn_proxy(d, reply["proc"], console_socket, stdio=True)
+        pid = self._spawn_proxy(d, reply["proc"], console_socket, stdio=not console_socket)
         self._cgroup(st).add(pid)
         if pid_file:
             _write_pid_file(pid_file, pid)
@@ -386,7 +398,17 @@ class Runtime:
             st = self.store.load(cid)
             model.check("delete-force" if force else "delete", self.status(st), cid)
             self._destroy(d, st)
+            self._hooks(st, "poststop", Status.STOPPED)
             self.store.remove(cid)
+
+    def _hooks(self, st: State, kind: str, status: Status) -> None:
+        if not st.hooks.get(kind):
+            return
+        from hyperpy import hooks
+
+        state = {"ociVersion": "1.1.0", "id": st.id, "status": status.value, "pid": st.pid,
+                 "bundle": st.bundle, "annotations": st.annotations}  # fmt: skip
+        hooks.run({"hooks": st.hooks}, kind, state)
 
     def _destroy(self, d: str, st: State) -> None:
         """Stop the sandbox and everything it made; safe to call on a half-made one."""

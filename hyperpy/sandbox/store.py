@@ -49,6 +49,7 @@ class State:
     terminal: bool = False
     cgroups_path: str = ""
     host_cgroup: str = ""  # below each hierarchy's root; empty: not placed
+    hooks: dict = field(default_factory=dict)  # config.json's hooks, for start and delete
     schema: int = SCHEMA_VERSION
 
 

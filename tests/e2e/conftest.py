@@ -259,5 +259,5 @@ def state_left() -> list[str]:
         if os.path.isdir(root):
             out += [os.path.join(root, e) for e in os.listdir(root)]
     with open("/proc/self/mountinfo") as f:
-        out += [line.split()[4] for line in f if "/shared/" in line.split()[4]]
+        out += [p for p in (line.split()[4] for line in f) if p.startswith(RUNTIME_ROOTS)]
     return out
