@@ -534,6 +534,48 @@ def features() -> None:
     click.echo(json.dumps(feats(), indent=2))
 
 
+@cli.command()
+@click.option("--format", "-f", "fmt", type=click.Choice(["text", "json"]), default="text")
+@command
+def check(fmt: str) -> None:
+    """Tell whether this host can run hyperpy, and how to fix what is missing."""
+    from hyperpy.check import FAIL, run_all
+    from hyperpy.config import load as load_config
+
+    results = run_all(load_config().vm)
+    if fmt == "json":
+        click.echo(json.dumps([r.__dict__ for r in results], indent=2))
+    else:
+        for r in results:
+            click.echo(
+                f"[{r.status:>4}] {r.name}: {r.detail}"
+                + (f"\n       fix: {r.fix}" if r.fix and r.status != "ok" else "")
+            )
+    if any(r.status == FAIL for r in results):
+        sys.exit(1)
+
+
+@cli.command()
+@click.pass_context
+@command
+def env(ctx: click.Context) -> None:
+    """Print the effective configuration as JSON."""
+    from hyperpy.config import DEFAULT_PATH, artifacts_dir
+    from hyperpy.config import load as load_config
+
+    source = os.environ.get("HYPERPY_CONFIG") or DEFAULT_PATH
+    obj = ctx.find_root().obj
+    out = {
+        "version": __version__,
+        "config_file": source if os.path.exists(source) else None,
+        "artifacts": artifacts_dir(),
+        "root": obj["root"],
+        "systemd_cgroup": obj["systemd_cgroup"],
+        **load_config().as_dict(),
+    }
+    click.echo(json.dumps(out, indent=2))
+
+
 def main() -> None:
     cli(prog_name="hyperpy")
 

@@ -32,6 +32,18 @@ needs_daemons = pytest.mark.skipif(
 )
 
 
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_snippet(name: str) -> str:
+    """The fenced block after ``<!-- snippet: name -->`` in the README."""
+    text = README.read_text()
+    marker = f"<!-- snippet: {name} -->"
+    assert marker in text, f"README has no {marker}"
+    block = text.split(marker, 1)[1].split("```", 2)[1]
+    return block.split("\n", 1)[1]
+
+
 def _wait_for(path: str, proc: subprocess.Popen, log: Path, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not os.path.exists(path):
@@ -111,6 +123,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         )
         _wait_for(self.ctd_sock, self.procs[-1], log)
         dlog = b / "dockerd.log"
+        # The README's daemon.json, with this checkout's hyperpy for the installed path.
+        daemon_json = readme_snippet("docker").replace("/usr/local/bin/hyperpy", HYPERPY)
+        (b / "daemon.json").write_text(daemon_json)
         # dockerd keeps its containers in its own containerd namespace ("moby").
         self.procs.append(
             subprocess.Popen(

@@ -1,0 +1,136 @@
+"""`hyperpy check`: can this host run hyperpy, and how to fix what is missing.
+
+Each check is a function returning a :class:`Result`; FAIL means containers cannot run, WARN
+means they run but worse (no KVM: TCG is several times slower; no vhost-vsock: the agent
+talks over virtio-serial).  Checks try the real thing where it is cheap (KVM is judged by
+booting the bare initrd on it, not by /dev/kvm existing).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from hyperpy.config import VMConfig
+
+OK, WARN, FAIL = "ok", "warn", "FAIL"
+MIN_QEMU = (5, 0)  # virtio-9p multidevs=remap and the microvm machine's options
+
+
+@dataclass
+class Result:
+    status: str
+    name: str
+    detail: str
+    fix: str = ""
+
+
+def qemu(cfg: VMConfig) -> Result:
+    path = shutil.which(cfg.qemu)
+    if not path:
+        return Result(FAIL, "qemu", f"{cfg.qemu} not found", "apt-get install qemu-system-x86")
+    out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout
+    m = re.search(r"version (\d+)\.(\d+)", out)
+    version = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+    if version < MIN_QEMU:
+        return Result(FAIL, "qemu", f"{path} is {version}, older than {MIN_QEMU}",
+                      "install QEMU 5.0 or newer")  # fmt: skip
+    return Result(OK, "qemu", f"{path} {version[0]}.{version[1]}")
+
+
+def artifacts(cfg: VMConfig) -> Result:
+    missing = [p for p in (cfg.kernel, cfg.initrd) if not os.path.exists(p)]
+    if missing:
+        return Result(FAIL, "guest kernel and initrd", f"missing: {', '.join(missing)}",
+                      "make kernel initrd (or set [vm] kernel/initrd in the config)")  # fmt: skip
+    sizes = ", ".join(f"{p} {os.path.getsize(p) >> 20} MiB" for p in (cfg.kernel, cfg.initrd))
+    return Result(OK, "guest kernel and initrd", sizes)
+
+
+def accelerator(cfg: VMConfig) -> Result:
+    from hyperpy.config import artifacts_dir
+    from hyperpy.vm import qemu as vmq
+
+    if not os.path.exists("/dev/kvm"):
+        return Result(WARN, "accelerator", "no /dev/kvm: guests run under TCG (slower)",
+                      "enable KVM (modprobe kvm_intel/kvm_amd; nested virtualisation)")  # fmt: skip
+    bare = os.path.join(artifacts_dir(), "initrd-bare.img")
+    if not os.path.exists(bare) or not os.path.exists(cfg.kernel):
+        return Result(WARN, "accelerator", "/dev/kvm exists but was not tried (no bare initrd)",
+                      "make initrd")  # fmt: skip
+    if vmq.kvm_usable(cfg, bare):
+        return Result(OK, "accelerator", "KVM: a probe guest booted on it")
+    return Result(
+        WARN,
+        "accelerator",
+        "/dev/kvm exists but a probe guest did not boot on it: guests run under TCG (slower)",
+        "check nested virtualisation support",
+    )
+
+
+def channel(cfg: VMConfig) -> Result:
+    from hyperpy.vm import qemu as vmq
+
+    if vmq.vsock_usable():
+        return Result(OK, "agent channel", "vhost-vsock available: vsock")
+    return Result(WARN, "agent channel", "no usable /dev/vhost-vsock: virtio-serial is used",
+                  "modprobe vhost_vsock for the vsock channel")  # fmt: skip
+
+
+def cgroups(cfg: VMConfig) -> Result:
+    from hyperpy.hostcgroup import ROOT, V1_CONTROLLERS, is_v2
+
+    if is_v2(ROOT):
+        layout, probe = "v2 (unified)", ROOT
+    else:
+        have = [c for c in V1_CONTROLLERS if os.path.isdir(os.path.join(ROOT, c))]
+        if not have:
+            return Result(FAIL, "cgroups", f"no cgroup hierarchy under {ROOT}",
+                          "mount cgroup2 on /sys/fs/cgroup")  # fmt: skip
+        layout, probe = f"v1 ({', '.join(have)})", os.path.join(ROOT, have[0])
+    if not os.access(probe, os.W_OK):
+        return Result(FAIL, "cgroups", f"{layout}, but {probe} is not writable",
+                      "run as root with /sys/fs/cgroup mounted read-write")  # fmt: skip
+    return Result(OK, "cgroups", layout)
+
+
+def host_tools(cfg: VMConfig) -> Result:
+    missing = [t for t in ("mount", "umount") if not shutil.which(t)]
+    if missing:
+        return Result(FAIL, "host tools", f"missing {missing}", "apt-get install util-linux")
+    if os.geteuid() != 0:
+        return Result(FAIL, "privileges", "not root: bind mounts and cgroups need root",
+                      "run hyperpy as root (rootless mode is not supported)")  # fmt: skip
+    return Result(OK, "host tools", "mount, umount; running as root")
+
+
+def python_deps(cfg: VMConfig) -> Result:
+    missing = []
+    for mod in ("click", "jsonschema", "qemu.qmp"):
+        try:
+            importlib.import_module(mod)
+        except ImportError:
+            missing.append(mod)
+    if missing:
+        return Result(FAIL, "python packages", f"missing {missing}", "make deps")
+    return Result(OK, "python packages", "click, jsonschema, qemu.qmp")
+
+
+CHECKS: list[Callable[[VMConfig], Result]] = [
+    qemu, artifacts, accelerator, channel, cgroups, host_tools, python_deps,
+]  # fmt: skip
+
+
+def run_all(cfg: VMConfig) -> list[Result]:
+    out = []
+    for check in CHECKS:
+        try:
+            out.append(check(cfg))
+        except Exception as exc:  # noqa: BLE001 - a broken check is itself a finding
+            out.append(Result(FAIL, check.__name__, f"the check failed: {exc}"))
+    return out

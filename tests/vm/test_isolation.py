@@ -1,0 +1,181 @@
+"""What config.json asks for, read from inside the container in a real guest."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from hyperpy.oci.spec import default_spec
+from tests.conftest import hyperpy, needs_artifacts
+
+pytestmark = [pytest.mark.vm, needs_artifacts]
+
+
+def run_spec(root, bundle, cid, script, edit, input=None):
+    """Run ``sh -c script`` with the default spec changed by ``edit(spec)``."""
+    b = bundle(["true"])
+    spec = default_spec()
+    spec["process"]["terminal"] = False
+    spec["process"]["args"] = ["sh", "-c", script]
+    edit(spec)
+    with open(f"{b}/config.json", "w") as f:
+        json.dump(spec, f)
+    return hyperpy(root, "run", "--bundle", b, cid, input=input)
+
+
+def facts(output: bytes) -> dict[str, str]:
+    out = {}
+    for line in output.decode().splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out
+
+
+CAP_NET_BIND_SERVICE = 1 << 10
+CAP_KILL = 1 << 5
+
+PROBE = r"""
+status() { grep "^$1:" /proc/self/status | cut -f2; }
+echo "CapEff=$(status CapEff)"; echo "CapPrm=$(status CapPrm)"; echo "CapBnd=$(status CapBnd)"
+echo "CapInh=$(status CapInh)"; echo "CapAmb=$(status CapAmb)"
+echo "NoNewPrivs=$(status NoNewPrivs)"; echo "Seccomp=$(status Seccomp)"
+echo "id=$(id)"; echo "umask=$(umask)"
+echo "nofile_soft=$(ulimit -n)"; echo "nofile_hard=$(ulimit -Hn)"
+echo "hostname=$(hostname)"; echo "domainname=$(cat /proc/sys/kernel/domainname)"
+echo "ip_forward=$(cat /proc/sys/net/ipv4/ip_forward)"
+echo "msgmax=$(cat /proc/sys/kernel/msgmax)"
+echo "rootfs_write=$(touch /probe 2>&1)"
+echo "kcore_bytes=$(wc -c < /proc/kcore 2>&1)"
+echo "sysfs_write=$(echo x 2>&1 > /proc/sys/kernel/domainname)"
+echo "root_mount=$(awk '$5 == "/" {print $6}' /proc/self/mountinfo | tail -1)"
+echo "devices=$(cd /dev && ls null zero full random urandom tty ptmx 2>&1 | tr '\n' ' ')"
+echo "memory_max=$(cat /sys/fs/cgroup/memory.max)"
+echo "pids_max=$(cat /sys/fs/cgroup/pids.max)"
+echo "cpu_max=$(cat /sys/fs/cgroup/cpu.max)"
+echo "cpu_weight=$(cat /sys/fs/cgroup/cpu.weight)"
+echo "cgroup=$(cat /proc/self/cgroup)"
+echo "pid1=$(cat /proc/1/cmdline | tr '\0' ' ')"
+echo "uid_map=$(cat /proc/self/uid_map | tr -s ' ')"
+"""
+
+
+def rich(spec: dict) -> None:
+    spec["hostname"] = "iso1"
+    spec["domainname"] = "example.org"
+    p = spec["process"]
+    p["user"] = {"uid": 1000, "gid": 1000, "additionalGids": [10, 20], "umask": 0o027}
+    p["capabilities"] = {
+        "bounding": ["CAP_KILL", "CAP_NET_BIND_SERVICE"],
+        "effective": ["CAP_NET_BIND_SERVICE"],
+        "permitted": ["CAP_NET_BIND_SERVICE"],
+        "inheritable": ["CAP_NET_BIND_SERVICE"],
+        "ambient": ["CAP_NET_BIND_SERVICE"],
+    }
+    p["rlimits"] = [{"type": "RLIMIT_NOFILE", "soft": 512, "hard": 1000}]
+    p["noNewPrivileges"] = True
+    lx = spec["linux"]
+    lx["namespaces"] = [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount", "cgroup")]
+    lx["sysctl"] = {"net.ipv4.ip_forward": "1", "kernel.msgmax": "4096"}
+    lx["resources"] = {
+        "memory": {"limit": 96 << 20},
+        "pids": {"limit": 50},
+        "cpu": {"shares": 512, "quota": 50000, "period": 100000},
+    }
+    lx["maskedPaths"] = ["/proc/kcore", "/sys/firmware"]
+    lx["readonlyPaths"] = ["/proc/sys"]
+
+
+def test_process_and_filesystem_as_the_spec_says(root, bundle):
+    res = run_spec(root, bundle, "iso1", PROBE, rich)
+    assert res.returncode == 0, res.stderr.decode()
+    f = facts(res.stdout)
+    assert int(f["CapEff"], 16) == CAP_NET_BIND_SERVICE, f
+    assert int(f["CapPrm"], 16) == CAP_NET_BIND_SERVICE
+    assert int(f["CapBnd"], 16) == CAP_NET_BIND_SERVICE | CAP_KILL
+    assert int(f["CapInh"], 16) == CAP_NET_BIND_SERVICE
+    assert int(f["CapAmb"], 16) == CAP_NET_BIND_SERVICE
+    assert f["NoNewPrivs"] == "1"
+    assert f["id"].startswith("uid=1000 gid=1000") and "10" in f["id"] and "20" in f["id"]
+    assert f["umask"] == "0027"
+    assert (f["nofile_soft"], f["nofile_hard"]) == ("512", "1000")
+    assert (f["hostname"], f["domainname"]) == ("iso1", "example.org")
+    assert (f["ip_forward"], f["msgmax"]) == ("1", "4096")
+    assert "Read-only file system" in f["rootfs_write"]
+    assert f["kcore_bytes"] == "0"  # masked with /dev/null
+    assert "Read-only file system" in f["sysfs_write"] or "denied" in f["sysfs_write"]
+    assert f["root_mount"].split(",")[0] == "ro"
+    assert "No such file" not in f["devices"], f["devices"]
+    assert f["memory_max"] == str(96 << 20)
+    assert f["pids_max"] == "50"
+    assert f["cpu_max"] == "50000 100000"
+    assert f["cpu_weight"] == str(1 + ((512 - 2) * 9999) // 262142)
+    assert f["cgroup"] == "0::/"  # its own cgroup namespace
+    assert f["pid1"].startswith("sh -c")  # its own pid namespace
+
+
+def test_seccomp_errno_and_default_action(root, bundle):
+    def edit(spec):
+        spec["linux"]["seccomp"] = {
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64"],
+            "syscalls": [
+                {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38},
+                {"names": ["_llseek", "chown32"], "action": "SCMP_ACT_ERRNO"},  # i386 only
+            ],
+        }
+        spec["root"]["readonly"] = False
+
+    script = 'grep Seccomp: /proc/self/status; mkdir /tmp/x 2>&1; echo "rc=$?"; echo ok'
+    res = run_spec(root, bundle, "sec1", script, edit)
+    assert res.returncode == 0, res.stderr.decode()
+    out = res.stdout.decode()
+    assert "Seccomp:\t2" in out
+    assert "Function not implemented" in out and "rc=1" in out and "ok" in out
+
+
+def test_memory_hog_is_oom_killed(root, bundle):
+    def edit(spec):
+        spec["linux"]["resources"] = {"memory": {"limit": 32 << 20, "swap": 32 << 20}}
+
+    res = run_spec(root, bundle, "oom1", "exec dd if=/dev/zero of=/dev/null bs=100M count=1",
+                   edit)  # fmt: skip
+    assert res.returncode == 137, (res.returncode, res.stderr.decode())
+
+
+def test_fork_bomb_stops_at_pids_max(root, bundle):
+    def edit(spec):
+        spec["linux"]["resources"] = {"pids": {"limit": 12}}
+
+    script = (
+        "for i in $(seq 1 30); do sleep 30 & done 2>/dev/null; "
+        'echo "current=$(cat /sys/fs/cgroup/pids.current)"; '
+        'echo "events=$(cat /sys/fs/cgroup/pids.events)"; kill $(jobs -p) 2>/dev/null; true'
+    )
+    res = run_spec(root, bundle, "fork1", script, edit)
+    f = facts(res.stdout)
+    assert int(f["current"]) <= 12, res.stdout
+    assert int(f["events"].split()[-1]) > 0  # forks were refused: "max N"
+
+
+def test_bad_capability_names_the_field(root, bundle):
+    def edit(spec):
+        spec["process"]["capabilities"]["bounding"].append("CAP_NOPE")
+
+    res = run_spec(root, bundle, "badcap", "true", edit)
+    assert res.returncode == 3
+    assert "/process/capabilities/bounding/3" in res.stderr.decode()
+
+
+def test_impossible_mount_names_the_field_and_cleans_up(root, bundle):
+    def edit(spec):
+        spec["mounts"] = copy.deepcopy(spec["mounts"]) + [
+            {"destination": "/data", "type": "nosuchfs", "source": "none"}
+        ]
+
+    res = run_spec(root, bundle, "badmount", "true", edit)
+    assert res.returncode == 3, res.stderr.decode()
+    n = len(default_spec()["mounts"])
+    assert f"/mounts/{n}" in res.stderr.decode() and "nosuchfs" in res.stderr.decode()
