@@ -14,7 +14,7 @@ import os
 import signal
 import time
 
-from agent.container import SetupError
+from agent.errors import SetupError
 
 ROOT = "/sys/fs/cgroup"
 CONTROLLERS = ("cpuset", "cpu", "io", "memory", "pids", "hugetlb")

@@ -26,7 +26,9 @@ import struct
 import sys
 import termios
 
-from agent import linux
+from agent import caps, linux, seccomp
+from agent.errors import SetupError
+from agent.tables import RLIMITS
 
 # Everything the child uses is imported here, before fork: after the chroot into the
 # container's rootfs the guest's standard library is out of reach.
@@ -51,32 +53,6 @@ DEV_SYMLINKS = (
     ("/proc/self/fd/2", "stderr"),
     ("pts/ptmx", "ptmx"),
 )
-RLIMITS = {
-    "RLIMIT_CPU": 0,
-    "RLIMIT_FSIZE": 1,
-    "RLIMIT_DATA": 2,
-    "RLIMIT_STACK": 3,
-    "RLIMIT_CORE": 4,
-    "RLIMIT_RSS": 5,
-    "RLIMIT_NPROC": 6,
-    "RLIMIT_NOFILE": 7,
-    "RLIMIT_MEMLOCK": 8,
-    "RLIMIT_AS": 9,
-    "RLIMIT_LOCKS": 10,
-    "RLIMIT_SIGPENDING": 11,
-    "RLIMIT_MSGQUEUE": 12,
-    "RLIMIT_NICE": 13,
-    "RLIMIT_RTPRIO": 14,
-    "RLIMIT_RTTIME": 15,
-}
-
-
-class SetupError(Exception):
-    """A step of container setup failed; ``pointer`` names the config.json field."""
-
-    def __init__(self, message: str, pointer: str = "") -> None:
-        super().__init__(message)
-        self.pointer = pointer
 
 
 class Stdio:
@@ -254,12 +230,16 @@ def _second_child(launch: Launch, sync_w: int, start_r: int) -> None:
         args = proc.get("args") or []
         env = dict(e.split("=", 1) for e in proc.get("env", []) if "=" in e)
         path = find_executable(args[0] if args else "", env.get("PATH", DEFAULT_PATH))
-        _setup_process(proc)
+        profile = (launch.spec.get("linux") or {}).get("seccomp")
+        filter_ = seccomp.compile_filter(profile) if profile else None
+        _setup_process(proc, filter_)
         if start_r >= 0:
             _report(sync_w, {"ok": True})
             if os.read(start_r, 1) != b"S":
                 os._exit(1)  # the agent went away or destroyed us before start
             os.close(start_r)
+        if filter_ and proc.get("noNewPrivileges"):
+            seccomp.load(*filter_)
         try:
             os.execve(path, args, env)
         except OSError as exc:
@@ -501,7 +481,10 @@ def _setup_uts(spec: dict) -> None:
         linux.setdomainname(spec["domainname"])
 
 
-def _setup_process(proc: dict) -> None:
+def _setup_process(proc: dict, filter_: tuple[bytes, int] | None) -> None:
+    """Limits, user, capabilities, no_new_privs.  Without no_new_privs the seccomp filter
+    is loaded here, while CAP_SYS_ADMIN is still held; otherwise the caller loads it right
+    before exec."""
     for i, rl in enumerate(proc.get("rlimits", [])):
         num = RLIMITS.get(rl.get("type", ""))
         if num is None:
@@ -515,12 +498,17 @@ def _setup_process(proc: dict) -> None:
             f.write(str(proc["oomScoreAdj"]))
     user = proc.get("user", {})
     os.umask(user.get("umask", 0o022))
+    cap_masks = caps.masks(proc.get("capabilities"))
+    caps.before_setuid(cap_masks, caps.last_cap())
     try:
         os.setgroups(user.get("additionalGids", []))
         os.setgid(user.get("gid", 0))
         os.setuid(user.get("uid", 0))
     except OSError as exc:
         raise SetupError(f"cannot switch to user {user}: {exc.strerror}", "/process/user") from exc
+    if filter_ and not proc.get("noNewPrivileges"):
+        seccomp.load(*filter_)
+    caps.after_setuid(cap_masks)
     if proc.get("noNewPrivileges"):
         linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
     cwd = proc.get("cwd") or "/"

@@ -55,8 +55,9 @@ class Process:
 
 
 class Container:
-    def __init__(self, cid: str, init: Process, cgroup: str) -> None:
+    def __init__(self, cid: str, init: Process, cgroup: str, spec: dict) -> None:
         self.cid = cid
+        self.spec = spec
         self.init = init
         self.cgroup = cgroup  # its cgroup v2 directory in the guest
         self.procs: dict[int, Process] = {init.proc: init}
@@ -192,7 +193,7 @@ class Agent:
         except BaseException:
             cgroups.remove(cgroup)
             raise
-        self.containers[cid] = Container(cid, proc, cgroup)
+        self.containers[cid] = Container(cid, proc, cgroup, spec)
         return {"proc": proc.proc, "pid": proc.pid}
 
     def op_freeze(self, msg: dict) -> dict:
@@ -232,7 +233,9 @@ class Agent:
         ctr = self.containers[msg["cid"]]
         if ctr.init.status is not None:
             raise ValueError(f"container {ctr.cid!r} is not running")
-        launch = Launch({}, {}, "", join_pid=ctr.init.pid)
+        # exec'd processes get the container's seccomp profile too, as under runc
+        seccomp = (ctr.spec.get("linux") or {}).get("seccomp")
+        launch = Launch({}, {"linux": {"seccomp": seccomp}} if seccomp else {}, "", ctr.init.pid)
         launch.cgroup_procs = os.path.join(ctr.cgroup, "cgroup.procs")
         proc = self._spawn(ctr.cid, msg["process"], launch, gate=False)
         ctr.procs[proc.proc] = proc

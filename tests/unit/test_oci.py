@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from agent import syscalls
 from hyperpy.errors import SpecError, UsageError
-from hyperpy.oci import syscalls
 from hyperpy.oci.spec import default_spec, features
 from hyperpy.oci.validate import KNOWN_CAPS, SCHEMA_PATH, load_bundle, pointer, validate_spec
 
@@ -451,5 +451,5 @@ def test_syscall_table_agrees_with_this_machine():
     if not os.path.exists(header):
         pytest.skip(f"{header} is not installed")
     here = syscalls._read("unistd_64.h")
-    # newer headers only add syscalls; regenerate with `python -m hyperpy.oci.syscalls`
+    # newer headers only add syscalls; regenerate with `python -m agent.syscalls`
     assert {k: here.get(k) for k in syscalls.X86_64_NUMBERS} == syscalls.X86_64_NUMBERS

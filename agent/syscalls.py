@@ -1,6 +1,7 @@
-"""Syscall names the seccomp check in ``validate.py`` accepts.
+"""x86_64 syscall names and numbers: the agent compiles seccomp filters with them, and the
+host's config validation (``hyperpy/oci/validate.py``) accepts the names in ``KNOWN_SYSCALLS``.
 
-The tables between the GENERATED markers are data, written by ``python -m hyperpy.oci.syscalls``
+The tables between the GENERATED markers are data, written by ``python -m agent.syscalls``
 from the kernel UAPI headers of linux-libc-dev (6.1 on the machine that generated them):
 
 * ``X86_64_NUMBERS``: name -> number, every ``__NR_*`` of asm/unistd_64.h;
@@ -11,9 +12,6 @@ asm/unistd_x32.h adds no names. ``NEWER`` and ``OTHER_ARCH`` below are kept by h
 """
 
 from __future__ import annotations
-
-import re
-import sys
 
 HEADERS = "/usr/include/x86_64-linux-gnu/asm"
 BEGIN = "# BEGIN GENERATED"
@@ -529,6 +527,8 @@ KNOWN_SYSCALLS: frozenset[str] = X86_64_SYSCALLS | X86_ONLY | NEWER | OTHER_ARCH
 
 
 def _read(header: str) -> dict[str, int]:
+    import re
+
     out: dict[str, int] = {}
     with open(f"{HEADERS}/{header}") as f:
         for line in f:
@@ -552,6 +552,8 @@ def generate() -> str:
 
 def main() -> None:
     """Rewrite the GENERATED block of this file in place."""
+    import sys
+
     with open(__file__) as f:
         text = f.read()
     head, rest = text.split(BEGIN + "\n", 1)
