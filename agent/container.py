@@ -97,13 +97,25 @@ def spawn(launch: Launch, gate: bool) -> tuple[int, int, int]:
     info_r, info_w = os.pipe()
     sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
     start_r, start_w = os.pipe2(os.O_CLOEXEC) if gate else (-1, -1)
+    userns = not launch.join_pid and wants_userns(launch.spec)
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC) if userns else (-1, -1)
+    go_r, go_w = os.pipe2(os.O_CLOEXEC) if userns else (-1, -1)
     first = os.fork()
     if first == 0:
-        _first_child(launch, info_w, sync_w, start_r)
-    os.close(info_w)
-    os.close(sync_w)
-    if start_r >= 0:
-        os.close(start_r)
+        _first_child(launch, info_w, sync_w, start_r, (ready_w, go_r) if userns else None)
+    for fd in (info_w, sync_w, start_r, ready_w, go_r):
+        if fd >= 0:
+            os.close(fd)
+    map_error: SetupError | None = None
+    if userns:
+        if os.read(ready_r, 1) == b"U":
+            try:
+                write_id_maps(first, launch.spec)
+                os.write(go_w, b"G")
+            except SetupError as exc:
+                map_error = exc
+        os.close(ready_r)
+        os.close(go_w)  # without "G" the child gives up
     try:
         raw = _read_all(info_r)
     finally:
@@ -115,9 +127,13 @@ def spawn(launch: Launch, gate: bool) -> tuple[int, int, int]:
         os.close(sync_r)
         if start_w >= 0:
             os.close(start_w)
-        raise SetupError(
-            f"container setup failed before its process existed: {raw.decode(errors='replace')}"
-        ) from None
+        if map_error is not None:
+            raise map_error from None
+        try:
+            err = json.loads(raw)
+        except ValueError:
+            err = {"error": raw.decode(errors="replace"), "pointer": ""}
+        raise SetupError(err.get("error", ""), err.get("pointer", "")) from None
     return pid, sync_r, start_w
 
 
@@ -147,7 +163,13 @@ def _report(fd: int, obj: dict) -> None:
     os.write(fd, json.dumps(obj).encode() + b"\n")
 
 
-def _first_child(launch: Launch, info_w: int, sync_w: int, start_r: int) -> None:
+def _first_child(
+    launch: Launch,
+    info_w: int,
+    sync_w: int,
+    start_r: int,
+    userns_sync: tuple[int, int] | None,
+) -> None:
     """Unshare (or join) namespaces, then fork the process that becomes the container."""
     try:
         os.setsid()
@@ -157,7 +179,7 @@ def _first_child(launch: Launch, info_w: int, sync_w: int, start_r: int) -> None
         if launch.join_pid:
             _join_namespaces(launch.join_pid)
         else:
-            _unshare_namespaces(launch.spec)
+            _unshare_namespaces(launch.spec, userns_sync)
         pid = os.fork()
         if pid == 0:
             os.close(info_w)
@@ -166,17 +188,53 @@ def _first_child(launch: Launch, info_w: int, sync_w: int, start_r: int) -> None
         os._exit(0)
     except BaseException as exc:  # noqa: BLE001 - the child reports everything and exits
         try:
-            os.write(info_w, f"{exc}".encode())
+            pointer = exc.pointer if isinstance(exc, SetupError) else ""
+            os.write(info_w, json.dumps({"error": str(exc), "pointer": pointer}).encode())
         finally:
             os._exit(1)
 
 
-def _unshare_namespaces(spec: dict) -> None:
+def wants_userns(spec: dict) -> bool:
+    return any(
+        ns.get("type") == "user" and not ns.get("path")
+        for ns in (spec.get("linux") or {}).get("namespaces") or []
+    )
+
+
+def write_id_maps(pid: int, spec: dict) -> None:
+    """The agent's half of a new user namespace: uid_map and gid_map of the first child."""
+    lx = spec.get("linux") or {}
+    for key, name in (("uidMappings", "uid_map"), ("gidMappings", "gid_map")):
+        lines = "".join(
+            f"{m['containerID']} {m['hostID']} {m['size']}\n" for m in lx.get(key) or []
+        )
+        try:
+            with open(f"/proc/{pid}/{name}", "w") as f:
+                f.write(lines)
+        except OSError as exc:
+            raise SetupError(
+                f"cannot write {name} ({lines!r}): {exc.strerror}", f"/linux/{key}"
+            ) from exc
+
+
+def _unshare_namespaces(spec: dict, userns_sync: tuple[int, int] | None = None) -> None:
+    """Create (or join, for entries with a path) the spec's namespaces.  A new user
+    namespace comes first, on its own: the agent writes its id maps (``userns_sync`` is our
+    end of that handshake) before the other namespaces are made inside it."""
+    if userns_sync is not None:
+        linux.unshare(linux.CLONE_NEWUSER)
+        ready_w, go_r = userns_sync
+        os.write(ready_w, b"U")
+        if os.read(go_r, 1) != b"G":
+            raise SetupError("the agent could not write the user namespace's id maps",
+                             "/linux/uidMappings")  # fmt: skip
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
     flags = 0
     for i, ns in enumerate(spec.get("linux", {}).get("namespaces", [])):
         kind = ns.get("type", "")
-        if kind == "user":
-            continue  # user namespaces need the parent to write the maps: see issue 4
+        if kind == "user" and not ns.get("path"):
+            continue  # done above
         if kind not in linux.NAMESPACE_FLAGS:
             raise SetupError(f"unknown namespace type {kind!r}", f"/linux/namespaces/{i}/type")
         if ns.get("path"):
@@ -199,7 +257,7 @@ def _unshare_namespaces(spec: dict) -> None:
 
 def _join_namespaces(pid: int) -> None:
     """Enter every namespace of ``pid`` that differs from ours (mount last: it changes root)."""
-    order = ("cgroup", "ipc", "uts", "network", "pid", "time", "mount")
+    order = ("user", "cgroup", "ipc", "uts", "network", "pid", "time", "mount")
     fds = []
     for kind in order:
         name = linux.NAMESPACE_FILES[kind]
@@ -397,8 +455,7 @@ def _setup_dev(rootfs: str, spec: dict) -> None:
     for name, kind, major, minor, mode in DEFAULT_DEVICES:
         path = os.path.join(dev, name)
         if not os.path.exists(path):
-            os.mknod(path, kind | mode, os.makedev(major, minor))
-            os.chmod(path, mode)
+            _make_device(path, kind, mode, major, minor)
     for i, d in enumerate(spec.get("linux", {}).get("devices", [])):
         path = _inside(rootfs, d["path"])
         kind = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}.get(
@@ -409,12 +466,29 @@ def _setup_dev(rootfs: str, spec: dict) -> None:
         _mkdirs(os.path.dirname(path))
         if not os.path.exists(path):
             mode = d.get("fileMode", 0o666)
-            os.mknod(path, kind | mode, os.makedev(d.get("major", 0), d.get("minor", 0)))
+            _make_device(path, kind, mode, d.get("major", 0), d.get("minor", 0))
             os.chown(path, d.get("uid", 0), d.get("gid", 0))
     for target, name in DEV_SYMLINKS:
         path = os.path.join(dev, name)
         if not os.path.lexists(path):
             os.symlink(target, path)
+
+
+def _make_device(path: str, kind: int, mode: int, major: int, minor: int) -> None:
+    """mknod; in a user namespace (EPERM) bind-mount the guest's own node instead, as runc."""
+    try:
+        os.mknod(path, kind | mode, os.makedev(major, minor))
+        os.chmod(path, mode)
+        return
+    except PermissionError:
+        pass
+    source = f"/dev/char/{major}:{minor}" if kind == stat.S_IFCHR else f"/dev/block/{major}:{minor}"
+    for candidate in (source, "/dev/" + os.path.basename(path)):
+        if os.path.exists(candidate):
+            open(path, "a").close()
+            linux.mount(candidate, path, None, linux.MS_BIND)
+            return
+    raise SetupError(f"cannot create device {path} in a user namespace", "/linux/devices")
 
 
 def find_executable(name: str, search: str) -> str:

@@ -183,3 +183,23 @@ def test_impossible_mount_names_the_field_and_cleans_up(root, bundle):
     assert res.returncode == 3, res.stderr.decode()
     n = len(default_spec()["mounts"])
     assert f"/mounts/{n}" in res.stderr.decode() and "nosuchfs" in res.stderr.decode()
+
+
+def test_user_namespace_maps(root, bundle):
+    def edit(spec):
+        spec["linux"]["namespaces"].append({"type": "user"})
+        spec["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+        spec["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 200000, "size": 65536}]
+
+    script = (
+        'echo "uid_map=$(tr -s " " < /proc/self/uid_map)"; '
+        'echo "gid_map=$(tr -s " " < /proc/self/gid_map)"; echo "id=$(id -u):$(id -g)"; '
+        'echo "devnull=$(echo x > /dev/null && echo writable)"'
+    )
+    res = run_spec(root, bundle, "userns1", script, edit)
+    assert res.returncode == 0, res.stderr.decode()
+    f = facts(res.stdout)
+    assert f["uid_map"].split() == ["0", "100000", "65536"]
+    assert f["gid_map"].split() == ["0", "200000", "65536"]
+    assert f["id"] == "0:0"
+    assert f["devnull"] == "writable"  # default devices bound in, mknod is not allowed

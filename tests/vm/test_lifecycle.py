@@ -338,3 +338,108 @@ def test_pod_lives_in_its_host_cgroup(root, bundle):
     for d in dirs.values():
         assert not os.path.exists(d)
         assert not os.path.exists(os.path.dirname(d))  # the parent we made is gone too
+
+
+def test_update_events_pause_resume(root, bundle, tmp_path):
+    script = "while true; do cut -d' ' -f1 /proc/uptime >> /tmp/ticks; sleep 0.1; done"
+    b = bundle(["sh", "-c", script])
+    spec = json.load(open(f"{b}/config.json"))
+    spec["root"]["readonly"] = False
+    spec["linux"]["resources"] = {"memory": {"limit": 64 << 20}, "pids": {"limit": 40}}
+    json.dump(spec, open(f"{b}/config.json", "w"))
+    create(root, b, "upd1")
+    hyperpy(root, "start", "upd1", check=True)
+
+    def cgroup_file(name):
+        res = hyperpy(root, "exec", "upd1", "cat", f"/sys/fs/cgroup/{name}", check=True)
+        return res.stdout.decode().strip()
+
+    assert cgroup_file("memory.max") == str(64 << 20)
+    # runc's single-value flags, then a LinuxResources document on stdin (the shim's form)
+    hyperpy(root, "update", "--memory", "100m", "--pids-limit", "30", "--cpu-quota", "20000",
+            "--cpu-period", "100000", "upd1", check=True)  # fmt: skip
+    assert cgroup_file("memory.max") == str(100 << 20)
+    assert cgroup_file("pids.max") == "30"
+    assert cgroup_file("cpu.max") == "20000 100000"
+    doc = json.dumps({"memory": {"limit": 80 << 20}, "cpu": {"shares": 2048}}).encode()
+    hyperpy(root, "update", "--resources", "-", "upd1", input=doc, check=True)
+    assert cgroup_file("memory.max") == str(80 << 20)
+    assert cgroup_file("cpu.weight") == str(1 + ((2048 - 2) * 9999) // 262142)
+    bad = hyperpy(root, "update", "--memory", "lots", "upd1")
+    assert bad.returncode == 2 and b"--memory" in bad.stderr
+
+    ev = hyperpy(root, "events", "--stats", "upd1", check=True)
+    event = json.loads(ev.stdout)
+    assert event["type"] == "stats" and event["id"] == "upd1"
+    data = event["data"]
+    assert data["memory"]["usage"]["usage"] > 0 and data["memory"]["usage"]["limit"] == 80 << 20
+    assert data["pids"]["current"] >= 1 and data["cpu"]["usage"]["total"] > 0
+
+    hyperpy(root, "pause", "upd1", check=True)
+    assert status_of(root, "upd1")["status"] == "paused"
+    # the VM keeps running while the container is frozen: stats still answer
+    assert hyperpy(root, "events", "--stats", "upd1").returncode == 0
+    time.sleep(1.5)
+    hyperpy(root, "resume", "upd1", check=True)
+    assert status_of(root, "upd1")["status"] == "running"
+    time.sleep(0.5)
+    ticks = [float(x) for x in hyperpy(root, "exec", "upd1", "cat", "/tmp/ticks").stdout.split()]
+    gaps = [b2 - a for a, b2 in zip(ticks, ticks[1:], strict=False)]
+    assert max(gaps) > 1.2, gaps
+    hyperpy(root, "delete", "--force", "upd1", check=True)
+
+
+def test_events_reports_an_oom(root, bundle):
+    b = bundle(["sh", "-c", "sleep 1; dd if=/dev/zero of=/dev/null bs=64M count=1; sleep 1000"])
+    spec = json.load(open(f"{b}/config.json"))
+    spec["linux"]["resources"] = {"memory": {"limit": 24 << 20, "swap": 24 << 20}}
+    json.dump(spec, open(f"{b}/config.json", "w"))
+    create(root, b, "oom2")
+    hyperpy(root, "start", "oom2", check=True)
+    p = subprocess.Popen([HYPERPY, "--root", root, "events", "--interval", "200ms", "oom2"],
+                         stdout=subprocess.PIPE)  # fmt: skip
+    assert p.stdout is not None
+    kinds = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and "oom" not in kinds:
+        kinds.append(json.loads(p.stdout.readline())["type"])
+    p.kill()
+    p.wait()
+    assert "oom" in kinds
+    hyperpy(root, "delete", "--force", "oom2", check=True)
+
+
+def test_hooks_run_on_the_host_with_the_state(root, bundle, tmp_path):
+    log = tmp_path / "hooks.log"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(f'#!/bin/sh\necho "$1 $(cat)" >> {log}\n')
+    hook.chmod(0o755)
+    b = bundle(["sleep", "1000"])
+    spec = json.load(open(f"{b}/config.json"))
+    kinds = ["prestart", "createRuntime", "createContainer", "startContainer", "poststart",
+             "poststop"]  # fmt: skip
+    spec["hooks"] = {k: [{"path": str(hook), "args": ["hook.sh", k]}] for k in kinds}
+    json.dump(spec, open(f"{b}/config.json", "w"))
+    pid = create(root, b, "hook1")
+    hyperpy(root, "start", "hook1", check=True)
+    hyperpy(root, "delete", "--force", "hook1", check=True)
+    lines = log.read_text().splitlines()
+    assert [ln.split()[0] for ln in lines] == kinds
+    states = {ln.split()[0]: json.loads(ln.split(" ", 1)[1]) for ln in lines}
+    assert states["createRuntime"]["status"] == "creating"
+    assert states["startContainer"]["status"] == "created"
+    assert states["poststart"]["status"] == "running"
+    assert states["poststop"]["status"] == "stopped"
+    assert all(s["id"] == "hook1" and s["pid"] == pid and s["bundle"] == b for s in states.values())
+
+
+def test_failing_create_hook_fails_create_and_leaves_nothing(root, bundle, tmp_path):
+    b = bundle(["true"])
+    spec = json.load(open(f"{b}/config.json"))
+    spec["hooks"] = {"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", "exit 3"]}],
+                     "prestart": [{"path": "/bin/sleep", "args": ["sleep", "30"],
+                                   "timeout": 1}]}  # fmt: skip
+    json.dump(spec, open(f"{b}/config.json", "w"))
+    res = hyperpy(root, "create", "--bundle", b, "hook2")
+    assert res.returncode == 9
+    assert b"prestart" in res.stderr and b"timed out" in res.stderr
