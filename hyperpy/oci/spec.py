@@ -6,14 +6,6 @@ import os
 
 OCI_VERSION = "1.1.0"
 
-HOOKS = [
-    "prestart",
-    "createRuntime",
-    "createContainer",
-    "startContainer",
-    "poststart",
-    "poststop",
-]
 
 NAMESPACES = ["cgroup", "ipc", "mount", "network", "pid", "user", "uts", "time"]
 
@@ -219,12 +211,12 @@ def _to_rootless(spec: dict) -> None:
 def features() -> dict:
     """The runtime-spec features document (features.md, runtime-spec 1.1)."""
     from hyperpy import __version__
-    from hyperpy.oci.validate import KNOWN_CAPS
+    from hyperpy.oci.validate import HOOK_KINDS, KNOWN_CAPS
 
     return {
         "ociVersionMin": "1.0.0",
         "ociVersionMax": OCI_VERSION,
-        "hooks": list(HOOKS),
+        "hooks": list(HOOK_KINDS),
         "mountOptions": list(MOUNT_OPTIONS),
         "linux": {
             "namespaces": list(NAMESPACES),
