@@ -183,6 +183,15 @@ class Agent:
         if not os.path.isdir(rootfs):
             raise SetupError(f"rootfs {msg['rootfs']!r} is not in the guest share", "/root/path")
         linux_cfg = spec.get("linux") or {}
+        for i, ns in enumerate(linux_cfg.get("namespaces") or []):
+            path = ns.get("path") or ""
+            if path.startswith("hyperpy:"):  # another container of this VM, named by the host
+                other = self.containers.get(path[len("hyperpy:") :])
+                if other is None or other.init.status is not None:
+                    raise SetupError(f"{path[8:]!r} is not running in this VM",
+                                     f"/linux/namespaces/{i}/path")  # fmt: skip
+                kind = linux.NAMESPACE_FILES.get(ns.get("type", ""), "")
+                ns["path"] = f"/proc/{other.init.pid}/ns/{kind}"
         cgroup = cgroups.create(
             cid, linux_cfg.get("cgroupsPath", ""), linux_cfg.get("resources") or {}
         )

@@ -138,6 +138,7 @@ class Monitor:
         self.attachments: dict[int, Attachment] = {}
         self.procs: dict[int, str] = {}  # proc -> cid
         self.inits: dict[str, int] = {}  # cid -> init proc
+        self.state_dirs: dict[str, str] = {}  # cid -> its state dir (exit.json goes there)
         self.stop = asyncio.Event()
         self.server: asyncio.AbstractServer | None = None
         self.timings: dict[str, float] = {}  # host CLOCK_MONOTONIC seconds
@@ -234,7 +235,7 @@ class Monitor:
             if msg.get("t_ms"):
                 self.guest["exit_ms"] = msg["t_ms"]
             write_json_atomic(
-                os.path.join(self.dir, "exit.json"),
+                os.path.join(self.state_dirs.get(cid, self.dir), "exit.json"),
                 {
                     "status": msg.get("status"),
                     "signal": msg.get("signal"),
@@ -330,6 +331,8 @@ class Monitor:
             raise VMError("the VM is not running")
         if op == "create":
             return await self._create(msg)
+        if op == "remove":
+            return await self._remove(msg)
         if op == "start":
             reply = await agent.request(P.OP_START, cid=msg["cid"])
             self.guest["started_ms"] = reply.get("started_ms", 0.0)
@@ -363,11 +366,24 @@ class Monitor:
                 P.OP_CREATE, cid=cid, spec=plan.guest_spec, rootfs=plan.guest_rootfs
             )
         except BaseException:
-            share.release(os.path.join(self.dir, "shared"))
+            share.release(os.path.join(self.dir, "shared", cid))
             raise
         self.procs[reply["proc"]] = cid
         self.inits[cid] = reply["proc"]
+        self.state_dirs[cid] = msg.get("state_dir") or self.dir
         return {"proc": reply["proc"], "pid": reply["pid"]}
+
+    async def _remove(self, msg: dict) -> dict:
+        """A container of this VM is deleted; the VM stays for the others."""
+        assert self.agent is not None
+        cid = msg["cid"]
+        await self.agent.request(P.OP_DESTROY, cid=cid)
+        share.release(os.path.join(self.dir, "shared", cid))
+        self.inits.pop(cid, None)
+        self.state_dirs.pop(cid, None)
+        for proc in [p for p, c in self.procs.items() if c == cid]:
+            self.procs.pop(proc)
+        return {}
 
     # --- main ---------------------------------------------------------------------------
     async def main(self, ready_fd: int) -> int:

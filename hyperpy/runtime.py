@@ -12,6 +12,7 @@ import builtins
 import json
 import logging
 import os
+import re
 import select
 import signal
 import subprocess
@@ -218,9 +219,17 @@ class Runtime:
         st.host_cgroup = host_cgroup
         st.hooks = spec.get("hooks") or {}
         try:
-            self.store.save(st)
-            self._boot(d, st, spec)
-            reply = MonitorClient(d).request("create", cid=cid, spec=spec, bundle=bundle)
+            sandbox = self._sandbox_of(spec, cid)
+            st.sandbox = sandbox.id if sandbox else ""
+            spec = self._resolve_namespace_paths(spec, st)  # before a VM is started for it
+            if sandbox is None:
+                self.store.save(st)
+                self._boot(d, st, spec)
+            else:
+                self._join(d, st, sandbox)
+            reply = MonitorClient(d).request(
+                "create", cid=cid, spec=spec, bundle=bundle, state_dir=d
+            )
             st.init_proc = reply["proc"]
             st.pid = self._spawn_proxy(
                 d, st.init_proc, opts.console_socket, stdio=not opts.console_socket
@@ -237,6 +246,71 @@ class Runtime:
             self.store.remove(cid)
             raise
         return st
+
+    # --- pods: several containers in one VM ----------------------------------------------
+    def _sandbox_of(self, spec: dict, cid: str) -> State | None:
+        """The container whose VM this one joins, from the annotations CRI sets (or
+        ``io.hyperpy.sandbox``); None when it gets a VM of its own."""
+        ann = spec.get("annotations") or {}
+        key = ""
+        if ann.get(SANDBOX_ANNOTATION):
+            key = SANDBOX_ANNOTATION
+        elif ann.get(CRI_TYPE) == "container" and ann.get(CRI_SANDBOX):
+            key = CRI_SANDBOX
+        if not key or ann[key] == cid:
+            return None
+        pointer = "/annotations/" + key.replace("~", "~0").replace("/", "~1")
+        try:
+            sandbox = self.store.load(ann[key])
+        except ContainerNotFound:
+            raise SpecError(
+                f"sandbox {ann[key]!r} does not exist under {self.store.root}: create it first",
+                pointer,
+            ) from None
+        if sandbox.sandbox:
+            sandbox = self.store.load(sandbox.sandbox)
+        if self.status(sandbox) == Status.STOPPED:
+            raise SpecError(f"sandbox {sandbox.id!r} is stopped: its VM is gone", pointer)
+        return sandbox
+
+    def _join(self, d: str, st: State, sandbox: State) -> None:
+        """Use the sandbox's VM: its monitor socket appears in our state dir."""
+        st.monitor_pid, st.qemu_pid = sandbox.monitor_pid, sandbox.qemu_pid
+        os.symlink(os.path.join(self.store.dir(sandbox.id), "monitor.sock"),
+                   os.path.join(d, "monitor.sock"))  # fmt: skip
+        self.store.save(st)
+        self._cgroup(st).create()
+
+    def _resolve_namespace_paths(self, spec: dict, st: State) -> dict:
+        """/proc/PID/ns/X naming a container of the same VM (by its host pid, the proxy,
+        as CRI writes it) becomes ``hyperpy:ID``, which the agent resolves in the guest."""
+        nss = (spec.get("linux") or {}).get("namespaces") or []
+        if not any(ns.get("path") for ns in nss):
+            return spec
+        owner = st.sandbox or st.id
+        by_pid = {}
+        for other in self.store.ids():
+            try:
+                o = self.store.load(other)
+            except HyperpyError:
+                continue
+            if o.pid and (o.sandbox or o.id) == owner and other != st.id:
+                by_pid[o.pid] = o.id
+        spec = json.loads(json.dumps(spec))
+        for i, ns in enumerate(spec["linux"]["namespaces"]):
+            path = ns.get("path")
+            if not path:
+                continue
+            m = re.fullmatch(r"/proc/(\d+)/ns/\w+", path)
+            if not m or int(m.group(1)) not in by_pid:
+                raise SpecError(
+                    f"namespace path {path!r} is not a namespace of a container in this "
+                    f"container's VM (a guest's namespaces are reachable only from the same "
+                    "sandbox): use /proc/<pid>/ns/<type> with the pid of such a container",
+                    f"/linux/namespaces/{i}/path",
+                )
+            ns["path"] = "hyperpy:" + by_pid[int(m.group(1))]
+        return spec
 
     def _boot(self, d: str, st: State, spec: dict) -> None:
         from hyperpy.config import load as load_config
@@ -411,9 +485,23 @@ class Runtime:
         hooks.run({"hooks": st.hooks}, kind, state)
 
     def _destroy(self, d: str, st: State) -> None:
-        """Stop the sandbox and everything it made; safe to call on a half-made one."""
+        """Stop the sandbox and everything it made; safe to call on a half-made one.
+
+        A container that joined another's VM only leaves it: the VM stays for the others.
+        """
         from hyperpy import share
 
+        if st.sandbox:
+            if pid_alive(st.monitor_pid) and os.path.exists(os.path.join(d, "monitor.sock")):
+                try:
+                    MonitorClient(d, timeout=30).request("remove", cid=st.id)
+                except HyperpyError as exc:
+                    log.warning("removing %s from sandbox %s failed: %s", st.id, st.sandbox, exc)
+            if st.pid and pid_alive(st.pid):
+                _wait_gone(st.pid, 5)
+                _kill_hard(st.pid)
+            self._remove_cgroup(st)
+            return
         if pid_alive(st.monitor_pid) and os.path.exists(os.path.join(d, "monitor.sock")):
             try:
                 MonitorClient(d, timeout=10).request("shutdown")
@@ -425,6 +513,9 @@ class Runtime:
         if st.pid and pid_alive(st.pid) and not os.path.exists(os.path.join(d, "exit.json")):
             _wait_gone(st.pid, 5)
         share.release(os.path.join(d, "shared"))
+        self._remove_cgroup(st)
+
+    def _remove_cgroup(self, st: State) -> None:
         if st.host_cgroup:
             try:
                 self._cgroup(st).remove()
@@ -440,6 +531,11 @@ class Runtime:
 # QEMU's own memory beside the guest's RAM (TCG translation cache, device state), measured
 # as RSS minus guest RAM under TCG: well under this.
 QEMU_OVERHEAD_MB = 256
+
+
+SANDBOX_ANNOTATION = "io.hyperpy.sandbox"
+CRI_TYPE = "io.kubernetes.cri.container-type"
+CRI_SANDBOX = "io.kubernetes.cri.sandbox-id"
 
 
 def _vm_request(spec: dict, default_mb: int, overhead_mb: int) -> dict:

@@ -50,6 +50,7 @@ class State:
     cgroups_path: str = ""
     host_cgroup: str = ""  # below each hierarchy's root; empty: not placed
     hooks: dict = field(default_factory=dict)  # config.json's hooks, for start and delete
+    sandbox: str = ""  # the id whose VM this container joined; empty: it owns its VM
     schema: int = SCHEMA_VERSION
 
 
