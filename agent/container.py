@@ -8,9 +8,11 @@ The parent learns the outcome through a ``sync`` pipe: the child writes ``{"ok":
 when it is ready (blocked on the start gate) or ``{"error": ..., "pointer": ...}`` naming the
 config.json field that failed; a failed exec after the gate is reported the same way.
 
-The guest's root is the initramfs, which pivot_root(2) cannot leave, so the rootfs is moved
-over "/" with MS_MOVE and entered with chroot (runc's --no-pivot path). The VM is the
-isolation boundary; see docs/ARCHITECTURE.md.
+The container's root is switched with pivot_root(2) and the old root detached, so nothing
+of the guest's own filesystem (the agent, its Python) stays reachable from inside.  The
+initramfs itself cannot be pivoted away from; the agent makes its root a bind mount of
+the initramfs at boot (``main.root_as_mount``) so that pivot_root works.  ``--no-pivot``
+takes runc's fallback: MS_MOVE over "/" and chroot.
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ class Stdio:
 class Launch:
     """Everything the child needs; built by the agent before fork."""
 
-    __slots__ = ("process", "spec", "rootfs", "join_pid", "stdio", "cgroup_procs")
+    __slots__ = ("process", "spec", "rootfs", "join_pid", "stdio", "cgroup_procs", "no_pivot")
 
     def __init__(
         self, process: dict, spec: dict | None = None, rootfs: str = "", join_pid: int = 0
@@ -87,6 +89,7 @@ class Launch:
         self.join_pid = join_pid  # exec: enter the namespaces of this container init
         self.stdio = Stdio()
         self.cgroup_procs = ""  # the container cgroup's cgroup.procs, joined before unshare
+        self.no_pivot = False  # --no-pivot: MS_MOVE + chroot instead of pivot_root
 
 
 def spawn(launch: Launch, gate: bool) -> tuple[int, int, int]:
@@ -280,7 +283,7 @@ def _second_child(launch: Launch, sync_w: int, start_r: int) -> None:
         signal.set_wakeup_fd(-1)
         _setup_stdio(launch.stdio)
         if not launch.join_pid:
-            _setup_rootfs(launch.spec, launch.rootfs)
+            _setup_rootfs(launch.spec, launch.rootfs, launch.no_pivot)
             _setup_uts(launch.spec)
         proc = launch.process
         if launch.stdio.pty_socket >= 0:
@@ -379,7 +382,7 @@ def _mkdirs(path: str) -> None:
     os.makedirs(path, exist_ok=True)
 
 
-def _setup_rootfs(spec: dict, rootfs: str) -> None:
+def _setup_rootfs(spec: dict, rootfs: str, no_pivot: bool = False) -> None:
     linux_cfg = spec.get("linux", {})
     propagation = linux.PROPAGATION_FLAGS.get(
         linux_cfg.get("rootfsPropagation", "") or "rslave", linux.MS_SLAVE | linux.MS_REC
@@ -395,8 +398,14 @@ def _setup_rootfs(spec: dict, rootfs: str) -> None:
     for i, path in enumerate(linux_cfg.get("readonlyPaths", [])):
         _readonly(_inside(rootfs, path), f"/linux/readonlyPaths/{i}")
     os.chdir(rootfs)
-    linux.mount(rootfs, "/", None, linux.MS_MOVE)
-    os.chroot(".")
+    if no_pivot:
+        linux.mount(rootfs, "/", None, linux.MS_MOVE)
+        os.chroot(".")
+    else:
+        # runc's pivot_root(".", "."): the old root ends up stacked under the new one and
+        # is detached at once; "/" is a slave mount, so the detach does not propagate.
+        linux.pivot_root(".", ".")
+        linux.umount2(".", linux.MNT_DETACH)
     os.chdir("/")
     if spec.get("root", {}).get("readonly"):
         linux.mount(

@@ -197,6 +197,7 @@ class Agent:
         )
         launch = Launch({}, spec, rootfs)
         launch.cgroup_procs = os.path.join(cgroup, "cgroup.procs")
+        launch.no_pivot = bool(msg.get("no_pivot"))
         try:
             proc = self._spawn(cid, spec.get("process") or {}, launch, gate=True)
         except BaseException:
@@ -601,6 +602,20 @@ def trace(text: str) -> None:
     os.write(2, f"hyperpy-agent: {text[:300]}\n".encode(errors="replace"))
 
 
+def root_as_mount() -> None:
+    """Make "/" a bind mount of the initramfs instead of the initramfs itself.
+
+    pivot_root(2) refuses to move away from the initial rootfs (it has no parent mount); a
+    bind mount of it, moved over "/", has one, so containers can pivot_root.  No copy.
+    """
+    os.makedirs("/.root", exist_ok=True)
+    linux.mount("/", "/.root", None, linux.MS_BIND | linux.MS_REC)
+    os.chdir("/.root")
+    linux.mount("/.root", "/", None, linux.MS_MOVE)
+    os.chroot(".")
+    os.chdir("/")
+
+
 def early_mounts(share_tag: str) -> None:
     specs = [
         ("proc", "/proc", "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC, ""),
@@ -669,6 +684,7 @@ def main(t_init: float) -> None:
     try:
         os.makedirs("/proc", exist_ok=True)
         params = {}
+        root_as_mount()
         early_mounts("hyperpy")
         params = kernel_params()
         global TRACE

@@ -142,7 +142,8 @@ def create(
     """Create a container (boots its VM); `start` runs its process."""
     from hyperpy.runtime import CreateOptions
 
-    _runtime(ctx).create(container_id, CreateOptions(bundle, pid_file, console_socket))
+    opts = CreateOptions(bundle, pid_file, console_socket, no_pivot=no_pivot)
+    _runtime(ctx).create(container_id, opts)
 
 
 @cli.command()
@@ -238,7 +239,8 @@ def run(
     from hyperpy.runtime import CreateOptions
 
     rt = _runtime(ctx)
-    st = rt.create(container_id, CreateOptions(bundle, pid_file, console_socket))
+    opts = CreateOptions(bundle, pid_file, console_socket, no_pivot=no_pivot)
+    st = rt.create(container_id, opts)
     if detach:
         rt.start(container_id)
         return

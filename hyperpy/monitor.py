@@ -363,7 +363,11 @@ class Monitor:
         share.apply(plan, os.path.join(self.dir, "shared"))
         try:
             reply = await self.agent.request(
-                P.OP_CREATE, cid=cid, spec=plan.guest_spec, rootfs=plan.guest_rootfs
+                P.OP_CREATE,
+                cid=cid,
+                spec=plan.guest_spec,
+                rootfs=plan.guest_rootfs,
+                no_pivot=bool(msg.get("no_pivot")),
             )
         except BaseException:
             share.release(os.path.join(self.dir, "shared", cid))

@@ -98,6 +98,7 @@ class CreateOptions:
     pid_file: str | None = None
     console_socket: str | None = None
     systemd_cgroup: bool = False
+    no_pivot: bool = False
 
 
 def _now_rfc3339() -> str:
@@ -228,7 +229,7 @@ class Runtime:
             else:
                 self._join(d, st, sandbox)
             reply = MonitorClient(d).request(
-                "create", cid=cid, spec=spec, bundle=bundle, state_dir=d
+                "create", cid=cid, spec=spec, bundle=bundle, state_dir=d, no_pivot=opts.no_pivot
             )
             st.init_proc = reply["proc"]
             st.pid = self._spawn_proxy(

@@ -203,3 +203,34 @@ def test_user_namespace_maps(root, bundle):
     assert f["gid_map"].split() == ["0", "200000", "65536"]
     assert f["id"] == "0:0"
     assert f["devnull"] == "writable"  # default devices bound in, mknod is not allowed
+
+
+@pytest.mark.parametrize("no_pivot", [False, True])
+def test_guest_filesystem_is_out_of_reach(root, bundle, no_pivot):
+    """After pivot_root the guest's initramfs (the agent, its Python) is detached; with
+    --no-pivot (chroot) it is not mounted inside either."""
+
+    def edit(spec):
+        spec["process"]["capabilities"] = {
+            k: ["CAP_SYS_CHROOT", "CAP_SYS_ADMIN"] for k in ("bounding", "effective", "permitted")
+        }
+
+    script = (
+        'echo "agent=$(ls /opt/hyperpy 2>&1 | head -1)"; '
+        'echo "mounts=$(awk \'$5 == "/"\' /proc/self/mountinfo | wc -l)"'
+    )
+    b = bundle(["true"])
+    spec = default_spec()
+    spec["process"]["terminal"] = False
+    spec["process"]["args"] = ["sh", "-c", script]
+    edit(spec)
+    with open(f"{b}/config.json", "w") as f:
+        json.dump(spec, f)
+    args = ["run", "--bundle", b] + (["--no-pivot"] if no_pivot else []) + [f"piv{int(no_pivot)}"]
+    res = hyperpy(root, *args)
+    assert res.returncode == 0, res.stderr.decode()
+    f = facts(res.stdout)
+    assert "No such file" in f["agent"]
+    if not no_pivot:
+        with_root = [ln for ln in res.stdout.decode().splitlines() if ln.startswith("mounts=")]
+        assert with_root == ["mounts=1"]  # only the container's root: the old one is gone
