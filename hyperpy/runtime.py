@@ -202,7 +202,10 @@ class Runtime:
             raise UsageError(
                 "--console-socket was given but /process/terminal is false in config.json"
             )
+        from hyperpy import share
         from hyperpy.hostcgroup import relative_path
+
+        share.plan(spec, bundle, cid)  # a missing bind source fails here, before any VM
 
         systemd = opts.systemd_cgroup or self.systemd_cgroup
         host_cgroup = relative_path(spec.get("linux", {}).get("cgroupsPath", ""), cid, systemd)

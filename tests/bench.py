@@ -89,6 +89,11 @@ def phases(root: str, bundle: str, n: int, env: dict | None = None) -> dict[str,
         while not os.path.exists(exit_file) and time.monotonic() < deadline:
             time.sleep(0.02)
         info = MonitorClient(os.path.join(root, cid)).request("info")
+        rss_kib = 0
+        with open(f"/proc/{info['qemu_pid']}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    rss_kib = int(line.split()[1])
     finally:
         _hyperpy(root, "delete", "--force", cid, env=env)
     g = info["guest"]
@@ -99,6 +104,7 @@ def phases(root: str, bundle: str, n: int, env: dict | None = None) -> dict[str,
         "agent ready to container started (host)": g["started_ms"] - ready,
         "container started to exited": g["exit_ms"] - g["started_ms"],
         "total to container exited": g["exit_ms"],
+        "QEMU RSS after the run (MiB)": rss_kib / 1024,
     }
 
 
@@ -148,13 +154,21 @@ def main() -> int:
         print(f"  ratio run/bare: {r / b:.2f}x  (hyperpy's own cost: {r - b:+.3f} s)")
         print("\nguest phases, ms of guest CLOCK_BOOTTIME       TCG    icount  icount spread")
         m, mi = _median_phases(ph), _median_phases(ph_icount)
-        for k in m:
+        for k in (k for k in m if "RSS" not in k):
             spread = max(s[k] for s in ph_icount) - min(s[k] for s in ph_icount)
             icount = f"{mi[k]:10.1f}{spread:9.2f}" if k in DETERMINISTIC else "         -        -"
             print(f"  {k:<44}{m[k]:7.0f}{icount}")
         print(
             "  (under -icount,sleep=off guest time jumps while the guest idles waiting for the\n"
             "   host, so only the phases that run without the host are deterministic)"
+        )
+        from hyperpy.config import load as load_vm_config
+        from hyperpy.runtime import QEMU_OVERHEAD_MB
+
+        vm = load_vm_config().vm
+        print(
+            f"\nmemory: QEMU RSS {m['QEMU RSS after the run (MiB)']:.0f} MiB for a "
+            f"{vm.memory_mb} MiB guest; host cgroup ceiling = guest RAM + {QEMU_OVERHEAD_MB} MiB"
         )
     finally:
         subprocess.run(["umount", "-R", "-l", os.path.join(work, "root")], capture_output=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 
 import pytest
 
@@ -234,3 +235,41 @@ def test_guest_filesystem_is_out_of_reach(root, bundle, no_pivot):
     if not no_pivot:
         with_root = [ln for ln in res.stdout.decode().splitlines() if ln.startswith("mounts=")]
         assert with_root == ["mounts=1"]  # only the container's root: the old one is gone
+
+
+def test_bind_mounts_from_the_host(root, bundle, tmp_path):
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    (vol / "hello.txt").write_text("from the host\n")
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def edit(spec):
+        spec["mounts"] += [
+            {"destination": "/data", "type": "bind", "source": str(vol),
+             "options": ["rbind", "ro", "nosuid", "nodev"]},
+            {"destination": "/out", "type": "bind", "source": str(out), "options": ["rbind"]},
+        ]  # fmt: skip
+
+    script = (
+        'echo "read=$(cat /data/hello.txt)"; '
+        'echo "ro=$(touch /data/x 2>&1)"; echo written > /out/result; echo "done=1"'
+    )
+    res = run_spec(root, bundle, "bind1", script, edit)
+    assert res.returncode == 0, res.stderr.decode()
+    f = facts(res.stdout)
+    assert f["read"] == "from the host"
+    assert "Read-only file system" in f["ro"]
+    assert (out / "result").read_text() == "written\n"  # writes reach the host
+
+
+def test_missing_bind_source_fails_before_any_vm(root, bundle, tmp_path):
+    def edit(spec):
+        spec["mounts"].append({"destination": "/data", "type": "bind",
+                               "source": str(tmp_path / "nope"), "options": ["rbind"]})  # fmt: skip
+
+    res = run_spec(root, bundle, "bind2", "true", edit)
+    assert res.returncode == 3
+    n = len(default_spec()["mounts"])
+    assert f"/mounts/{n}/source".encode() in res.stderr and b"does not exist" in res.stderr
+    assert not os.listdir(root) if os.path.exists(root) else True
