@@ -24,9 +24,10 @@ The OCI resources were designed for cgroup v1; they are converted the way runc d
 ``cpu.idle``                             ``cpu.idle`` (written first: an idle group has no
                                          weight, so ``shares`` is skipped when idle is 1)
 ``cpu.shares``                           ``cpu.weight`` = 1 + (shares - 2) * 9999 // 262142,
-                                         shares clamped to the v1 range 2..262144 (runc up
-                                         to 1.3.0; newer runc and crun use a log-quadratic
-                                         mapping that sends 1024 to 100)
+                                         shares clamped to the v1 range 2..262144 (runc's
+                                         long-standing formula: 1024 gives 39; in 2025 runc
+                                         and crun moved to a log-quadratic mapping that
+                                         gives 100, v2's default)
 ``cpu.quota``, ``cpu.period``            ``cpu.max`` "quota period" ("max" for quota <= 0,
                                          period 100000 when unset)
 ``cpu.burst``                            ``cpu.max.burst`` (written before ``cpu.max`` and
@@ -48,8 +49,9 @@ The OCI resources were designed for cgroup v1; they are converted the way runc d
 ``unified``                              the file named by the key, verbatim, last
 =======================================  ===============================================
 
-``linux.resources.devices`` is not handled here (the container's device rules are set up
-with the rest of its security in ``container.py``), nor is ``network`` (v1 only).
+Not applied here: ``linux.resources.devices`` (on cgroup v2 an eBPF program, not a file;
+the container gets only the device nodes its spec lists, see ``container.py``) and
+``network`` (cgroup v1 only).
 """
 
 from __future__ import annotations
@@ -113,8 +115,9 @@ def cgroup_dir(cid: str, cgroups_path: str, root: str = ROOT) -> str:
 
 
 def systemd_path(spec: str) -> str:
-    """ "slice:prefix:name" → "parent.slice/slice.slice/prefix-name.scope", as systemd (and
-    runc's systemd driver, and the host's ``hostcgroup.systemd_path``) lay it out."""
+    """systemd's slice:prefix:name as a path: parent.slice/slice.slice/prefix-name.scope, as
+    systemd (and runc's systemd driver, and the host's ``hostcgroup.systemd_path``) lay it
+    out."""
     parts = spec.split(":")
     if len(parts) != 3:
         raise SetupError(
@@ -132,7 +135,7 @@ def systemd_path(spec: str) -> str:
         )
     if not name or "/" in name or "/" in prefix:
         raise SetupError(
-            f"cgroupsPath {spec!r}: the unit name must be non-empty and hold " "no '/'",
+            f"cgroupsPath {spec!r}: the unit name must be non-empty and hold no '/'",
             CGROUPS_PATH,
         )
     dirs: list[str] = []
@@ -256,6 +259,10 @@ def _cpu(cpu: dict, p: str) -> list[Write]:
     return out
 
 
+def _device(dev: dict, p: str) -> str:
+    return f"{_int(dev.get('major'), p + '/major')}:{_int(dev.get('minor'), p + '/minor')}"
+
+
 def _block_io(blk: dict, p: str) -> list[Write]:
     out: list[Write] = []
     if blk.get("weight"):
@@ -263,21 +270,13 @@ def _block_io(blk: dict, p: str) -> list[Write]:
     for i, dev in enumerate(blk.get("weightDevice") or []):
         dp = f"{p}/weightDevice/{i}"
         if dev.get("weight"):
-            major, minor = (
-                _int(dev.get("major"), dp + "/major"),
-                _int(dev.get("minor"), dp + "/minor"),
-            )
             weight = _int(dev["weight"], dp + "/weight")
-            out.append(("io.bfq.weight", f"{major}:{minor} {weight}", dp + "/weight"))
+            out.append(("io.bfq.weight", f"{_device(dev, dp)} {weight}", dp + "/weight"))
     for key, field in THROTTLES:
         for i, dev in enumerate(blk.get(key) or []):
             dp = f"{p}/{key}/{i}"
-            major, minor = (
-                _int(dev.get("major"), dp + "/major"),
-                _int(dev.get("minor"), dp + "/minor"),
-            )
             rate = _int(dev.get("rate"), dp + "/rate")
-            out.append(("io.max", f"{major}:{minor} {field}={rate or 'max'}", dp))
+            out.append(("io.max", f"{_device(dev, dp)} {field}={rate or 'max'}", dp))
     return out
 
 
@@ -288,16 +287,14 @@ def _unified(unified: dict, p: str) -> list[Write]:
         controller, dot, rest = key.partition(".")
         if not dot or not controller or not rest or "/" in key or ".." in key or "\0" in key:
             raise SetupError(
-                f"unified key {key!r} is not a cgroup v2 interface file name "
-                "such as memory.high",
+                f"unified key {key!r} is not a cgroup v2 interface file name such as memory.high",
                 kp,
             )
         if controller == "cgroup":
             if key not in UNIFIED_CORE_FILES:
                 raise SetupError(
-                    f"unified key {key!r}: only {', '.join(UNIFIED_CORE_FILES)} "
-                    "of the cgroup.* files may be set; the rest are the "
-                    "runtime's",
+                    f"unified key {key!r}: only {', '.join(UNIFIED_CORE_FILES)} of the "
+                    "cgroup.* files may be set; the rest are the runtime's",
                     kp,
                 )
         elif controller not in UNIFIED_CONTROLLERS:

@@ -206,7 +206,8 @@ def test_exec_detach_with_pid_file_and_status(root, bundle, tmp_path):
 
 
 def test_console_socket_receives_one_tty_fd(root, bundle, tmp_path):
-    b = bundle(["sh", "-c", "tty; echo done"], terminal=True)
+    # the window size set on the master before start reaches the guest's pty
+    b = bundle(["sh", "-c", "tty; sleep 1; stty size; echo done"], terminal=True)
     sock_path = str(tmp_path / "console.sock")
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(sock_path)
@@ -229,6 +230,11 @@ def test_console_socket_receives_one_tty_fd(root, bundle, tmp_path):
     t.join(30)
     fds = received["fds"]
     assert len(fds) == 1 and os.isatty(fds[0])
+    import fcntl
+    import struct
+    import termios
+
+    fcntl.ioctl(fds[0], termios.TIOCSWINSZ, struct.pack("HHHH", 41, 101, 0, 0))
     hyperpy(root, "start", "tty1", check=True)
     out = b""
     deadline = time.monotonic() + 60
@@ -241,6 +247,7 @@ def test_console_socket_receives_one_tty_fd(root, bundle, tmp_path):
         except OSError:
             break
     assert b"/dev/pts/" in out and b"done" in out, out
+    assert b"41 101" in out, out
     assert wait_exit(pid) == 0
     os.close(fds[0])
     hyperpy(root, "delete", "tty1", check=True)
@@ -443,3 +450,17 @@ def test_failing_create_hook_fails_create_and_leaves_nothing(root, bundle, tmp_p
     res = hyperpy(root, "create", "--bundle", b, "hook2")
     assert res.returncode == 9
     assert b"prestart" in res.stderr and b"timed out" in res.stderr
+
+
+def test_vm_death_stops_the_container_with_a_reason(root, bundle):
+    b = bundle(["sleep", "1000"])
+    pid = create(root, b, "dead1")
+    hyperpy(root, "start", "dead1", check=True)
+    with open(os.path.join(root, "dead1", "state.json")) as f:
+        qemu_pid = json.load(f)["qemu_pid"]
+    os.kill(qemu_pid, 9)
+    assert wait_exit(pid) == 255  # never 0 for a process that did not exit 0
+    assert status_of(root, "dead1")["status"] == "stopped"
+    with open(os.path.join(root, "dead1", "proxy.log")) as f:
+        assert "VM" in f.read()
+    hyperpy(root, "delete", "dead1", check=True)
