@@ -411,10 +411,16 @@ class Monitor:
             {vm_wait, stop_wait, asyncio.ensure_future(asyncio.shield(self.agent.closed))},
             return_when=asyncio.FIRST_COMPLETED,
         )
+        if self.agent.closed.done() and not vm_wait.done() and not stop_wait.done():
+            # the channel usually closes because QEMU is going away: name that if so
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(vm_wait), 1.0)
         if vm_wait.done():
-            self._vm_gone(f"the VM exited (QEMU status {vm_wait.result()})")
+            rc = vm_wait.result()
+            how = f"killed by signal {-rc}" if rc < 0 else f"exit status {rc}"
+            self._vm_gone(f"the VM exited (QEMU {how})")
         elif self.agent.closed.done() and not stop_wait.done():
-            self._vm_gone("the guest agent closed its channel")
+            self._vm_gone("the guest agent closed its channel (the VM is still running)")
         else:
             with contextlib.suppress(Exception):
                 await self.agent.request(P.OP_SHUTDOWN, timeout=3)
@@ -423,19 +429,25 @@ class Monitor:
         return 0
 
     async def cleanup(self) -> None:
-        if self.server is not None:
-            self.server.close()
-        for att in self.attachments.values():
-            if att.writer is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(att.writer.drain(), 2)
-                att.writer.close()
-        if self.vm is not None:
-            await self.vm.shutdown()
-        share.release(os.path.join(self.dir, "shared"))
-        for name in ("monitor.sock", "agent.sock", "qmp.sock"):
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(self.dir, name))
+        """Flush the proxies, stop QEMU, release the share: each step even if one fails."""
+        try:
+            if self.server is not None:
+                self.server.close()
+            for att in self.attachments.values():
+                writer = att.writer  # the client's handler may drop it while we wait
+                if writer is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(writer.drain(), 2)
+                    writer.close()
+        finally:
+            try:
+                if self.vm is not None:
+                    await self.vm.shutdown()
+            finally:
+                share.release(os.path.join(self.dir, "shared"))
+                for name in ("monitor.sock", "agent.sock", "qmp.sock"):
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(self.dir, name))
 
 
 def _report(fd: int, obj: dict) -> None:
