@@ -53,6 +53,14 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _no_preserved_fds(n: int) -> None:
+    if n > 0:
+        raise UsageError(
+            f"--preserve-fds {n}: host file descriptors cannot be passed into the container's "
+            "VM; pass data through the bundle's mounts or stdio instead"
+        )
+
+
 def parse_signal(value: str) -> int:
     v = value.strip().upper()
     if v.isdigit():
@@ -142,6 +150,7 @@ def create(
     """Create a container (boots its VM); `start` runs its process."""
     from hyperpy.runtime import CreateOptions
 
+    _no_preserved_fds(preserve_fds)
     opts = CreateOptions(bundle, pid_file, console_socket, no_pivot=no_pivot)
     _runtime(ctx).create(container_id, opts)
 
@@ -304,6 +313,7 @@ def exec_(
     command_args: tuple[str, ...],
 ) -> None:
     """Run a new process in a running container."""
+    _no_preserved_fds(preserve_fds)
     rt = _runtime(ctx)
     if process_file:
         try:
