@@ -1,12 +1,22 @@
 """The five capability sets of a container process, applied as runc does.
 
-Order matters around the uid switch: :func:`before_setuid` drops the bounding set and sets
-PR_SET_KEEPCAPS (so permitted survives setuid), :func:`after_setuid` sets effective,
-permitted and inheritable with capset(2), then the ambient set.  A spec without
-``process.capabilities`` gives the process no capabilities at all, as runc does.
+Order matters around the uid switch, so applying them takes two calls:
+
+* :func:`before_setuid`, before setgroups/setgid/setuid: drops from the bounding set every
+  capability (up to the kernel's ``cap_last_cap``) that ``bounding`` does not list, and sets
+  PR_SET_KEEPCAPS so that the permitted set survives setuid to a non-zero uid;
+* :func:`after_setuid`, after setuid and before exec: clears PR_SET_KEEPCAPS, sets
+  effective, permitted and inheritable with capset(2) (64-bit masks,
+  _LINUX_CAPABILITY_VERSION_3, through ``linux.capset``), then clears the ambient set and
+  raises each ``ambient`` capability.
+
+A spec without ``process.capabilities`` gives the process no capabilities at all: every set,
+bounding included, is empty (as runc does).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from agent import linux
 from agent.errors import SetupError
@@ -18,9 +28,11 @@ PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_RAISE = 2
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 SETS = ("bounding", "effective", "inheritable", "permitted", "ambient")
+POINTER = "/process/capabilities"
 
 
-def mask(names: list[str], pointer: str) -> int:
+def parse(names: list[str], pointer: str) -> int:
+    """Bitmask of capability names; an unknown name raises SetupError at ``pointer/<i>``."""
     out = 0
     for i, name in enumerate(names):
         num = CAPS.get(name)
@@ -30,12 +42,14 @@ def mask(names: list[str], pointer: str) -> int:
     return out
 
 
-def masks(caps: dict | None, pointer: str = "/process/capabilities") -> dict[str, int]:
-    caps = caps or {}
-    return {s: mask(caps.get(s) or [], f"{pointer}/{s}") for s in SETS}
+def masks(capabilities: dict | None, pointer: str = POINTER) -> dict[str, int]:
+    """Set name -> bitmask for all five sets; absent sets (or ``None``) are empty."""
+    capabilities = capabilities or {}
+    return {s: parse(capabilities.get(s) or [], f"{pointer}/{s}") for s in SETS}
 
 
 def last_cap() -> int:
+    """The highest capability number the running kernel knows."""
     try:
         with open("/proc/sys/kernel/cap_last_cap") as f:
             return int(f.read())
@@ -43,18 +57,55 @@ def last_cap() -> int:
         return max(CAPS.values())
 
 
-def before_setuid(m: dict[str, int], top: int) -> None:
-    """Drop from the bounding set what it does not list; keep permitted across setuid."""
+def before_setuid(m: dict[str, int], top: int | None = None, pointer: str = POINTER) -> None:
+    """Call before setgroups/setgid/setuid (needs CAP_SETPCAP): shrink the bounding set to
+    ``m["bounding"]`` and keep the permitted set across the uid switch."""
+    top = last_cap() if top is None else top
     for cap in range(top + 1):
         if not m["bounding"] & (1 << cap):
-            linux.prctl(PR_CAPBSET_DROP, cap)
+            try:
+                linux.prctl(PR_CAPBSET_DROP, cap)
+            except OSError as exc:
+                raise SetupError(
+                    f"cannot drop capability {cap} from the bounding set: {exc.strerror}",
+                    f"{pointer}/bounding",
+                ) from exc
     linux.prctl(PR_SET_KEEPCAPS, 1)
 
 
-def after_setuid(m: dict[str, int]) -> None:
+def after_setuid(m: dict[str, int], pointer: str = POINTER) -> None:
+    """Call after setuid, before exec: set effective, permitted, inheritable, then ambient."""
     linux.prctl(PR_SET_KEEPCAPS, 0)
-    linux.capset(m["effective"], m["permitted"], m["inheritable"])
+    try:
+        linux.capset(m["effective"], m["permitted"], m["inheritable"])
+    except OSError as exc:
+        raise SetupError(
+            f"cannot set the capability sets: {exc.strerror} (effective must be within "
+            "permitted, inheritable within bounding)",
+            pointer,
+        ) from exc
     linux.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
-    for cap in range(64):
+    for cap in range(m["ambient"].bit_length()):
         if m["ambient"] & (1 << cap):
-            linux.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap)
+            try:
+                linux.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap)
+            except OSError as exc:
+                raise SetupError(
+                    f"cannot raise capability {cap} in the ambient set: {exc.strerror} "
+                    "(it must be permitted and inheritable)",
+                    f"{pointer}/ambient",
+                ) from exc
+
+
+def apply(
+    capabilities: dict | None,
+    pointer: str = POINTER,
+    switch_user: Callable[[], None] | None = None,
+) -> None:
+    """The whole sequence: :func:`before_setuid`, ``switch_user()`` (setgroups, setgid,
+    setuid), :func:`after_setuid`."""
+    m = masks(capabilities, pointer)
+    before_setuid(m, pointer=pointer)
+    if switch_user is not None:
+        switch_user()
+    after_setuid(m, pointer)

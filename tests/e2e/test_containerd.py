@@ -126,3 +126,21 @@ def test_back_to_back_runs_leave_nothing(daemons, no_leftovers):
         res = ctr_run(daemons, f"loop{i}", "true")
         assert res.returncode == 0, (i, res.stderr.decode())
     assert not state_left()
+
+
+def test_systemd_cgroup_form(daemons, no_leftovers):
+    """--runc-systemd-cgroup: the shim passes --systemd-cgroup and slice:prefix:name."""
+    import os
+
+    flags = ("-d", "--runc-systemd-cgroup", "--cgroup", "system.slice:e2e:sd1")
+    res = ctr_run(daemons, "sd1", "sleep", "1000", flags=flags)
+    assert res.returncode == 0, res.stderr.decode()
+    root = "/sys/fs/cgroup"
+    d = (f"{root}/system.slice/e2e-sd1.scope" if os.path.exists(f"{root}/cgroup.controllers")
+         else f"{root}/memory/system.slice/e2e-sd1.scope")  # fmt: skip
+    try:
+        with open(f"{d}/cgroup.procs") as f:
+            assert len(f.read().split()) >= 3  # monitor, QEMU, proxy
+    finally:
+        cleanup(daemons, "sd1")
+    assert not os.path.exists(d)
