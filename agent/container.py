@@ -287,7 +287,7 @@ def _second_child(launch: Launch, sync_w: int, start_r: int) -> None:
             _setup_uts(launch.spec)
         proc = launch.process
         if launch.stdio.pty_socket >= 0:
-            _setup_terminal(launch.stdio.pty_socket, proc)
+            _setup_terminal(launch.stdio.pty_socket, proc, console=not launch.join_pid)
         args = proc.get("args") or []
         env = dict(e.split("=", 1) for e in proc.get("env", []) if "=" in e)
         path = find_executable(args[0] if args else "", env.get("PATH", DEFAULT_PATH))
@@ -314,9 +314,10 @@ def _second_child(launch: Launch, sync_w: int, start_r: int) -> None:
     os._exit(127)
 
 
-def _setup_terminal(sock: int, process: dict) -> None:
+def _setup_terminal(sock: int, process: dict, console: bool) -> None:
     """Open a pty in the container's devpts, send the master to the agent, make the slave
-    our controlling terminal and stdio."""
+    our controlling terminal and stdio; for a container's init (``console``) the slave is
+    also bound over /dev/console, as runc does."""
     try:
         master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as exc:
@@ -330,6 +331,15 @@ def _setup_terminal(sock: int, process: dict) -> None:
     slave = os.open(f"/dev/pts/{n}", os.O_RDWR | os.O_NOCTTY)
     user = process.get("user") or {}
     os.chown(slave, user.get("uid", 0), user.get("gid", 0))
+    if console:
+        try:
+            if not os.path.exists("/dev/console"):
+                open("/dev/console", "a").close()
+            linux.mount(f"/dev/pts/{n}", "/dev/console", None, linux.MS_BIND)
+        except OSError as exc:
+            raise SetupError(
+                f"cannot bind the terminal over /dev/console: {exc.strerror}", "/process/terminal"
+            ) from exc
     if process.get("consoleSize"):
         size = process["consoleSize"]
         packed = struct.pack("HHHH", size.get("height", 24), size.get("width", 80), 0, 0)

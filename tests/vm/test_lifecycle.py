@@ -207,7 +207,8 @@ def test_exec_detach_with_pid_file_and_status(root, bundle, tmp_path):
 
 def test_console_socket_receives_one_tty_fd(root, bundle, tmp_path):
     # the window size set on the master before start reaches the guest's pty
-    b = bundle(["sh", "-c", "tty; sleep 1; stty size; echo done"], terminal=True)
+    b = bundle(["sh", "-c", "tty; test -c /dev/console && echo console-ok; sleep 1; stty size; "
+                "echo done"], terminal=True)  # fmt: skip
     sock_path = str(tmp_path / "console.sock")
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(sock_path)
@@ -247,7 +248,7 @@ def test_console_socket_receives_one_tty_fd(root, bundle, tmp_path):
         except OSError:
             break
     assert b"/dev/pts/" in out and b"done" in out, out
-    assert b"41 101" in out, out
+    assert b"41 101" in out and b"console-ok" in out, out
     assert wait_exit(pid) == 0
     os.close(fds[0])
     hyperpy(root, "delete", "tty1", check=True)
