@@ -576,8 +576,8 @@ def _setup_uts(spec: dict) -> None:
 
 def _setup_process(proc: dict, filter_: tuple[bytes, int] | None) -> None:
     """Limits, user, capabilities, no_new_privs.  Without no_new_privs the seccomp filter
-    is loaded here, while CAP_SYS_ADMIN is still held; otherwise the caller loads it right
-    before exec."""
+    is loaded here, before the uid switch, while CAP_SYS_ADMIN is still effective; otherwise
+    the caller loads it right before exec."""
     for i, rl in enumerate(proc.get("rlimits", [])):
         num = RLIMITS.get(rl.get("type", ""))
         if num is None:
@@ -592,6 +592,10 @@ def _setup_process(proc: dict, filter_: tuple[bytes, int] | None) -> None:
     user = proc.get("user", {})
     os.umask(user.get("umask", 0o022))
     cap_masks = caps.masks(proc.get("capabilities"))
+    if filter_ and not proc.get("noNewPrivileges"):
+        # without no_new_privs loading a filter needs CAP_SYS_ADMIN: before setuid empties
+        # the effective set (as runc; the profile must then allow what follows, to execve)
+        seccomp.load(*filter_)
     caps.before_setuid(cap_masks, caps.last_cap())
     try:
         os.setgroups(user.get("additionalGids", []))
@@ -599,8 +603,6 @@ def _setup_process(proc: dict, filter_: tuple[bytes, int] | None) -> None:
         os.setuid(user.get("uid", 0))
     except OSError as exc:
         raise SetupError(f"cannot switch to user {user}: {exc.strerror}", "/process/user") from exc
-    if filter_ and not proc.get("noNewPrivileges"):
-        seccomp.load(*filter_)
     caps.after_setuid(cap_masks)
     if proc.get("noNewPrivileges"):
         linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)

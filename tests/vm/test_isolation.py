@@ -119,8 +119,12 @@ def test_process_and_filesystem_as_the_spec_says(root, bundle):
     assert f["pid1"].startswith("sh -c")  # its own pid namespace
 
 
-def test_seccomp_errno_and_default_action(root, bundle):
+@pytest.mark.parametrize("nnp", [True, False])
+def test_seccomp_errno_and_default_action(root, bundle, nnp):
     def edit(spec):
+        # without no_new_privs the filter goes in before the switch to a non-root user
+        spec["process"]["noNewPrivileges"] = nnp
+        spec["process"]["user"] = {"uid": 0 if nnp else 1000, "gid": 0 if nnp else 1000}
         spec["linux"]["seccomp"] = {
             "defaultAction": "SCMP_ACT_ALLOW",
             "architectures": ["SCMP_ARCH_X86_64"],
@@ -132,7 +136,7 @@ def test_seccomp_errno_and_default_action(root, bundle):
         spec["root"]["readonly"] = False
 
     script = 'grep Seccomp: /proc/self/status; mkdir /tmp/x 2>&1; echo "rc=$?"; echo ok'
-    res = run_spec(root, bundle, "sec1", script, edit)
+    res = run_spec(root, bundle, f"sec{int(nnp)}", script, edit)
     assert res.returncode == 0, res.stderr.decode()
     out = res.stdout.decode()
     assert "Seccomp:\t2" in out
