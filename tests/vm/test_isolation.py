@@ -14,7 +14,7 @@ from tests.conftest import hyperpy, needs_artifacts
 pytestmark = [pytest.mark.vm, needs_artifacts]
 
 
-def run_spec(root, bundle, cid, script, edit, input=None):
+def run_spec(root, bundle, cid, script, edit, input=None, flags=()):
     """Run ``sh -c script`` with the default spec changed by ``edit(spec)``."""
     b = bundle(["true"])
     spec = default_spec()
@@ -23,7 +23,7 @@ def run_spec(root, bundle, cid, script, edit, input=None):
     edit(spec)
     with open(f"{b}/config.json", "w") as f:
         json.dump(spec, f)
-    return hyperpy(root, "run", "--bundle", b, cid, input=input)
+    return hyperpy(root, "run", "--bundle", b, *flags, cid, input=input)
 
 
 def facts(output: bytes) -> dict[str, str]:
@@ -224,15 +224,8 @@ def test_guest_filesystem_is_out_of_reach(root, bundle, no_pivot):
         'echo "agent=$(ls /opt/hyperpy 2>&1 | head -1)"; '
         'echo "mounts=$(awk \'$5 == "/"\' /proc/self/mountinfo | wc -l)"'
     )
-    b = bundle(["true"])
-    spec = default_spec()
-    spec["process"]["terminal"] = False
-    spec["process"]["args"] = ["sh", "-c", script]
-    edit(spec)
-    with open(f"{b}/config.json", "w") as f:
-        json.dump(spec, f)
-    args = ["run", "--bundle", b] + (["--no-pivot"] if no_pivot else []) + [f"piv{int(no_pivot)}"]
-    res = hyperpy(root, *args)
+    flags = ["--no-pivot"] if no_pivot else []
+    res = run_spec(root, bundle, f"piv{int(no_pivot)}", script, edit, flags=flags)
     assert res.returncode == 0, res.stderr.decode()
     f = facts(res.stdout)
     assert "No such file" in f["agent"]
