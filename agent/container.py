@@ -397,7 +397,9 @@ def _setup_rootfs(spec: dict, rootfs: str, no_pivot: bool = False) -> None:
     propagation = linux.PROPAGATION_FLAGS.get(
         linux_cfg.get("rootfsPropagation", "") or "rslave", linux.MS_SLAVE | linux.MS_REC
     )
-    linux.mount(None, "/", None, propagation)
+    # Until the root switch "/" is a slave (pivot_root refuses shared mounts); the
+    # requested propagation is applied to the new root afterwards, as runc does.
+    linux.mount(None, "/", None, linux.MS_SLAVE | linux.MS_REC)
     _setup_sysctl(spec)
     linux.mount(rootfs, rootfs, None, linux.MS_BIND | linux.MS_REC)
     for i, m in enumerate(spec.get("mounts", [])):
@@ -417,6 +419,7 @@ def _setup_rootfs(spec: dict, rootfs: str, no_pivot: bool = False) -> None:
         linux.pivot_root(".", ".")
         linux.umount2(".", linux.MNT_DETACH)
     os.chdir("/")
+    linux.mount(None, "/", None, propagation)
     if spec.get("root", {}).get("readonly"):
         linux.mount(
             None, "/", None, linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY | linux.MS_REC

@@ -61,6 +61,9 @@ echo "cpu_weight=$(cat /sys/fs/cgroup/cpu.weight)"
 echo "cgroup=$(cat /proc/self/cgroup)"
 echo "pid1=$(cat /proc/1/cmdline | tr '\0' ' ')"
 echo "uid_map=$(cat /proc/self/uid_map | tr -s ' ')"
+echo "oom_score_adj=$(cat /proc/self/oom_score_adj)"
+echo "mqueue=$(awk '$5 == "/dev/mqueue" {print $9}' /proc/self/mountinfo)"
+echo "root_propagation=$(awk '$5 == "/" {print $7}' /proc/self/mountinfo | tail -1)"
 """
 
 
@@ -78,7 +81,9 @@ def rich(spec: dict) -> None:
     }
     p["rlimits"] = [{"type": "RLIMIT_NOFILE", "soft": 512, "hard": 1000}]
     p["noNewPrivileges"] = True
+    p["oomScoreAdj"] = 500
     lx = spec["linux"]
+    lx["rootfsPropagation"] = "shared"
     lx["namespaces"] = [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount", "cgroup")]
     lx["sysctl"] = {"net.ipv4.ip_forward": "1", "kernel.msgmax": "4096"}
     lx["resources"] = {
@@ -117,6 +122,10 @@ def test_process_and_filesystem_as_the_spec_says(root, bundle):
     assert f["cpu_weight"] == str(1 + ((512 - 2) * 9999) // 262142)
     assert f["cgroup"] == "0::/"  # its own cgroup namespace
     assert f["pid1"].startswith("sh -c")  # its own pid namespace
+    assert f["oom_score_adj"] == "500"
+    assert f["mqueue"] == "mqueue"
+    # the default (rslave of the guest's private mounts) shows no peer group: "shared" does
+    assert f["root_propagation"].startswith("shared:"), f["root_propagation"]
 
 
 @pytest.mark.parametrize("nnp", [True, False])
