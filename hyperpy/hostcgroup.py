@@ -22,6 +22,8 @@ import errno
 import os
 import time
 
+from agent import cgroups as guest_cgroups
+from agent.errors import SetupError
 from hyperpy.errors import CgroupError, SpecError
 
 ROOT = "/sys/fs/cgroup"
@@ -29,37 +31,32 @@ V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "cpuset", "blkio", "freeze
 
 
 def systemd_path(spec: str) -> str:
-    """``slice:prefix:name`` → ``parent.slice/slice.slice/prefix-name.scope``."""
-    parts = spec.split(":")
-    if len(parts) != 3:
+    """``slice:prefix:name`` → ``parent.slice/slice.slice/prefix-name.scope``.
+
+    The guest lays out container cgroups the same way: the one implementation is
+    ``agent.cgroups.systemd_path``; here its errors become the host's SpecError.
+    """
+    if len(spec.split(":")) != 3:
         raise SpecError(
             f"cgroupsPath {spec!r} is not in the systemd form slice:prefix:name "
             "(--systemd-cgroup was given)",
             "/linux/cgroupsPath",
         )
-    slice_, prefix, name = parts
-    slice_ = slice_ or "system.slice"
-    if not slice_.endswith(".slice"):
-        raise SpecError(f"cgroupsPath slice {slice_!r} must end in .slice", "/linux/cgroupsPath")
-    stem = slice_[: -len(".slice")]
-    dirs = []
-    if stem != "-":
-        words = stem.split("-")
-        dirs = ["-".join(words[: i + 1]) + ".slice" for i in range(len(words))]
-    unit = f"{prefix}-{name}.scope" if prefix else (name if "." in name else f"{name}.scope")
-    return "/".join([*dirs, unit])
+    try:
+        return guest_cgroups.systemd_path(spec)
+    except SetupError as exc:
+        raise SpecError(str(exc), exc.pointer) from None
 
 
 def relative_path(cgroups_path: str, cid: str, systemd: bool) -> str:
-    """The cgroup below each hierarchy's root, as runc resolves cgroupsPath."""
+    """The cgroup below each hierarchy's root, as runc resolves cgroupsPath (the same
+    resolution as the guest's, ``agent.cgroups.cgroup_dir``)."""
     if systemd:
         return systemd_path(cgroups_path or f"system.slice:hyperpy:{cid}")
-    path = os.path.normpath("/" + (cgroups_path or f"hyperpy/{cid}")).lstrip("/")
-    if ".." in path.split("/") or not path:
-        raise SpecError(
-            f"cgroupsPath {cgroups_path!r} escapes the cgroup root", "/linux/cgroupsPath"
-        )
-    return path
+    try:
+        return guest_cgroups.cgroup_dir(cid, cgroups_path, root="/").lstrip("/")
+    except SetupError as exc:
+        raise SpecError(str(exc), exc.pointer) from None
 
 
 def is_v2(root: str = ROOT) -> bool:
