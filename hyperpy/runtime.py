@@ -320,11 +320,10 @@ class Runtime:
         from hyperpy.config import load as load_config
 
         cfg = load_config().vm
+        req = _vm_request(spec, cfg.memory_mb, cfg.overhead_mb)
         r, w = os.pipe()
         env = dict(os.environ)
-        env["HYPERPY_MONITOR_REQUEST"] = json.dumps(
-            _vm_request(spec, cfg.memory_mb, cfg.overhead_mb)
-        )
+        env["HYPERPY_MONITOR_REQUEST"] = json.dumps(req)
         try:
             mon = _spawn_detached(
                 [sys.executable, "-m", "hyperpy.monitor", d, str(w)], (w,), env=env
@@ -335,7 +334,6 @@ class Runtime:
         self.store.save(st)
         # Into the pod's cgroup before the monitor starts QEMU, so that the guest's memory
         # is charged there from its first page (v1 does not move charges with a process).
-        req = _vm_request(spec, cfg.memory_mb, cfg.overhead_mb)
         cg = self._cgroup(st)
         # The guest enforces the container's limit; the host ceiling is the whole VM plus
         # QEMU's own memory, so the host never OOM-kills the VM for that limit.
