@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Bump when the recipe (commands below, not the fragments) changes what gets built.
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"  # 2: "is not set" requests reach merge_config
 FRAGMENTS_DIR = Path(__file__).resolve().parent / "fragments"
 SOURCE_PACKAGE = "linux-source-6.1"
 SOURCE_TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
@@ -196,7 +196,12 @@ def configure(src: Path, obj: Path, requests: list[Request]) -> None:
     obj.mkdir(parents=True, exist_ok=True)
     _make(src, obj, "tinyconfig")
     merged = obj / "hyperpy-fragments.conf"
-    merged.write_text("".join(f"{r.symbol}={r.value}\n" for r in requests if r.value != "n"))
+    merged.write_text(
+        "".join(
+            f"# {r.symbol} is not set\n" if r.value == "n" else f"{r.symbol}={r.value}\n"
+            for r in requests
+        )
+    )
     res = subprocess.run(
         [str(src / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(obj),
          str(obj / ".config"), str(merged)],
