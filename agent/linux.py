@@ -1,7 +1,8 @@
 """Linux system calls the standard library does not wrap (Python 3.11), through ctypes.
 
 Owns: mount, umount2, unshare, setns, pivot_root, sethostname/setdomainname, reboot,
-prctl, capset, and the flag tables that turn OCI mount options into mount(2) flags.
+prctl, capset, the file-descriptor mount API (open_tree, move_mount, mount_setattr) with
+openat2, and the flag tables that turn OCI mount options into mount(2) flags.
 Every failure raises OSError with errno and the call that failed.
 """
 
@@ -156,6 +157,62 @@ def setns(fd: int, nstype: int = 0) -> None:
 
 def pivot_root(new_root: str, put_old: str) -> None:
     _check(_libc.syscall(155, _b(new_root), _b(put_old)), f"pivot_root {new_root}")
+
+
+# openat2(2) resolve flags, open_tree(2)/move_mount(2)/mount_setattr(2) flags (x86_64).
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+MOVE_MOUNT_F_EMPTY_PATH = 0x04
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
+MOUNT_ATTR_RDONLY = 0x01
+MOUNT_ATTR_NOSUID = 0x02
+MOUNT_ATTR_NODEV = 0x04
+MOUNT_ATTR_NOEXEC = 0x08
+UMOUNT_NOFOLLOW = 8
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]  # fmt: skip
+
+
+def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
+    """openat2(2): ``path`` below ``dirfd`` resolved under ``resolve`` (RESOLVE_* flags)."""
+    how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
+    return _check(
+        _libc.syscall(437, dirfd, _b(path), ctypes.byref(how), ctypes.sizeof(how)),
+        f"openat2 {path!r}",
+    )
+
+
+def open_tree(dirfd: int, path: str, flags: int) -> int:
+    """open_tree(2): with OPEN_TREE_CLONE a detached copy of the mount tree at ``path``."""
+    return _check(_libc.syscall(428, dirfd, _b(path), ctypes.c_uint(flags)), f"open_tree {path!r}")
+
+
+def move_mount(from_fd: int, to_fd: int, flags: int, what: str) -> None:
+    """move_mount(2) between two file descriptors (empty paths)."""
+    _check(_libc.syscall(429, from_fd, b"", to_fd, b"", ctypes.c_uint(flags)), f"move_mount {what}")
+
+
+def mount_setattr(fd: int, flags: int, attr_set: int, propagation: int = 0) -> None:
+    """mount_setattr(2) on the mount (tree, with AT_RECURSIVE) that ``fd`` refers to."""
+    attr = _MountAttr(attr_set, 0, propagation, 0)
+    _check(
+        _libc.syscall(442, fd, b"", ctypes.c_uint(flags | AT_EMPTY_PATH), ctypes.byref(attr),
+                      ctypes.sizeof(attr)),
+        "mount_setattr",
+    )  # fmt: skip
 
 
 def sethostname(name: str) -> None:

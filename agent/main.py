@@ -144,7 +144,12 @@ class Agent:
             trace(f"<- {msg.get('id')} {msg.get('op')}")
         op = msg.get("op")
         handler = getattr(self, f"op_{op}", None) if isinstance(op, str) else None
-        req_id = msg.get("id", 0)
+        req_id = msg.get("id", 0) if isinstance(msg.get("id", 0), int) else 0
+        try:
+            P.check_fields(msg)
+        except P.ProtocolError as exc:
+            self.send_msg(P.error_reply(req_id, str(exc), "ProtocolError"))
+            return
         if handler is None:
             self.send_msg(P.error_reply(req_id, f"unknown operation {op!r}", "ProtocolError"))
             return

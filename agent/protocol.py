@@ -22,7 +22,10 @@ monitor (over a unix socket), so there is one reader and one writer to test.
 
 A reader never crashes on bad input: :class:`Decoder` turns a bad magic, an unknown version
 or kind, an oversize length or a payload that is not a JSON object into a :class:`BadFrame`,
-resynchronises on the next magic (or skips the oversize payload) and goes on.
+resynchronises on the next magic (or skips the oversize payload) and goes on; an oversize
+length is ``fatal`` for a reader that can drop its peer (the monitor closes that client).
+:func:`check_fields` refuses a message whose fields are missing or of the wrong type, naming
+the field, before any handler reads it: both ends treat what the other sends as hostile.
 """
 
 from __future__ import annotations
@@ -67,6 +70,56 @@ class FrameError(ValueError):
     """A frame could not be encoded (oversize payload, bad kind, bad stream)."""
 
 
+class ProtocolError(ValueError):
+    """A message's fields are missing or mistyped; the text names the field."""
+
+
+# Fields each request must carry (name -> type); "?" marks an optional one.
+_OBJ, _STR, _INT, _BOOL = dict, str, int, bool
+FIELDS: dict[str, dict[str, type]] = {
+    OP_HELLO: {"version": _INT, "time_ns?": _INT},
+    OP_CREATE: {
+        "cid": _STR,
+        "spec": _OBJ,
+        "rootfs?": _STR,
+        "bundle?": _STR,
+        "state_dir?": _STR,
+        "no_pivot?": _BOOL,
+    },  # fmt: skip
+    OP_START: {"cid": _STR},
+    OP_EXEC: {"cid": _STR, "process": _OBJ},
+    OP_SIGNAL: {"cid": _STR, "signal": _INT, "proc?": _INT, "all?": _BOOL},
+    OP_WINSIZE: {"proc": _INT, "rows": _INT, "cols": _INT},
+    OP_PS: {"cid": _STR},
+    OP_FREEZE: {"cid": _STR, "freeze": _BOOL},
+    OP_UPDATE: {"cid": _STR, "resources": _OBJ},
+    OP_STATS: {"cid": _STR},
+    OP_DESTROY: {"cid": _STR},
+    OP_SHUTDOWN: {},
+    "attach": {"proc": _INT},
+    "remove": {"cid": _STR},
+    "info": {},
+}
+
+
+def check_fields(msg: dict) -> None:
+    """Raise ProtocolError naming the first missing or mistyped field of request ``msg``."""
+    if not isinstance(msg.get("id", 0), int) or isinstance(msg.get("id", 0), bool):
+        raise ProtocolError("field 'id' must be an integer")
+    op = msg.get("op")
+    if not isinstance(op, str) or op not in FIELDS:
+        raise ProtocolError(f"unknown operation {op!r}")
+    for key, kind in FIELDS[op].items():
+        name = key.rstrip("?")
+        if name not in msg:
+            if key.endswith("?"):
+                continue
+            raise ProtocolError(f"{op}: field {name!r} is missing")
+        value = msg[name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ProtocolError(f"{op}: field {name!r} must be {kind.__name__}, not {value!r:.40}")
+
+
 class Frame:
     __slots__ = ("kind", "stream", "payload")
 
@@ -83,12 +136,14 @@ class Frame:
 
 
 class BadFrame:
-    """What the decoder yields for input it had to reject; ``reason`` says why."""
+    """What the decoder yields for input it had to reject; ``reason`` says why. ``fatal``:
+    the peer announced an oversize frame, and a reader that can should drop it."""
 
-    __slots__ = ("reason",)
+    __slots__ = ("reason", "fatal")
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, fatal: bool = False) -> None:
         self.reason = reason
+        self.fatal = fatal
 
     def __repr__(self) -> str:
         return f"BadFrame({self.reason!r})"
@@ -159,7 +214,9 @@ class Decoder:
             if length > self._max:
                 del self._buf[:HEADER_SIZE]
                 self._skip = length
-                out.append(BadFrame(f"frame of {length} bytes exceeds the limit of {self._max}"))
+                out.append(
+                    BadFrame(f"frame of {length} bytes exceeds the limit of {self._max}", True)
+                )
                 continue
             if len(self._buf) < HEADER_SIZE + length:
                 return out
@@ -175,6 +232,15 @@ class Decoder:
                     out.append(BadFrame("message is not a JSON object"))
                     continue
             out.append(Frame(kind, stream, payload))
+
+    def reset(self) -> None:
+        self._buf.clear()
+        self._skip = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for an incomplete frame."""
+        return len(self._buf)
 
     def _resync(self, reason: str) -> BadFrame:
         """Drop bytes up to the next possible magic and report what was dropped."""

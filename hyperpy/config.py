@@ -41,8 +41,19 @@ class VMConfig:
 
 
 @dataclass(frozen=True)
+class JailConfig:
+    """QEMU's confinement (hyperpy/vm/jail.py)."""
+
+    enabled: bool = True
+    # QEMU of the pod whose monitor has pid P runs as uid and gid uid_base + P: pick a range
+    # no account or subuid range of the host uses.
+    uid_base: int = 2_000_000_000
+
+
+@dataclass(frozen=True)
 class Config:
     vm: VMConfig = field(default_factory=VMConfig)
+    jail: JailConfig = field(default_factory=JailConfig)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -65,7 +76,7 @@ def load(path: str | None = None) -> Config:
 
 
 def from_dict(raw: dict[str, Any], path: str = "<config>") -> Config:
-    sections = {"vm": VMConfig}
+    sections: dict[str, type] = {"vm": VMConfig, "jail": JailConfig}
     values: dict[str, Any] = {}
     for name, value in raw.items():
         if name not in sections:

@@ -1,7 +1,8 @@
 """The sandbox monitor: one long-lived process per VM.
 
-Owns the QEMU process, QMP, the single agent channel (multiplexed here), the bind mounts in
-the sandbox's shared/ directory, and the record of exit statuses (exit.json). Serves the
+Owns the QEMU process (confined by ``vm/jail.py`` unless ``[jail] enabled = false``), QMP,
+the single agent channel (multiplexed here), the sandbox's 9p export (``share.py``), and the
+record of exit statuses (exit.json). Serves the
 CLI and the process proxies on ``monitor.sock`` with the agent's own framing
 (:mod:`agent.protocol`):
 
@@ -36,12 +37,18 @@ from hyperpy import share
 from hyperpy.config import load as load_config
 from hyperpy.errors import AgentError, HyperpyError, SpecError, VMError
 from hyperpy.sandbox.store import write_json_atomic
+from hyperpy.vm import jail as J
 from hyperpy.vm import qemu
 from hyperpy.vm.devices import VMSpec
 
 log = logging.getLogger("hyperpy.monitor")
 
 AGENT_TIMEOUT = 60.0
+# monitor.sock's peers and the agent are hostile input: bounded connections, bounded bytes.
+MAX_CLIENTS = 256
+PARTIAL_FRAME_TIMEOUT = 10.0  # a client that leaves a frame incomplete this long is dropped
+DECODE_BUDGET = 32 << 20  # incomplete frames held over all clients; the largest goes first
+PENDING_LIMIT = 8 << 20  # a process's output kept until its proxy attaches
 
 
 class Attachment:
@@ -50,13 +57,18 @@ class Attachment:
     def __init__(self) -> None:
         self.writer: asyncio.StreamWriter | None = None
         self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        self.dropped = 0
         self.exit: dict | None = None
 
-    def deliver(self, frame: bytes) -> None:
+    def deliver(self, frame: bytes, droppable: bool = True) -> None:
         if self.writer is not None and not self.writer.is_closing():
             self.writer.write(frame)
+        elif droppable and self.pending_bytes + len(frame) > PENDING_LIMIT:
+            self.dropped += len(frame)
         else:
             self.pending.append(frame)
+            self.pending_bytes += len(frame)
 
 
 class AgentLink:
@@ -67,6 +79,8 @@ class AgentLink:
         self.writer = writer
         self.next_id = 1
         self.waiting: dict[int, asyncio.Future] = {}
+        self.owners: dict[int, str] = {}  # request id -> cid of a process it starts
+        self.on_new_proc = lambda proc, cid: None
         self.on_event = lambda msg: None
         self.on_data = lambda stream, payload: None
         self.closed = asyncio.get_running_loop().create_future()
@@ -79,12 +93,15 @@ class AgentLink:
                 if not data:
                     break
                 for item in decoder.feed(data):
-                    if isinstance(item, P.BadFrame):
-                        log.warning("bad frame from the agent: %s", item.reason)
-                    elif item.kind == P.DATA:
-                        self.on_data(item.stream, item.payload)
-                    else:
-                        self._on_msg(item.message())
+                    try:
+                        if isinstance(item, P.BadFrame):
+                            log.warning("bad frame from the agent: %s", item.reason)
+                        elif item.kind == P.DATA:
+                            self.on_data(item.stream, item.payload)
+                        else:
+                            self._on_msg(item.message())
+                    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                        log.warning("ignored a malformed message from the agent: %r", exc)
         finally:
             err = AgentError("the agent channel closed (the VM stopped or the agent died)")
             for fut in self.waiting.values():
@@ -99,6 +116,11 @@ class AgentLink:
             self.on_event(msg)
             return
         fut = self.waiting.pop(msg.get("id", 0), None)
+        owner = self.owners.pop(msg.get("id", 0), "")
+        if owner and msg.get("ok") and isinstance(msg.get("proc"), int):
+            # Before any later frame of this read is dispatched: the new process's output
+            # may follow its reply in the same read.
+            self.on_new_proc(msg["proc"], owner)
         if fut is None:
             if not msg.get("ok", True):
                 log.warning("agent error without a request: %s", msg.get("error"))
@@ -114,6 +136,8 @@ class AgentLink:
             raise AgentError(f"cannot send {op!r}: the agent channel is closed")
         req_id = self.next_id
         self.next_id += 1
+        if op in (P.OP_CREATE, P.OP_EXEC):
+            self.owners[req_id] = str(fields["cid"])
         fut = asyncio.get_running_loop().create_future()
         self.waiting[req_id] = fut
         self.writer.write(P.encode_msg({"id": req_id, "op": op, **fields}))
@@ -132,7 +156,11 @@ class AgentLink:
 class Monitor:
     def __init__(self, state_dir: str) -> None:
         self.dir = state_dir
-        self.cfg = load_config().vm
+        config = load_config()
+        self.cfg = config.vm
+        self.jail_cfg = config.jail
+        self.share_model = "mapped-xattr"
+        self.chans: qemu.Channels | None = None
         self.vm: qemu.QemuVM | None = None
         self.agent: AgentLink | None = None
         self.attachments: dict[int, Attachment] = {}
@@ -141,6 +169,7 @@ class Monitor:
         self.state_dirs: dict[str, str] = {}  # cid -> its state dir (exit.json goes there)
         self.stop = asyncio.Event()
         self.server: asyncio.AbstractServer | None = None
+        self.clients: dict[asyncio.StreamWriter, P.Decoder] = {}
         self.timings: dict[str, float] = {}  # host CLOCK_MONOTONIC seconds
         self.guest: dict[str, float] = {}  # guest CLOCK_BOOTTIME ms: the boot's phases
 
@@ -148,22 +177,43 @@ class Monitor:
     async def boot(self, request: dict) -> dict:
         cfg = self.cfg
         qemu.check_artifacts(cfg)
-        os.makedirs(os.path.join(self.dir, "shared"), exist_ok=True)
+        share_path = share.prepare(self.dir)
+        if request.get("rootfs"):
+            self.share_model = share.security_model(request["rootfs"])
         accel = qemu.choose_accel(cfg)
         vsock_cid = None
         if cfg.channel == "vsock" or (cfg.channel == "auto" and qemu.vsock_usable()):
             vsock_cid = 3 + (os.getpid() % 0x7FFFFFF0)
+        jail = None
+        if self.jail_cfg.enabled:
+            devices: tuple[str, ...] = ("/dev/kvm",) if accel == "kvm" else ()
+            if vsock_cid is not None:
+                devices += ("/dev/vhost-vsock",)
+            jail = J.plan(
+                root=os.path.join(self.dir, "jail"),
+                uid=self.jail_cfg.uid_base + os.getpid(),
+                parent=os.getpid(),
+                qemu=cfg.qemu,
+                kernel=cfg.kernel,
+                initrd=cfg.initrd,
+                share=share_path,
+                devices=devices,
+            )
+        self.chans = qemu.Channels(self.dir, serial=vsock_cid is None)
         spec = qemu.build_spec(
             cfg,
-            self.dir,
             accel,
-            share=os.path.join(self.dir, "shared"),
+            self.chans,
+            share=share_path,
+            share_model=self.share_model,
             vsock_cid=vsock_cid,
             memory_mb=request.get("memory_mb") or None,
             vcpus=request.get("vcpus") or None,
+            jailed=jail is not None,
+            name=self.dir,
         )
         self.timings["launch"] = time.monotonic()
-        self.vm = qemu.QemuVM(spec, self.dir)
+        self.vm = qemu.QemuVM(spec, self.dir, self.chans, jail)
         await self.vm.launch()
         ready = asyncio.get_running_loop().create_future()
         connect = asyncio.ensure_future(self._connect_agent(spec, ready))
@@ -174,7 +224,13 @@ class Monitor:
                 connect.cancel()
         hello = ready.result()
         self.timings["agent_ready"] = time.monotonic()
-        return {"accel": accel, "hello": hello, "qemu_pid": self.vm.proc.pid if self.vm.proc else 0}
+        return {
+            "accel": accel,
+            "hello": hello,
+            "qemu_pid": self.vm.proc.pid if self.vm.proc else 0,
+            "jail": {"uid": jail.uid, "root": jail.root} if jail else None,
+            "share_model": self.share_model,
+        }
 
     async def _connect_agent(self, spec: VMSpec, ready: asyncio.Future) -> None:
         try:
@@ -191,13 +247,15 @@ class Monitor:
                         )
                         reader, writer = await asyncio.open_connection(sock=sock)
                     else:
-                        reader, writer = await asyncio.open_unix_connection("agent.sock")
+                        assert self.chans is not None and self.chans.agent is not None
+                        reader, writer = await asyncio.open_connection(sock=self.chans.agent)
                     break
                 except OSError:
                     await asyncio.sleep(0.02)
             self.agent = AgentLink(reader, writer)
             self.agent.on_event = self._on_agent_event
             self.agent.on_data = self._on_agent_data
+            self.agent.on_new_proc = self.procs.__setitem__
             asyncio.ensure_future(self.agent.pump())
             hello = await self.agent.request(
                 P.OP_HELLO, timeout=3600, version=P.PROTOCOL_VERSION, time_ns=time.time_ns()
@@ -216,7 +274,10 @@ class Monitor:
 
     def _on_agent_data(self, stream: int, payload: bytes) -> None:
         proc, _ = P.split_stream(stream)
-        self._attachment(proc).deliver(P.encode(P.DATA, stream, payload))
+        if proc not in self.procs:
+            log.warning("the agent sent output of unknown process %d: dropped", proc)
+            return
+        self._attachment(proc).deliver(P.encode(P.DATA, stream, payload), droppable=bool(payload))
 
     def _on_agent_event(self, msg: dict) -> None:
         if msg.get("event") == P.EV_READY:
@@ -225,12 +286,17 @@ class Monitor:
             self._record_exit(msg)
 
     def _record_exit(self, msg: dict) -> None:
-        proc = int(msg.get("proc", 0))
+        proc = msg.get("proc")
+        if not isinstance(proc, int) or proc not in self.procs:
+            log.warning("the agent reported the exit of unknown process %r: ignored", proc)
+            return
         att = self._attachment(proc)
         if att.exit is not None:
             return
+        status = msg.get("status")
+        msg["status"] = status if isinstance(status, int) and 0 <= status <= 255 else 255
         att.exit = msg
-        cid = msg.get("cid") or self.procs.get(proc, "")
+        cid = self.procs[proc]  # what the host recorded, not what the guest says
         if self.inits.get(cid) == proc:
             if msg.get("t_ms"):
                 self.guest["exit_ms"] = msg["t_ms"]
@@ -243,7 +309,7 @@ class Monitor:
                     "time": time.time(),
                 },
             )
-        att.deliver(P.encode_msg(msg))
+        att.deliver(P.encode_msg(msg), droppable=False)
         if att.writer is not None:
             att.writer.close()
 
@@ -267,46 +333,97 @@ class Monitor:
     async def serve_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        if len(self.clients) >= MAX_CLIENTS:
+            error = f"too many connections to the monitor (limit {MAX_CLIENTS})"
+            writer.write(P.encode_msg(P.error_reply(0, error, "ProtocolError")))
+            writer.close()
+            return
         decoder = P.Decoder()
+        self.clients[writer] = decoder
         attached: int | None = None
         try:
             while True:
-                data = await reader.read(256 * 1024)
+                timeout = PARTIAL_FRAME_TIMEOUT if decoder.buffered else None
+                try:
+                    data = await asyncio.wait_for(reader.read(256 * 1024), timeout)
+                except TimeoutError:
+                    log.warning("dropped a client that left a frame incomplete for %.0fs",
+                                PARTIAL_FRAME_TIMEOUT)  # fmt: skip
+                    break
                 if not data:
                     break
-                for item in decoder.feed(data):
+                items = decoder.feed(data)
+                self._hold_budget()
+                for item in items:
                     if isinstance(item, P.BadFrame):
                         writer.write(P.encode_msg(P.error_reply(0, item.reason, "ProtocolError")))
+                        if item.fatal:
+                            raise ConnectionAbortedError(item.reason)
                     elif item.kind == P.DATA:
                         if attached is not None and P.split_stream(item.stream)[0] == attached:
                             assert self.agent is not None
                             self.agent.send_raw(P.encode(P.DATA, item.stream, item.payload))
                     else:
                         msg = item.message()
-                        if msg.get("op") == "attach":
-                            attached = int(msg["proc"])
-                            self._attach(attached, writer, msg)
+                        try:
+                            P.check_fields(msg)
+                        except P.ProtocolError as exc:
+                            req_id = msg["id"] if isinstance(msg.get("id"), int) else 0
+                            reply = P.error_reply(req_id, str(exc), "ProtocolError")
+                            writer.write(P.encode_msg(reply))
+                            continue
+                        if msg["op"] == "attach":
+                            if self._attach(msg["proc"], writer, msg):
+                                attached = msg["proc"]
                         else:
                             asyncio.ensure_future(self._answer(msg, writer))
                 await writer.drain()
         except (ConnectionError, OSError):
             pass
         finally:
+            self.clients.pop(writer, None)
             if attached is not None:
                 att = self._attachment(attached)
                 if att.writer is writer:
                     att.writer = None
             writer.close()
 
-    def _attach(self, proc: int, writer: asyncio.StreamWriter, msg: dict) -> None:
+    def _hold_budget(self) -> None:
+        """Drop the clients holding the most incomplete-frame bytes while over budget."""
+        total = sum(d.buffered for d in self.clients.values())
+        while total > DECODE_BUDGET:
+            writer, decoder = max(self.clients.items(), key=lambda kv: kv[1].buffered)
+            log.warning("dropped a client holding %d bytes of an incomplete frame",
+                        decoder.buffered)  # fmt: skip
+            total -= decoder.buffered
+            decoder.reset()
+            self.clients.pop(writer, None)
+            writer.transport.abort()
+
+    def _attach(self, proc: int, writer: asyncio.StreamWriter, msg: dict) -> bool:
+        """Make ``writer`` the one proxy of ``proc``; a second proxy is refused, so the exit
+        always reaches the process's own proxy."""
+        if proc not in self.procs:
+            error = f"no process {proc} in this sandbox"
+            writer.write(P.encode_msg(P.error_reply(msg.get("id") or 0, error, "ProtocolError")))
+            return False
         att = self._attachment(proc)
+        if att.writer is not None and att.writer is not writer and not att.writer.is_closing():
+            error = f"process {proc} already has a proxy attached"
+            writer.write(P.encode_msg(P.error_reply(msg.get("id") or 0, error, "ProtocolError")))
+            return False
         att.writer = writer
         writer.write(P.encode_msg(P.reply(msg)))
         for frame in att.pending:
             writer.write(frame)
         att.pending.clear()
+        att.pending_bytes = 0
+        if att.dropped:
+            log.warning("process %d: %d bytes of output exceeded what is kept before its proxy "
+                        "attached and were dropped", proc, att.dropped)  # fmt: skip
         if att.exit is not None:
             writer.close()
+        return True
 
     async def _answer(self, msg: dict, writer: asyncio.StreamWriter) -> None:
         try:
@@ -316,6 +433,8 @@ class Monitor:
         except SpecError as exc:
             out = P.error_reply(msg.get("id", 0), exc.message, "SpecError")
             out["pointer"] = exc.pointer
+        except P.ProtocolError as exc:
+            out = P.error_reply(msg.get("id", 0), str(exc), "ProtocolError")
         except HyperpyError as exc:
             out = P.error_reply(msg.get("id", 0), str(exc), type(exc).__name__)
         except Exception as exc:  # noqa: BLE001 - every failure is answered
@@ -338,9 +457,7 @@ class Monitor:
             self.guest["started_ms"] = reply.get("started_ms", 0.0)
             return reply
         if op == "exec":
-            reply = await agent.request(P.OP_EXEC, cid=msg["cid"], process=msg["process"])
-            self.procs[reply["proc"]] = msg["cid"]
-            return reply
+            return await agent.request(P.OP_EXEC, cid=msg["cid"], process=msg["process"])
         if op in (P.OP_SIGNAL, P.OP_WINSIZE, P.OP_PS, P.OP_UPDATE, P.OP_STATS, P.OP_FREEZE):
             fields = {k: v for k, v in msg.items() if k not in ("id", "op")}
             return await agent.request(op, **fields)
@@ -360,7 +477,14 @@ class Monitor:
         assert self.agent is not None
         cid = msg["cid"]
         plan = share.plan(msg["spec"], msg["bundle"], cid)
-        share.apply(plan, os.path.join(self.dir, "shared"))
+        rootfs = plan.binds[0].source
+        if (model := share.security_model(rootfs)) != self.share_model:
+            raise VMError(
+                f"the rootfs {rootfs} needs the 9p model {model}, but this sandbox's share "
+                f"runs {self.share_model} (chosen by the sandbox's rootfs filesystem): put "
+                "a pod's rootfs on one kind of filesystem"
+            )
+        share.apply(plan, self.dir)
         try:
             reply = await self.agent.request(
                 P.OP_CREATE,
@@ -370,7 +494,7 @@ class Monitor:
                 no_pivot=bool(msg.get("no_pivot")),
             )
         except BaseException:
-            share.release(os.path.join(self.dir, "shared", cid))
+            share.release(self.dir, cid)
             raise
         self.procs[reply["proc"]] = cid
         self.inits[cid] = reply["proc"]
@@ -382,7 +506,7 @@ class Monitor:
         assert self.agent is not None
         cid = msg["cid"]
         await self.agent.request(P.OP_DESTROY, cid=cid)
-        share.release(os.path.join(self.dir, "shared", cid))
+        share.release(self.dir, cid)
         self.inits.pop(cid, None)
         self.state_dirs.pop(cid, None)
         for proc in [p for p, c in self.procs.items() if c == cid]:
@@ -444,10 +568,11 @@ class Monitor:
                 if self.vm is not None:
                     await self.vm.shutdown()
             finally:
-                share.release(os.path.join(self.dir, "shared"))
-                for name in ("monitor.sock", "agent.sock", "qmp.sock"):
-                    with contextlib.suppress(OSError):
-                        os.unlink(os.path.join(self.dir, name))
+                if self.chans is not None:
+                    self.chans.close()
+                share.release(self.dir)
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self.dir, "monitor.sock"))
 
 
 def _report(fd: int, obj: dict) -> None:

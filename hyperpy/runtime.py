@@ -321,6 +321,7 @@ class Runtime:
 
         cfg = load_config().vm
         req = _vm_request(spec, cfg.memory_mb, cfg.overhead_mb)
+        req["rootfs"] = st.rootfs  # the share's security model follows its filesystem
         r, w = os.pipe()
         env = dict(os.environ)
         env["HYPERPY_MONITOR_REQUEST"] = json.dumps(req)
@@ -514,7 +515,7 @@ class Runtime:
             _kill_hard(pid)
         if st.pid and pid_alive(st.pid) and not os.path.exists(os.path.join(d, "exit.json")):
             _wait_gone(st.pid, 5)
-        share.release(os.path.join(d, "shared"))
+        share.release(d)
         self._remove_cgroup(st)
 
     def _remove_cgroup(self, st: State) -> None:

@@ -48,10 +48,17 @@ def bare_boot(tmp: str, icount: bool) -> float:
 
     cfg = dataclasses.replace(load_config().vm, icount=icount)
     accel = qemu.choose_accel(cfg)
-    spec = qemu.build_spec(cfg, tmp, accel, initrd=os.path.join(artifacts_dir(), "initrd-bare.img"))
+    chans = qemu.Channels(tmp)
+    bare = os.path.join(artifacts_dir(), "initrd-bare.img")
+    spec = qemu.build_spec(cfg, accel, chans, initrd=bare)
     start = time.monotonic()
-    res = subprocess.run(spec.argv(), cwd=tmp, capture_output=True, timeout=120)
-    took = time.monotonic() - start
+    try:
+        res = subprocess.run(
+            spec.argv(), cwd=tmp, capture_output=True, timeout=120, pass_fds=spec.pass_fds()
+        )
+        took = time.monotonic() - start
+    finally:
+        chans.close()
     if res.returncode != 0:
         raise SystemExit(f"bare boot failed ({res.returncode}): {res.stderr[-500:]!r}")
     return took

@@ -8,10 +8,13 @@ directory aside under the lock before removing it, so a waiter finds it gone.
 Layout of ``<root>/<id>/``::
 
     state.json     this module's record          monitor.sock  the sandbox monitor
-    exit.json      init's exit status (monitor)  agent.sock    QEMU's end of the agent channel
-    console.log    guest serial console          qmp.sock      QMP
-    qemu.log       QEMU's stderr                 monitor.log   the monitor's log
-    shared/        exported to the guest over 9p (bind mounts of rootfs and volumes)
+    exit.json      init's exit status (monitor)  monitor.log   the monitor's log
+    console.log    guest serial console          qemu.log      QEMU's stderr
+    share-rw/, shared/, share.json   the 9p export and its record (hyperpy/share.py)
+    jail/          QEMU's root, a tmpfs in QEMU's own mount namespace (hyperpy/vm/jail.py)
+
+QEMU gets its QMP and agent channels as socketpair ends and its console as a file
+descriptor: it can write nothing in this directory.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from hyperpy.errors import ContainerExists, ContainerNotFound, UsageError
+from hyperpy.errors import ContainerExists, ContainerNotFound, HyperpyError, UsageError
 from hyperpy.sandbox.model import Status
 
 SCHEMA_VERSION = 1
@@ -125,13 +128,39 @@ class Store:
         write_json_atomic(os.path.join(self.dir(state.id), "state.json"), dataclasses.asdict(state))
 
     def remove(self, cid: str) -> None:
+        """Remove the state dir; refused while anything is mounted below it (a recursive
+        removal would go on into the mounted rootfs or volume and delete the user's files)."""
         path = self.dir(cid)
+        if not os.path.lexists(path):
+            return
+        if left := mounts_below(path):
+            raise HyperpyError(
+                f"cannot remove {path}: still mounted below it: {', '.join(left)}; unmount "
+                "them (umount -l) and run delete again"
+            )
         aside = os.path.join(self.root, f".deleting-{cid}-{os.getpid()}")
         try:
             os.rename(path, aside)
         except FileNotFoundError:
             return
         shutil.rmtree(aside, ignore_errors=True)
+
+
+def mounts_below(path: str) -> list[str]:
+    """Mount points at or below ``path`` (from the kernel's mount table), deepest first."""
+    path = os.path.realpath(path)
+    found = set()
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            for line in f:
+                raw = line.split()[4]
+                point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), raw)
+                text = os.fsdecode(point)
+                if text == path or text.startswith(path + "/"):
+                    found.add(text)
+    except OSError:
+        return []
+    return sorted(found, key=lambda p: (-p.count("/"), p))
 
 
 def write_json_atomic(path: str, obj: object) -> None:

@@ -1,8 +1,10 @@
 """Typed QEMU devices: one frozen dataclass per device, each producing its own arguments.
 
 Owns the mapping from what a sandbox needs (machine, memory, kernel, console, entropy, the
-9p share, the agent channel, QMP) to QEMU command-line arguments, and nothing else: building
-argv is pure so tests compare lists instead of spawning QEMU (after Kata's govmm).
+9p share, the agent channel, QMP, the seccomp sandbox) to QEMU command-line arguments, and
+nothing else: building argv is pure so tests compare lists instead of spawning QEMU (after
+Kata's govmm). QMP, the agent channel and the console are file descriptors QEMU inherits
+(``fd=N``, ``/dev/fdset``): QEMU opens no path the monitor later trusts.
 
 ``bus`` is ``"mmio"`` on the microvm machine (virtio-*-device) and ``"pci"`` on q35
 (virtio-*-pci).
@@ -65,14 +67,17 @@ class Kernel:
 
 @dataclass(frozen=True)
 class Console:
-    """The guest's serial console, written to a log file."""
+    """The guest's serial console: written to ``fd`` (the monitor opened ``log_path``)."""
 
     log_path: str
+    fd: int
 
     def args(self) -> list[str]:
         return [
+            "-add-fd",
+            f"fd={self.fd},set=1,opaque=console",
             "-chardev",
-            f"file,id=console,path={self.log_path}",
+            "file,id=console,path=/dev/fdset/1",
             "-serial",
             "chardev:console",
         ]
@@ -95,17 +100,22 @@ class Rng:
 
 @dataclass(frozen=True)
 class Share9p:
-    """A host directory shared with the guest over virtio-9p."""
+    """A host directory shared with the guest over virtio-9p.
+
+    ``mapped-xattr`` (or ``mapped-file``): the owners, modes and special files the guest makes
+    live in QEMU's metadata, never in the host's: a setuid file or a device node made in a
+    container is a plain file owned by QEMU's uid on the host."""
 
     path: str
     tag: str = "hyperpy"
     id: str = "share0"
     bus: str = "mmio"
+    model: str = "mapped-xattr"
 
     def args(self) -> list[str]:
         return [
             "-fsdev",
-            f"local,id={self.id},path={self.path},security_model=passthrough,multidevs=remap",
+            f"local,id={self.id},path={self.path},security_model={self.model},multidevs=remap",
             "-device",
             f"{_virtio('virtio-9p', self.bus)},fsdev={self.id},mount_tag={self.tag}",
         ]
@@ -113,9 +123,9 @@ class Share9p:
 
 @dataclass(frozen=True)
 class SerialChannel:
-    """The agent channel as a named virtio-serial port on a host unix socket (server)."""
+    """The agent channel as a named virtio-serial port on ``fd``, one end of a socketpair."""
 
-    socket_path: str
+    fd: int
     name: str = "agent"
     bus: str = "mmio"
 
@@ -124,7 +134,7 @@ class SerialChannel:
             "-device",
             f"{_virtio('virtio-serial', self.bus)},id=vser0",
             "-chardev",
-            f"socket,id=agentch,path={self.socket_path},server=on,wait=off",
+            f"socket,id=agentch,fd={self.fd}",
             "-device",
             f"virtserialport,chardev=agentch,name={self.name},bus=vser0.0",
         ]
@@ -150,18 +160,23 @@ class VsockChannel:
 
 @dataclass(frozen=True)
 class Qmp:
-    socket_path: str
+    """QMP on ``fd``, one end of a socketpair (the monitor holds the other)."""
+
+    fd: int
 
     def args(self) -> list[str]:
         return [
             "-chardev",
-            f"socket,id=qmp,path={self.socket_path},server=on,wait=off",
+            f"socket,id=qmp,fd={self.fd}",
             "-mon",
             "chardev=qmp,mode=control",
         ]
 
 
 BASE_ARGS = ["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]
+# QEMU's seccomp filter: no obsolete syscalls, no setuid/setgid, no fork/exec, no
+# scheduler or priority changes (as Kata and libvirt run it).
+SANDBOX = ["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
 
 
 @dataclass(frozen=True)
@@ -176,9 +191,19 @@ class VMSpec:
     qmp: Qmp
     channel: SerialChannel | VsockChannel
     devices: tuple[Rng | Share9p, ...] = field(default_factory=tuple)
+    name: str = ""  # the sandbox's state dir: what ps shows of a QEMU (it holds no paths)
+
+    def pass_fds(self) -> tuple[int, ...]:
+        """The descriptors QEMU inherits: the console, QMP and the agent channel."""
+        fds = [self.console.fd, self.qmp.fd]
+        if isinstance(self.channel, SerialChannel):
+            fds.append(self.channel.fd)
+        return tuple(fds)
 
     def argv(self) -> list[str]:
-        out = [self.binary, *BASE_ARGS]
+        out = [self.binary, *BASE_ARGS, *SANDBOX]
+        if self.name:
+            out += ["-name", "hyperpy:" + self.name.replace(",", ",,")]
         for part in (self.machine, self.resources, self.kernel, self.console, self.qmp):
             out += part.args()
         for dev in self.devices:

@@ -1,8 +1,11 @@
 """One QEMU guest: build its spec, launch it, watch its boot, and stop it in stages.
 
-Owns the QEMU process, its QMP connection (qemu.qmp) and its console log. Used by the
-sandbox monitor inside its asyncio loop. :class:`QemuVM` is an async context manager whose
-cleanup always runs: QMP ``quit``, then SIGTERM, then SIGKILL (after QEMU's QEMUMachine).
+Owns the QEMU process, its QMP connection (qemu.qmp), its console log and the socketpairs
+of QMP and the agent channel (:class:`Channels`: QEMU inherits one end of each, so it never
+makes a socket or file the host later opens by path). Used by the sandbox monitor inside
+its asyncio loop. :class:`QemuVM` is an async context manager whose cleanup always runs:
+QMP ``quit``, then SIGTERM, then SIGKILL (after QEMU's QEMUMachine). With a
+:class:`~hyperpy.vm.jail.Jail`, QEMU starts through the jail wrapper, confined.
 
 Also owns choosing the accelerator: KVM is used only when a probe guest really ran on it
 (a device node is not enough: nested PVM hosts have /dev/kvm that cannot run guests).
@@ -16,12 +19,14 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import time
 from typing import TYPE_CHECKING
 
 from hyperpy.config import VMConfig
 from hyperpy.errors import ArtifactMissing, BootTimeout, KernelPanic, VMError
+from hyperpy.vm import jail as J
 from hyperpy.vm.devices import (
     Console,
     Kernel,
@@ -37,6 +42,8 @@ from hyperpy.vm.devices import (
 
 if TYPE_CHECKING:
     from qemu.qmp import QMPClient
+
+    from hyperpy.vm.jail import Jail
 
 log = logging.getLogger(__name__)
 
@@ -63,41 +70,83 @@ def console_tail(path: str, lines: int = 20) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "(console log is empty)"
 
 
+class Channels:
+    """The monitor's ends of QMP and the agent channel (socketpairs) and the console log;
+    QEMU inherits the other ends, which :meth:`close_vm_ends` closes here once it runs."""
+
+    def __init__(self, workdir: str, serial: bool = True) -> None:
+        self.console_path = os.path.join(workdir, "console.log")
+        self.qmp, self._qmp_vm = socket.socketpair()
+        self.agent: socket.socket | None = None
+        self._agent_vm: socket.socket | None = None
+        if serial:
+            self.agent, self._agent_vm = socket.socketpair()
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+        self.console_fd = os.open(self.console_path, flags, 0o640)
+
+    @property
+    def qmp_fd(self) -> int:
+        return self._qmp_vm.fileno()
+
+    @property
+    def agent_fd(self) -> int:
+        return self._agent_vm.fileno() if self._agent_vm is not None else -1
+
+    def close_vm_ends(self) -> None:
+        for sock in (self._qmp_vm, self._agent_vm):
+            if sock is not None:
+                sock.close()
+        if self.console_fd >= 0:
+            os.close(self.console_fd)
+            self.console_fd = -1
+
+    def close(self) -> None:
+        self.close_vm_ends()
+        for sock in (self.qmp, self.agent):
+            if sock is not None:
+                sock.close()
+
+
 def build_spec(
     cfg: VMConfig,
-    workdir: str,
     accel: str,
+    chans: Channels,
     *,
     share: str | None = None,
+    share_model: str = "mapped-xattr",
     vsock_cid: int | None = None,
     memory_mb: int | None = None,
     vcpus: int | None = None,
     initrd: str | None = None,
+    jailed: bool = False,
+    name: str = "",
 ) -> VMSpec:
-    """The VMSpec for a sandbox whose sockets and logs live in ``workdir`` (QEMU's cwd)."""
+    """The VMSpec of a sandbox; with ``jailed``, paths are those inside QEMU's jail."""
     machine = Machine(cfg.machine, accel, cfg.icount)
     bus = machine.bus
     channel: SerialChannel | VsockChannel
     if vsock_cid is not None:
         channel = VsockChannel(vsock_cid, bus=bus)
     else:
-        channel = SerialChannel("agent.sock", bus=bus)
+        channel = SerialChannel(chans.agent_fd, bus=bus)
     params = [BASE_CMDLINE, channel.kernel_param()]
     params.append("hyperpy.debug=1" if cfg.verbose_console else "quiet")
     if cfg.kernel_params:
         params.append(cfg.kernel_params)
     devices: list[Rng | Share9p] = [Rng(bus)]
     if share:
-        devices.append(Share9p(share, bus=bus))
+        devices.append(Share9p(J.SHARE if jailed else share, bus=bus, model=share_model))
+    kernel = (J.KERNEL, J.INITRD) if jailed else (cfg.kernel, initrd or cfg.initrd)
     return VMSpec(
         binary=cfg.qemu,
         machine=machine,
         resources=Resources(vcpus or cfg.vcpus, memory_mb or cfg.memory_mb),
-        kernel=Kernel(cfg.kernel, initrd or cfg.initrd, " ".join(params)),
-        console=Console(os.path.join(workdir, "console.log")),
-        qmp=Qmp("qmp.sock"),
+        kernel=Kernel(*kernel, " ".join(params)),
+        console=Console(chans.console_path, chans.console_fd),
+        qmp=Qmp(chans.qmp_fd),
         channel=channel,
         devices=tuple(devices),
+        name=name,
     )
 
 
@@ -179,11 +228,15 @@ def vsock_usable() -> bool:
 
 
 class QemuVM:
-    """A running guest. ``async with QemuVM(spec, workdir) as vm:`` launches QEMU."""
+    """A running guest. ``async with QemuVM(spec, workdir, chans) as vm:`` launches QEMU."""
 
-    def __init__(self, spec: VMSpec, workdir: str) -> None:
+    def __init__(
+        self, spec: VMSpec, workdir: str, chans: Channels, jail: Jail | None = None
+    ) -> None:
         self.spec = spec
         self.workdir = workdir
+        self.chans = chans
+        self.jail = jail
         self.proc: asyncio.subprocess.Process | None = None
         self.qmp: QMPClient | None = None
         self.stderr_path = os.path.join(workdir, "qemu.log")
@@ -197,20 +250,25 @@ class QemuVM:
 
     async def launch(self) -> None:
         argv = self.spec.argv()
+        if self.jail is not None:
+            argv = self.jail.wrap(argv)
         log.info("launching QEMU: %s", " ".join(argv))
         with open(self.stderr_path, "wb") as err:
             try:
                 self.proc = await asyncio.create_subprocess_exec(
                     *argv,
-                    cwd=self.workdir,
+                    cwd="/",
                     stdin=subprocess.DEVNULL,
                     stdout=err,
                     stderr=err,
                     close_fds=True,
+                    pass_fds=self.spec.pass_fds(),
                     preexec_fn=_die_with_parent,
                 )
             except OSError as exc:
                 raise VMError(f"cannot run {argv[0]}: {exc}; install qemu-system-x86") from exc
+            finally:
+                self.chans.close_vm_ends()
         try:
             await self._connect_qmp()
         except VMError:
@@ -220,26 +278,21 @@ class QemuVM:
     async def _connect_qmp(self, timeout: float = 10.0) -> None:
         from qemu.qmp import QMPClient
 
-        deadline = time.monotonic() + timeout
-        path = os.path.join(self.workdir, "qmp.sock")
-        while True:
+        client = QMPClient("hyperpy")
+        try:
+            await asyncio.wait_for(client.connect(self.chans.qmp), timeout)
+        except Exception as exc:  # noqa: BLE001 - QEMU's stderr says why
+            with contextlib.suppress(Exception):
+                await client.disconnect()
+            if self.proc is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.proc.wait(), 1.0)
             if self.proc is not None and self.proc.returncode is not None:
-                raise self.failure("QEMU exited during start-up")
-            if os.path.exists(path):
-                client = QMPClient("hyperpy")
-                try:
-                    await client.connect(_short_path(path))
-                    self.qmp = client
-                    return
-                except Exception as exc:  # noqa: BLE001 - retried until the deadline
-                    last = exc
-                    with contextlib.suppress(Exception):
-                        await client.disconnect()
-            else:
-                last = FileNotFoundError(path)
-            if time.monotonic() > deadline:
-                raise self.failure(f"QMP socket not ready within {timeout}s ({last})")
-            await asyncio.sleep(0.02)
+                raise self.failure(
+                    f"QEMU exited during start-up (status {self.proc.returncode})"
+                ) from None
+            raise self.failure(f"QMP did not answer within {timeout}s ({exc!r})") from None
+        self.qmp = client
 
     def failure(self, what: str, cls: type[VMError] = VMError) -> VMError:
         stderr = ""
@@ -323,12 +376,3 @@ def _scan_for_panic(path: str, pos: int) -> tuple[int, bool]:
     except OSError:
         return pos, False
     return start + len(data), any(m in data for m in PANIC_MARKERS)
-
-
-def _short_path(path: str) -> str:
-    """A unix socket path short enough for sun_path (108 bytes), via /proc/self/fd."""
-    if len(path.encode()) < 100:
-        return path
-    fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
-    # The fd stays open for the process's life; monitors have a handful of these.
-    return f"/proc/self/fd/{fd}/{os.path.basename(path)}"

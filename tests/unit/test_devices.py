@@ -1,13 +1,23 @@
 """QEMU command lines built from typed devices, compared as argv lists."""
 
+import pytest
+
 from hyperpy.config import VMConfig
 from hyperpy.vm import devices as D
-from hyperpy.vm.qemu import build_spec
+from hyperpy.vm import jail as J
+from hyperpy.vm.qemu import Channels, build_spec
 
 
-def test_microvm_uses_mmio_devices_and_no_acpi():
+@pytest.fixture
+def chans(tmp_path):
+    c = Channels(str(tmp_path))
+    yield c
+    c.close()
+
+
+def test_microvm_uses_mmio_devices_and_no_acpi(chans):
     cfg = VMConfig(kernel="/k", initrd="/i")
-    spec = build_spec(cfg, "/state", "tcg", share="/state/shared")
+    spec = build_spec(cfg, "tcg", chans, share="/state/shared")
     argv = spec.argv()
     assert argv[0] == "qemu-system-x86_64"
     assert argv[argv.index("-M") + 1].startswith("microvm,acpi=off")
@@ -28,16 +38,16 @@ def test_microvm_uses_mmio_devices_and_no_acpi():
         assert word in cmdline.split()
 
 
-def test_q35_uses_pci_devices():
-    spec = build_spec(VMConfig(machine="q35", kernel="/k", initrd="/i"), "/s", "kvm")
+def test_q35_uses_pci_devices(chans):
+    spec = build_spec(VMConfig(machine="q35", kernel="/k", initrd="/i"), "kvm", chans)
     argv = spec.argv()
     assert argv[argv.index("-M") + 1] == "q35"
     assert "virtio-serial-pci,id=vser0" in argv
     assert argv[argv.index("-cpu") + 1] == "host"
 
 
-def test_vsock_channel():
-    spec = build_spec(VMConfig(kernel="/k", initrd="/i"), "/s", "tcg", vsock_cid=42)
+def test_vsock_channel(chans):
+    spec = build_spec(VMConfig(kernel="/k", initrd="/i"), "tcg", chans, vsock_cid=42)
     argv = spec.argv()
     assert "vhost-vsock-device,guest-cid=42" in argv
     assert "hyperpy.channel=vsock:1024" in argv[argv.index("-append") + 1]
@@ -50,11 +60,59 @@ def test_resources_and_icount():
     assert m.args()[-2:] == ["-icount", "shift=0,sleep=off"]
 
 
-def test_share_is_passthrough_and_remaps_inodes():
+def test_share_keeps_guest_metadata_out_of_the_host_and_remaps_inodes():
     args = D.Share9p("/x", bus="pci").args()
     assert args == [
         "-fsdev",
-        "local,id=share0,path=/x,security_model=passthrough,multidevs=remap",
+        "local,id=share0,path=/x,security_model=mapped-xattr,multidevs=remap",
         "-device",
         "virtio-9p-pci,fsdev=share0,mount_tag=hyperpy",
     ]
+    assert "security_model=mapped-file" in D.Share9p("/x", model="mapped-file").args()[1]
+
+
+def test_qemu_gets_descriptors_not_paths_and_runs_its_seccomp_sandbox(chans):
+    spec = build_spec(VMConfig(kernel="/k", initrd="/i"), "tcg", chans, share="/s/shared")
+    argv = spec.argv()
+    assert argv[argv.index("-sandbox") + 1] == (
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+    )
+    assert f"socket,id=qmp,fd={chans.qmp_fd}" in argv
+    assert f"socket,id=agentch,fd={chans.agent_fd}" in argv
+    assert f"fd={chans.console_fd},set=1,opaque=console" in argv
+    assert "file,id=console,path=/dev/fdset/1" in argv
+    assert set(spec.pass_fds()) == {chans.qmp_fd, chans.agent_fd, chans.console_fd}
+    assert not any(".sock" in a for a in argv)
+
+
+def test_jailed_spec_uses_the_jail_paths(chans):
+    spec = build_spec(VMConfig(kernel="/k", initrd="/i"), "tcg", chans, share="/s/shared",
+                      jailed=True)  # fmt: skip
+    argv = spec.argv()
+    assert argv[argv.index("-kernel") + 1] == J.KERNEL
+    assert argv[argv.index("-initrd") + 1] == J.INITRD
+    assert any(f"path={J.SHARE}," in a for a in argv)
+
+
+def test_jail_plan_holds_only_what_qemu_needs(tmp_path):
+    jail = J.plan(root=str(tmp_path / "jail"), uid=2_000_000_123, parent=1,
+                  qemu="qemu-system-x86_64", kernel="/k", initrd="/i", share="/s/shared",
+                  devices=("/dev/kvm",))  # fmt: skip
+    targets = {b.target: b for b in jail.binds}
+    assert set(targets) == {"/usr", J.KERNEL, J.INITRD, J.SHARE, "/dev/null", "/dev/zero",
+                            "/dev/urandom", "/dev/kvm"}  # fmt: skip
+    assert targets["/usr"].kind == "ro" and targets[J.KERNEL].kind == "ro"
+    assert targets[J.SHARE].kind == "share" and targets["/dev/kvm"].kind == "dev"
+    assert jail.uid == jail.gid == 2_000_000_123 and jail.caps == ("CAP_DAC_OVERRIDE",)
+    wrapped = jail.wrap(["qemu-system-x86_64", "-M", "microvm"])
+    assert wrapped[1:3] == ["-m", "hyperpy.vm.jail"] and wrapped[4] == "--"
+    assert wrapped[5] == jail.binary and wrapped[6:] == ["-M", "microvm"]
+    assert J.Jail.from_json(wrapped[3]) == jail
+
+
+def test_jail_refuses_a_qemu_outside_usr(tmp_path):
+    fake = tmp_path / "qemu"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    with pytest.raises(J.JailError, match="outside /usr"):
+        J.plan(root="/r", uid=1, parent=1, qemu=str(fake), kernel="/k", initrd="/i", share=None)

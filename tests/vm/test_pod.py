@@ -43,7 +43,8 @@ def test_containers_of_a_pod_share_one_vm_and_only_the_namespaces_they_join(root
     )
     hyperpy(root, "start", "app1", check=True)
     hyperpy(root, "start", "app2", check=True)
-    assert len(processes_mentioning(f"{root}/pod1/console.log")) == 1  # one QEMU for all
+    assert len(processes_mentioning(f"hyperpy:{root}/pod1")) == 1  # one QEMU for all
+    assert not processes_mentioning(f"hyperpy:{root}/app1")
     assert not os.path.exists(f"{root}/app1/console.log")
 
     def run(cid, *cmd):
