@@ -49,7 +49,12 @@ def spec_for(vol, src):
         "root": {"path": "rootfs"},
         "mounts": [
             {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/data", "type": "bind", "source": str(vol), "options": ["rbind", "ro"]},
+            {
+                "destination": "/data",
+                "type": "bind",
+                "source": str(vol),
+                "options": ["rbind", "ro"],
+            },  # fmt: skip
             {"destination": "/etc/hosts", "type": "bind", "source": str(src), "options": ["bind"]},
         ],
     }
