@@ -25,7 +25,7 @@ import signal
 import socket
 import time
 
-from agent import cgroups, linux
+from agent import cgroups, layers, linux
 from agent import protocol as P
 from agent.container import Launch, SetupError, Stdio, read_sync, spawn
 
@@ -184,9 +184,6 @@ class Agent:
         if cid in self.containers:
             raise ValueError(f"container {cid!r} exists in this guest")
         spec = msg["spec"]
-        rootfs = os.path.join(SHARE_DIR, msg["rootfs"])
-        if not os.path.isdir(rootfs):
-            raise SetupError(f"rootfs {msg['rootfs']!r} is not in the guest share", "/root/path")
         linux_cfg = spec.get("linux") or {}
         for i, ns in enumerate(linux_cfg.get("namespaces") or []):
             path = ns.get("path") or ""
@@ -200,12 +197,14 @@ class Agent:
         cgroup = cgroups.create(
             cid, linux_cfg.get("cgroupsPath", ""), linux_cfg.get("resources") or {}
         )
-        launch = Launch({}, spec, rootfs)
-        launch.cgroup_procs = os.path.join(cgroup, "cgroup.procs")
-        launch.no_pivot = bool(msg.get("no_pivot"))
         try:
+            rootfs = layers.mount(cid, msg.get("rootfs", ""))
+            launch = Launch({}, spec, rootfs)
+            launch.cgroup_procs = os.path.join(cgroup, "cgroup.procs")
+            launch.no_pivot = bool(msg.get("no_pivot"))
             proc = self._spawn(cid, spec.get("process") or {}, launch, gate=True)
         except BaseException:
+            layers.remove(cid)
             cgroups.remove(cgroup)
             raise
         self.containers[cid] = Container(cid, proc, cgroup, spec)
@@ -300,6 +299,7 @@ class Agent:
                     pass
             self._close_proc(proc)
         cgroups.remove(ctr.cgroup)
+        layers.remove(ctr.cid)
         return {}
 
     def op_shutdown(self, msg: dict) -> dict:
@@ -638,14 +638,16 @@ def early_mounts(share_tag: str) -> None:
         except OSError as exc:
             if exc.errno != errno.EBUSY:
                 raise
-    os.makedirs(SHARE_DIR, exist_ok=True)
-    try:
-        linux.mount(
-            share_tag, SHARE_DIR, "9p", 0, "trans=virtio,version=9p2000.L,msize=262144,cache=none"
-        )
-    except OSError as exc:
-        if exc.errno != errno.ENOENT:  # no share device: a bare boot
-            raise
+    for tag, target, flags in ((share_tag, SHARE_DIR, 0), (P.IMAGE_TAG, P.GUEST_IMAGE_DIR,
+                                linux.MS_RDONLY | linux.MS_NODEV)):  # fmt: skip
+        os.makedirs(target, exist_ok=True)
+        try:
+            linux.mount(
+                tag, target, "9p", flags, "trans=virtio,version=9p2000.L,msize=262144,cache=none"
+            )
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:  # no share device: a bare boot
+                raise
 
 
 def kernel_params() -> dict[str, str]:

@@ -45,13 +45,16 @@ DATA = 2
 
 STDIN, STDOUT, STDERR = 0, 1, 2
 
-# Where the guest mounts the 9p share; host paths under the sandbox's shared/ dir appear here.
+# Where the guest mounts the 9p shares: the writable one (the sandbox's shared/ dir:
+# read-write volumes) and the read-only image one (image/: rootfs and read-only volumes).
 GUEST_SHARE_DIR = "/run/hyperpy/shared"
 SHARE_TAG = "hyperpy"
+GUEST_IMAGE_DIR = "/run/hyperpy/image"
+IMAGE_TAG = "hyperpy-image"
 
 # Requests (host -> agent unless noted) and events (agent -> host).
 OP_HELLO = "hello"  # version handshake: {"version"} -> {"version", "boot_ms"}
-OP_CREATE = "create"  # {"cid", "spec", "rootfs", "terminal"} -> {"proc", "pid"}
+OP_CREATE = "create"  # {"cid", "spec", "rootfs", "no_pivot"} -> {"proc", "pid"}
 OP_START = "start"  # {"cid"} -> {}
 OP_EXEC = "exec"  # {"cid", "process"} -> {"proc", "pid"}
 OP_SIGNAL = "signal"  # {"cid", "proc" | "all": true, "signal"} -> {}

@@ -109,6 +109,38 @@ def host_tools(cfg: VMConfig) -> Result:
     return Result(OK, "host tools", "mount, umount; running as root")
 
 
+def confinement(cfg: VMConfig) -> Result:
+    """QEMU's jail as configured, tried where cheap: the fd mount API, QEMU's seccomp."""
+    from agent import linux
+    from hyperpy.config import load
+    from hyperpy.vm import devices, jail
+
+    jcfg = load().jail
+    if not jcfg.enabled:
+        return Result(WARN, "confinement", "QEMU runs as root, unconfined ([jail] enabled = "
+                      "false)", "set [jail] enabled = true")  # fmt: skip
+    try:
+        jail.plan(root="/", uid=jcfg.uid_base, parent=0, qemu=cfg.qemu, kernel=cfg.kernel,
+                  initrd=cfg.initrd, share=None)  # fmt: skip
+        os.close(linux.openat2(-100, ".", os.O_PATH, linux.RESOLVE_BENEATH))
+    except OSError as exc:
+        return Result(FAIL, "confinement", f"the kernel lacks openat2/open_tree ({exc})",
+                      "Linux 5.12 or newer is needed")  # fmt: skip
+    except jail.JailError as exc:
+        return Result(FAIL, "confinement", str(exc))
+    probe = [cfg.qemu, *devices.SANDBOX, "-M", "none", "-display", "none", "-nodefaults",
+             "-S", "-qmp", "stdio"]  # fmt: skip
+    res = subprocess.run(probe, input=b'{"execute":"qmp_capabilities"}\n{"execute":"quit"}\n',
+                         capture_output=True, timeout=20, check=False)  # fmt: skip
+    if res.returncode != 0:
+        return Result(FAIL, "confinement", "QEMU's seccomp sandbox does not start: "
+                      + res.stderr.decode(errors="replace").strip()[-200:],
+                      "install a QEMU built with seccomp (Debian's is)")  # fmt: skip
+    return Result(OK, "confinement", f"QEMU jailed: uid/gid {jcfg.uid_base}+monitor pid, own "
+                  "mount namespace and root, CAP_DAC_OVERRIDE only, no_new_privs, seccomp "
+                  "sandbox; image shared read-only, volumes 9p mapped-xattr")  # fmt: skip
+
+
 def python_deps(cfg: VMConfig) -> Result:
     missing = []
     for mod in ("click", "jsonschema", "qemu.qmp"):
@@ -122,7 +154,7 @@ def python_deps(cfg: VMConfig) -> Result:
 
 
 CHECKS: list[Callable[[VMConfig], Result]] = [
-    qemu, artifacts, accelerator, channel, cgroups, host_tools, python_deps,
+    qemu, artifacts, accelerator, channel, cgroups, host_tools, confinement, python_deps,
 ]  # fmt: skip
 
 

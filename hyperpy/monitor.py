@@ -159,7 +159,6 @@ class Monitor:
         config = load_config()
         self.cfg = config.vm
         self.jail_cfg = config.jail
-        self.share_model = "mapped-xattr"
         self.chans: qemu.Channels | None = None
         self.vm: qemu.QemuVM | None = None
         self.agent: AgentLink | None = None
@@ -177,9 +176,7 @@ class Monitor:
     async def boot(self, request: dict) -> dict:
         cfg = self.cfg
         qemu.check_artifacts(cfg)
-        share_path = share.prepare(self.dir)
-        if request.get("rootfs"):
-            self.share_model = share.security_model(request["rootfs"])
+        exports = share.prepare(self.dir)
         accel = qemu.choose_accel(cfg)
         vsock_cid = None
         if cfg.channel == "vsock" or (cfg.channel == "auto" and qemu.vsock_usable()):
@@ -196,7 +193,8 @@ class Monitor:
                 qemu=cfg.qemu,
                 kernel=cfg.kernel,
                 initrd=cfg.initrd,
-                share=share_path,
+                share=exports[share.SHARED],
+                image=exports[share.IMAGE],
                 devices=devices,
             )
         self.chans = qemu.Channels(self.dir, serial=vsock_cid is None)
@@ -204,8 +202,8 @@ class Monitor:
             cfg,
             accel,
             self.chans,
-            share=share_path,
-            share_model=self.share_model,
+            share=exports[share.SHARED],
+            image=exports[share.IMAGE],
             vsock_cid=vsock_cid,
             memory_mb=request.get("memory_mb") or None,
             vcpus=request.get("vcpus") or None,
@@ -229,7 +227,6 @@ class Monitor:
             "hello": hello,
             "qemu_pid": self.vm.proc.pid if self.vm.proc else 0,
             "jail": {"uid": jail.uid, "root": jail.root} if jail else None,
-            "share_model": self.share_model,
         }
 
     async def _connect_agent(self, spec: VMSpec, ready: asyncio.Future) -> None:
@@ -477,13 +474,7 @@ class Monitor:
         assert self.agent is not None
         cid = msg["cid"]
         plan = share.plan(msg["spec"], msg["bundle"], cid)
-        rootfs = plan.binds[0].source
-        if (model := share.security_model(rootfs)) != self.share_model:
-            raise VMError(
-                f"the rootfs {rootfs} needs the 9p model {model}, but this sandbox's share "
-                f"runs {self.share_model} (chosen by the sandbox's rootfs filesystem): put "
-                "a pod's rootfs on one kind of filesystem"
-            )
+        share.check_volumes(plan)
         share.apply(plan, self.dir)
         try:
             reply = await self.agent.request(

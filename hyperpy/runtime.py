@@ -321,7 +321,6 @@ class Runtime:
 
         cfg = load_config().vm
         req = _vm_request(spec, cfg.memory_mb, cfg.overhead_mb)
-        req["rootfs"] = st.rootfs  # the share's security model follows its filesystem
         r, w = os.pipe()
         env = dict(os.environ)
         env["HYPERPY_MONITOR_REQUEST"] = json.dumps(req)

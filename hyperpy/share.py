@@ -1,23 +1,28 @@
-"""What a container's files look like to the guest: the sandbox's 9p-shared directory.
+"""What a container's files look like to the guest: the sandbox's two 9p exports.
 
-Owns turning a spec's host paths into guest paths (pure: :func:`plan`), the export's layout
-on the host, and the bind mounts that make it real (:func:`prepare`, :func:`apply`, undone by
-:func:`release`). After Kata 1.x's shared directory, hardened against the guest (Kata
-CVE-2020-2026: a guest-planted symlink steered where the host mounted):
+Owns turning a spec's host paths into guest paths (pure: :func:`plan`), the exports' layout
+on the host, and the bind mounts that make them real (:func:`prepare`, :func:`apply`, undone
+by :func:`release`). After Kata 1.x's shared directory, hardened against the guest (Kata
+CVE-2020-2026: a guest-planted symlink steered where the host mounted)::
 
-    R/ID/share-rw/               the real directory; only the host writes here
-    R/ID/shared/                 the 9p export: a read-only bind of share-rw (shared
-                                 propagation, so QEMU's jail sees later mounts)
-        <cid>/rootfs             mount point: the bundle's rootfs
-        <cid>/mounts/<n>/<base>  mount point: bind source n, under its own base name
-    R/ID/share.json              what was made and mounted, written before each step
+    R/ID/image/   9p tag hyperpy-image, read-only, real owners, modes and symlinks
+        <cid>/rootfs              the bundle's rootfs (bound read-only)
+        <cid>/mounts/<n>/<base>   read-only bind sources, under their own base name
+    R/ID/shared/  9p tag hyperpy, read-write, mapped-xattr: what the guest makes keeps its
+                  owner, mode and type in QEMU's xattrs, never in the host's metadata
+        <cid>/mounts/<n>/<base>   read-write bind sources
+    R/ID/image-rw/, R/ID/share-rw/   the real directories behind the two exports
+    R/ID/share.json               what was made and mounted, written before each step
 
-The guest can write only inside the mounted rootfs and volumes, never in the structure
-around them: it cannot plant an entry where the host will build. The host still resolves
-every path in the share with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS), makes each
-entry fresh (an existing one is refused), mounts with open_tree/move_mount on file
-descriptors after checking what the source is, and releases only what share.json records,
-deepest first, removing entries one by one (never recursively).
+The guest writes a container's root in memory (``agent/layers.py``: the image is never
+written). Each export is a read-only bind of its real directory (shared propagation, so
+QEMU's jail sees later mounts): the guest can write only inside read-write volumes, never
+in the structure around them, so it cannot plant an entry where the host will build. The
+host still resolves every path below an export with openat2(RESOLVE_BENEATH |
+RESOLVE_NO_SYMLINKS), makes each entry fresh (an existing one is refused), mounts with
+open_tree/move_mount on file descriptors after checking what the source is, and releases
+only what share.json records, deepest first, removing entries one by one, never
+recursively.
 """
 
 from __future__ import annotations
@@ -32,14 +37,15 @@ import stat
 from dataclasses import dataclass, field
 
 from agent import linux
-from agent.protocol import GUEST_SHARE_DIR
+from agent.protocol import GUEST_IMAGE_DIR, GUEST_SHARE_DIR
 from hyperpy.errors import SpecError, VMError
 from hyperpy.sandbox.store import mounts_below, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-RW_DIR = "share-rw"
-EXPORT_DIR = "shared"
+IMAGE, SHARED = "image", "shared"  # the exports
+REAL = {IMAGE: "image-rw", SHARED: "share-rw"}
+GUEST = {IMAGE: GUEST_IMAGE_DIR, SHARED: GUEST_SHARE_DIR}
 RECORD = "share.json"
 AT_FDCWD = -100
 _STRICT = linux.RESOLVE_BENEATH | linux.RESOLVE_NO_SYMLINKS | linux.RESOLVE_NO_MAGICLINKS
@@ -48,15 +54,17 @@ _STRICT = linux.RESOLVE_BENEATH | linux.RESOLVE_NO_SYMLINKS | linux.RESOLVE_NO_M
 @dataclass(frozen=True)
 class Bind:
     source: str  # host path
-    target: str  # relative to the shared directory
+    target: str  # relative to its export
     is_dir: bool
     readonly: bool = False
+    export: str = SHARED
 
 
 @dataclass
 class Plan:
+    cid: str
     guest_spec: dict
-    guest_rootfs: str
+    guest_rootfs: str  # below the image share
     binds: list[Bind] = field(default_factory=list)
 
 
@@ -75,7 +83,7 @@ def plan(spec: dict, bundle: str, cid: str) -> Plan:
     guest = copy.deepcopy(spec)
     root = spec.get("root", {}).get("path", "rootfs")
     host_root = root if os.path.isabs(root) else os.path.join(bundle, root)
-    binds = [Bind(host_root, f"{cid}/rootfs", True)]
+    binds = [Bind(host_root, f"{cid}/rootfs", True, True, IMAGE)]
     for i, m in enumerate(guest.get("mounts", [])):
         if not is_bind(m):
             continue
@@ -91,33 +99,42 @@ def plan(spec: dict, bundle: str, cid: str) -> Plan:
         # the source (its root field ends in the source's name, as with runc).
         rel = f"{cid}/mounts/{i}/{_base_name(host_src)}"
         readonly = "ro" in (m.get("options") or [])
-        binds.append(Bind(host_src, rel, os.path.isdir(host_src), readonly))
-        m["source"] = f"{GUEST_SHARE_DIR}/{rel}"
-    return Plan(guest, f"{cid}/rootfs", binds)
+        export = IMAGE if readonly else SHARED
+        binds.append(Bind(host_src, rel, os.path.isdir(host_src), readonly, export))
+        m["source"] = f"{GUEST[export]}/{rel}"
+    return Plan(cid, guest, f"{cid}/rootfs", binds)
 
 
-def security_model(rootfs: str) -> str:
-    """9p's model for a share holding ``rootfs``: ``mapped-xattr`` keeps the guest's owners
-    and modes in user.virtfs.* xattrs (never in the host's real metadata); a filesystem
-    without user xattrs (tmpfs before Linux 6.6) gets ``mapped-file`` (.virtfs_metadata)."""
+def xattrs_supported(path: str) -> bool:
     try:
-        os.getxattr(rootfs, "user.hyperpy.probe")
+        os.getxattr(path, "user.hyperpy.probe")
     except OSError as exc:
-        if exc.errno in (errno.EOPNOTSUPP, errno.ENOTSUP):
-            return "mapped-file"
-    return "mapped-xattr"
+        return exc.errno not in (errno.EOPNOTSUPP, errno.ENOTSUP)
+    return True
+
+
+def check_volumes(p: Plan) -> None:
+    """Refuse a read-write volume whose filesystem cannot keep the guest's metadata (9p's
+    mapped-xattr model stores it in user xattrs: tmpfs has them only since Linux 6.6)."""
+    for b in p.binds:
+        if b.export == SHARED and not xattrs_supported(b.source):
+            raise SpecError(
+                f"read-write bind source {b.source} is on a filesystem without user xattrs, "
+                "where the guest's file owners are kept: mount it read-only, or use a volume "
+                "on ext4, xfs or btrfs",
+                pointer=f"/mounts/{b.target.split('/')[2]}/source",
+            )
 
 
 # --- the record -------------------------------------------------------------------------
 def _load(state_dir: str) -> dict:
     try:
         with open(os.path.join(state_dir, RECORD)) as f:
-            rec = json.load(f)
+            return json.load(f)
     except FileNotFoundError:
-        return {"export": False, "containers": {}}
+        return {"exports": [], "containers": {}}
     except ValueError as exc:
         raise VMError(f"{os.path.join(state_dir, RECORD)} is garbled: {exc}") from exc
-    return rec
 
 
 def _save(state_dir: str, rec: dict) -> None:
@@ -125,18 +142,22 @@ def _save(state_dir: str, rec: dict) -> None:
 
 
 # --- host side --------------------------------------------------------------------------
-def prepare(state_dir: str) -> str:
-    """Make the export (before QEMU starts); returns its path."""
-    rw, export = os.path.join(state_dir, RW_DIR), os.path.join(state_dir, EXPORT_DIR)
-    _save(state_dir, {"export": True, "containers": {}})
-    os.mkdir(rw, 0o755)
-    os.mkdir(export, 0o755)
-    # Paths made just now in the root-only state dir, before any guest exists.
-    linux.mount(rw, export, None, linux.MS_BIND)
-    ro = linux.MS_RDONLY | linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC
-    linux.mount(None, export, None, linux.MS_REMOUNT | linux.MS_BIND | ro)
-    linux.mount(None, export, None, linux.MS_SHARED)
-    return export
+def prepare(state_dir: str) -> dict[str, str]:
+    """Make both exports (before QEMU starts); returns export name -> host path."""
+    rec = {"exports": [IMAGE, SHARED], "containers": {}}
+    _save(state_dir, rec)
+    out = {}
+    for export in (IMAGE, SHARED):
+        real, path = os.path.join(state_dir, REAL[export]), os.path.join(state_dir, export)
+        os.mkdir(real, 0o755)
+        os.mkdir(path, 0o755)
+        # Paths made just now in the root-only state dir, before any guest exists.
+        linux.mount(real, path, None, linux.MS_BIND)
+        ro = linux.MS_RDONLY | linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC
+        linux.mount(None, path, None, linux.MS_REMOUNT | linux.MS_BIND | ro)
+        linux.mount(None, path, None, linux.MS_SHARED)
+        out[export] = path
+    return out
 
 
 def _open_dir(root_fd: int, rel: str) -> int:
@@ -148,10 +169,10 @@ def _open_dir(root_fd: int, rel: str) -> int:
     )
 
 
-def _make(rw_fd: int, rel: str, is_dir: bool) -> None:
+def _make(real_fd: int, rel: str, is_dir: bool) -> None:
     """Create ``rel`` fresh (its parent must exist); an existing entry is an error."""
     parent, name = os.path.split(rel)
-    pfd = _open_dir(rw_fd, parent)
+    pfd = _open_dir(real_fd, parent)
     try:
         if is_dir:
             os.mkdir(name, 0o755, dir_fd=pfd)
@@ -193,52 +214,70 @@ def _bind(export_fd: int, b: Bind) -> None:
         os.close(tree)
 
 
+class _Fds:
+    """O_PATH fds of each export and of its real directory, closed on exit."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.export: dict[str, int] = {}
+        self.real: dict[str, int] = {}
+        flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW
+        try:
+            for e in (IMAGE, SHARED):
+                self.export[e] = os.open(os.path.join(state_dir, e), flags)
+                self.real[e] = os.open(os.path.join(state_dir, REAL[e]), flags)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for fd in (*self.export.values(), *self.real.values()):
+            os.close(fd)
+        self.export.clear()
+        self.real.clear()
+
+
 def apply(p: Plan, state_dir: str) -> None:
-    """Make one container's entries and binds; on any failure undo what was made."""
-    cid = p.guest_rootfs.split("/", 1)[0]
+    """Make one container's entries and binds; on failure undo them."""
+    cid = p.cid
     rec = _load(state_dir)
-    if not rec.get("export"):
-        raise VMError(f"the sandbox's share in {state_dir} was not prepared")
+    if not rec.get("exports"):
+        raise VMError(f"the sandbox's shares in {state_dir} were not prepared")
     if cid in rec["containers"]:
         raise VMError(f"container {cid!r} already has files in this sandbox's share")
-    entry: dict[str, list[str]] = {"made": [], "mounts": []}
+    entry: dict = {"made": [], "mounts": []}
     rec["containers"][cid] = entry
-    rw_fd = os.open(os.path.join(state_dir, RW_DIR), os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
-    export_fd = os.open(
-        os.path.join(state_dir, EXPORT_DIR), os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW
-    )
     try:
-        wanted: list[tuple[str, bool]] = []
+        fds = _Fds(state_dir)
+    except OSError as exc:
+        raise VMError(f"the sandbox's shares in {state_dir} are gone: {exc}") from exc
+    try:
         for b in p.binds:
             parts = b.target.split("/")
-            for i in range(1, len(parts)):
-                wanted.append(("/".join(parts[:i]), True))
-            wanted.append((b.target, b.is_dir))
-        for rel, is_dir in wanted:
-            if rel in entry["made"]:
-                continue
-            entry["made"].append(rel)
-            _save(state_dir, rec)
-            try:
-                _make(rw_fd, rel, is_dir)
-            except FileExistsError:
-                entry["made"].remove(rel)
+            wanted = [("/".join(parts[:i]), True) for i in range(1, len(parts))]
+            for rel, is_dir in (*wanted, (b.target, b.is_dir)):
+                if [b.export, rel] in entry["made"]:
+                    continue
+                entry["made"].append([b.export, rel])
                 _save(state_dir, rec)
-                raise VMError(
-                    f"{os.path.join(state_dir, RW_DIR, rel)} exists already: the share entry "
-                    f"of container {cid!r} must be new (delete the old container first)"
-                ) from None
+                try:
+                    _make(fds.real[b.export], rel, is_dir)
+                except FileExistsError:
+                    entry["made"].remove([b.export, rel])
+                    _save(state_dir, rec)
+                    raise VMError(
+                        f"{os.path.join(state_dir, REAL[b.export], rel)} exists already: the "
+                        f"share entries of container {cid!r} must be new (delete the old "
+                        "container first)"
+                    ) from None
         for b in p.binds:
-            entry["mounts"].append(b.target)
+            entry["mounts"].append([b.export, b.target])
             _save(state_dir, rec)
-            _bind(export_fd, b)
+            _bind(fds.export[b.export], b)
     except BaseException:
-        os.close(rw_fd)
-        os.close(export_fd)
+        fds.close()
         release(state_dir, cid)
         raise
-    os.close(rw_fd)
-    os.close(export_fd)
+    fds.close()
 
 
 def _umount_entry(export_fd: int, rel: str) -> None:
@@ -256,10 +295,10 @@ def _umount_entry(export_fd: int, rel: str) -> None:
         os.close(fd)
 
 
-def _remove_entry(rw_fd: int, rel: str) -> None:
+def _remove_entry(real_fd: int, rel: str) -> None:
     parent, name = os.path.split(rel)
     try:
-        pfd = _open_dir(rw_fd, parent)
+        pfd = _open_dir(real_fd, parent)
     except FileNotFoundError:
         return
     try:
@@ -274,61 +313,63 @@ def _remove_entry(rw_fd: int, rel: str) -> None:
         os.close(pfd)
 
 
+def _release_one(state_dir: str, fds: _Fds, entry: dict) -> bool:
+    ok = True
+    for export, rel in reversed(entry["mounts"]):
+        try:
+            _umount_entry(fds.export[export], rel)
+        except OSError as exc:
+            ok = False
+            log.warning("cannot unmount %s/%s/%s: %s", state_dir, export, rel, exc)
+    for export, rel in reversed(entry["made"]):
+        try:
+            _remove_entry(fds.real[export], rel)
+        except OSError as exc:
+            ok = False
+            log.warning("cannot remove %s/%s/%s: %s", state_dir, REAL[export], rel, exc)
+    return ok
+
+
 def release(state_dir: str, cid: str | None = None) -> None:
     """Unmount and remove what the record says was made for ``cid`` (all when None)."""
     try:
         rec = _load(state_dir)
     except VMError as exc:
         log.warning("%s; releasing what the mount table shows", exc)
-        rec = {"export": True, "containers": {}}
-        for point in mounts_below(os.path.join(state_dir, EXPORT_DIR)):
-            with contextlib.suppress(OSError):
-                linux.umount2(point, linux.MNT_DETACH | linux.UMOUNT_NOFOLLOW)
-    rw, export = os.path.join(state_dir, RW_DIR), os.path.join(state_dir, EXPORT_DIR)
-    cids = [cid] if cid is not None else list(rec["containers"])
+        rec = {"exports": [IMAGE, SHARED], "containers": {}}
+        for export in (IMAGE, SHARED):
+            for point in mounts_below(os.path.join(state_dir, export)):
+                with contextlib.suppress(OSError):
+                    linux.umount2(point, linux.MNT_DETACH | linux.UMOUNT_NOFOLLOW)
+    if not rec.get("exports"):
+        return
     try:
-        export_fd = os.open(export, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
-        rw_fd = os.open(rw, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        export_fd = rw_fd = -1
+        fds = _Fds(state_dir)
+    except OSError:
+        fds = None
     try:
-        for c in cids:
+        for c in [cid] if cid is not None else list(rec["containers"]):
             entry = rec["containers"].get(c)
-            if entry is None:
-                continue
-            failed = False
-            if export_fd >= 0:
-                for rel in reversed(entry["mounts"]):
-                    try:
-                        _umount_entry(export_fd, rel)
-                    except OSError as exc:
-                        failed = True
-                        log.warning("cannot unmount %s/%s: %s", export, rel, exc)
-                for rel in reversed(entry["made"]):
-                    try:
-                        _remove_entry(rw_fd, rel)
-                    except OSError as exc:
-                        failed = True
-                        log.warning("cannot remove %s/%s: %s", rw, rel, exc)
-            if not failed:
+            if entry is not None and fds is not None and _release_one(state_dir, fds, entry):
                 del rec["containers"][c]
                 _save(state_dir, rec)
     finally:
-        for fd in (export_fd, rw_fd):
-            if fd >= 0:
-                os.close(fd)
-    if cid is not None or rec["containers"] or not rec.get("export"):
+        if fds is not None:
+            fds.close()
+    if cid is not None or rec["containers"]:
         return
-    with contextlib.suppress(FileNotFoundError, OSError):
-        if mounts_below(export) == [os.path.realpath(export)]:
-            linux.umount2(export, linux.MNT_DETACH | linux.UMOUNT_NOFOLLOW)
-    for path in (export, rw):
+    for export in (IMAGE, SHARED):
+        path = os.path.join(state_dir, export)
+        with contextlib.suppress(OSError):
+            if mounts_below(path) == [os.path.realpath(path)]:
+                linux.umount2(path, linux.MNT_DETACH | linux.UMOUNT_NOFOLLOW)
+    for name in (IMAGE, SHARED, REAL[IMAGE], REAL[SHARED]):
         try:
-            os.rmdir(path)
+            os.rmdir(os.path.join(state_dir, name))
         except FileNotFoundError:
             pass
         except OSError as exc:
-            log.warning("cannot remove %s: %s", path, exc)
+            log.warning("cannot remove %s: %s", os.path.join(state_dir, name), exc)
             return
     with contextlib.suppress(FileNotFoundError):
         os.unlink(os.path.join(state_dir, RECORD))

@@ -5,6 +5,7 @@ Measured in one run, interleaved so both see the same machine load:
 * bare boot: QEMU with the same machine, kernel and devices, and the busybox-only initrd
   whose /init reboots at once (the VM exits): the floor any runtime on this kernel pays;
 * cold `hyperpy run` of a bundle running `true`: a fresh VM per run, CLI to exit status;
+  the same with QEMU unconfined (``[jail] enabled = false``), to show what the jail costs;
 * the guest-side phases of `create`/`start` from the guest's own CLOCK_BOOTTIME: kernel to
   /init, agent ready, container started, container exited.
 
@@ -148,15 +149,20 @@ def main() -> int:
             # tens of seconds of wall time, hence the long boot timeout.
             f.write("[vm]\nicount = true\nboot_timeout = 300.0\n")
         icount_env = dict(os.environ, HYPERPY_CONFIG=cfg_path)
+        unjailed_path = os.path.join(work, "unjailed.toml")
+        with open(unjailed_path, "w") as f:
+            f.write("[jail]\nenabled = false\n")
+        unjailed_env = dict(os.environ, HYPERPY_CONFIG=unjailed_path)
         accel = qemu.choose_accel(load_config().vm)
         print(
             f"accelerator: {accel}; {args.runs} runs each ({args.icount_runs} under -icount), "
             "interleaved; medians"
         )
-        bare, run, ph, ph_icount = [], [], [], []
+        bare, run, unjailed, ph, ph_icount = [], [], [], [], []
         for n in range(args.runs):
             bare.append(bare_boot(work, icount=False))
             run.append(cold_run(root, bundle, n))
+            unjailed.append(cold_run(root, bundle, 200 + n, env=unjailed_env))
             ph.append(phases(root, bundle, n))
             if n < args.icount_runs:
                 ph_icount.append(phases(root, bundle, 100 + n, env=icount_env))
@@ -165,9 +171,12 @@ def main() -> int:
         for name, xs in (
             ("bare boot (init reboots at once)", bare),
             ("hyperpy run `true` (cold)", run),
+            ("  the same, QEMU unconfined", unjailed),
         ):
             print(f"  {name:<36}{statistics.median(xs):7.3f}{min(xs):7.3f}{max(xs):7.3f}")
         print(f"  ratio run/bare: {r / b:.2f}x  (hyperpy's own cost: {r - b:+.3f} s)")
+        u = statistics.median(unjailed)
+        print(f"  QEMU's jail costs {r - u:+.3f} s ({(r - u) / u * 100:+.1f}% of a cold run)")
         print("\nguest phases, ms of guest CLOCK_BOOTTIME       TCG    icount  icount spread")
         m, mi = _median_phases(ph), _median_phases(ph_icount)
         for k in (k for k in m if "RSS" not in k):

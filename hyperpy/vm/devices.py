@@ -102,20 +102,24 @@ class Rng:
 class Share9p:
     """A host directory shared with the guest over virtio-9p.
 
-    ``mapped-xattr`` (or ``mapped-file``): the owners, modes and special files the guest makes
-    live in QEMU's metadata, never in the host's: a setuid file or a device node made in a
-    container is a plain file owned by QEMU's uid on the host."""
+    The writable share is ``mapped-xattr`` (or ``mapped-file``): the owners, modes and special
+    files the guest makes live in QEMU's metadata, never in the host's (a setuid file or a
+    device node made in a container is a plain file owned by QEMU's uid on the host). The
+    image share is ``none`` and ``readonly``: real owners, modes and symlinks (which the mapped
+    models cannot read), and QEMU refuses every write."""
 
     path: str
     tag: str = "hyperpy"
     id: str = "share0"
     bus: str = "mmio"
     model: str = "mapped-xattr"
+    readonly: bool = False
 
     def args(self) -> list[str]:
+        ro = ",readonly=on" if self.readonly else ""
         return [
             "-fsdev",
-            f"local,id={self.id},path={self.path},security_model={self.model},multidevs=remap",
+            f"local,id={self.id},path={self.path},security_model={self.model},multidevs=remap" + ro,
             "-device",
             f"{_virtio('virtio-9p', self.bus)},fsdev={self.id},mount_tag={self.tag}",
         ]

@@ -8,10 +8,10 @@ place of QEMU, and it execs QEMU once confined:
    bound into the share after boot reaches QEMU), nothing propagates out;
 2. its root: a tmpfs on ``R/ID/jail`` with only ``/usr`` (read-only: the binary, its
    libraries and firmware) and the merged-/usr links, the kernel and initrd (read-only),
-   the share at ``/share``, ``/dev/null``, ``/dev/zero``, ``/dev/urandom`` (and
-   ``/dev/kvm`` or ``/dev/vhost-vsock`` when used), and a ``/proc`` that shows only its own
-   processes (``hidepid=invisible,subset=pid``); pivot_root into it, the old root detached,
-   the root read-only;
+   the two 9p exports at ``/share`` and ``/image``, ``/dev/null``, ``/dev/zero``,
+   ``/dev/urandom`` (and ``/dev/kvm`` or ``/dev/vhost-vsock`` when used), and a ``/proc``
+   that shows only its own processes (``hidepid=invisible,subset=pid``); pivot_root into
+   it, the old root detached, the root read-only;
 3. a uid and gid of its own, ``uid_base + the monitor's pid`` (unique while the pod lives,
    nothing to allocate or leak), no supplementary groups;
 4. one capability, CAP_DAC_OVERRIDE, raised in the ambient set so it survives exec: 9p has
@@ -41,6 +41,7 @@ from hyperpy.errors import VMError
 KERNEL = "/boot/vmlinux"
 INITRD = "/boot/initrd.img"
 SHARE = "/share"
+IMAGE = "/image"
 KEEP_CAPS = ("CAP_DAC_OVERRIDE",)
 BASE_DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom")
 MERGED_USR = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
@@ -92,6 +93,7 @@ def plan(
     kernel: str,
     initrd: str,
     share: str | None,
+    image: str | None = None,
     devices: tuple[str, ...] = (),
 ) -> Jail:
     """The jail of one pod's QEMU. ``devices``: extra device nodes (/dev/kvm, ...)."""
@@ -108,6 +110,8 @@ def plan(
     binds += [Bind(d, d, "dev") for d in (*BASE_DEVICES, *devices)]
     if share:
         binds.append(Bind(share, SHARE, "share"))
+    if image:
+        binds.append(Bind(image, IMAGE, "share"))
     return Jail(root=root, uid=uid, gid=uid, parent=parent, binary=binary, binds=tuple(binds))
 
 

@@ -24,6 +24,7 @@ import subprocess
 import time
 from typing import TYPE_CHECKING
 
+from agent.protocol import IMAGE_TAG
 from hyperpy.config import VMConfig
 from hyperpy.errors import ArtifactMissing, BootTimeout, KernelPanic, VMError
 from hyperpy.vm import jail as J
@@ -113,6 +114,7 @@ def build_spec(
     chans: Channels,
     *,
     share: str | None = None,
+    image: str | None = None,
     share_model: str = "mapped-xattr",
     vsock_cid: int | None = None,
     memory_mb: int | None = None,
@@ -136,6 +138,9 @@ def build_spec(
     devices: list[Rng | Share9p] = [Rng(bus)]
     if share:
         devices.append(Share9p(J.SHARE if jailed else share, bus=bus, model=share_model))
+    if image:
+        devices.append(Share9p(J.IMAGE if jailed else image, IMAGE_TAG, "share1", bus, "none",
+                               readonly=True))  # fmt: skip
     kernel = (J.KERNEL, J.INITRD) if jailed else (cfg.kernel, initrd or cfg.initrd)
     return VMSpec(
         binary=cfg.qemu,

@@ -85,22 +85,25 @@ def test_qemu_gets_descriptors_not_paths_and_runs_its_seccomp_sandbox(chans):
     assert not any(".sock" in a for a in argv)
 
 
-def test_jailed_spec_uses_the_jail_paths(chans):
+def test_jailed_spec_uses_the_jail_paths_and_a_read_only_image_share(chans):
     spec = build_spec(VMConfig(kernel="/k", initrd="/i"), "tcg", chans, share="/s/shared",
-                      jailed=True)  # fmt: skip
+                      image="/s/image", jailed=True)  # fmt: skip
     argv = spec.argv()
     assert argv[argv.index("-kernel") + 1] == J.KERNEL
     assert argv[argv.index("-initrd") + 1] == J.INITRD
-    assert any(f"path={J.SHARE}," in a for a in argv)
+    assert f"local,id=share0,path={J.SHARE},security_model=mapped-xattr,multidevs=remap" in argv
+    assert (f"local,id=share1,path={J.IMAGE},security_model=none,multidevs=remap,readonly=on"
+            in argv)  # fmt: skip
+    assert "virtio-9p-device,fsdev=share1,mount_tag=hyperpy-image" in argv
 
 
 def test_jail_plan_holds_only_what_qemu_needs(tmp_path):
     jail = J.plan(root=str(tmp_path / "jail"), uid=2_000_000_123, parent=1,
                   qemu="qemu-system-x86_64", kernel="/k", initrd="/i", share="/s/shared",
-                  devices=("/dev/kvm",))  # fmt: skip
+                  image="/s/image", devices=("/dev/kvm",))  # fmt: skip
     targets = {b.target: b for b in jail.binds}
-    assert set(targets) == {"/usr", J.KERNEL, J.INITRD, J.SHARE, "/dev/null", "/dev/zero",
-                            "/dev/urandom", "/dev/kvm"}  # fmt: skip
+    assert set(targets) == {"/usr", J.KERNEL, J.INITRD, J.SHARE, J.IMAGE, "/dev/null",
+                            "/dev/zero", "/dev/urandom", "/dev/kvm"}  # fmt: skip
     assert targets["/usr"].kind == "ro" and targets[J.KERNEL].kind == "ro"
     assert targets[J.SHARE].kind == "share" and targets["/dev/kvm"].kind == "dev"
     assert jail.uid == jail.gid == 2_000_000_123 and jail.caps == ("CAP_DAC_OVERRIDE",)

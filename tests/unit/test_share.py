@@ -63,71 +63,81 @@ def spec_for(vol, src):
 def test_binds_keep_base_names_and_the_structure_is_read_only(state, host):
     b, vol, src, _ = host
     p = share.plan(spec_for(vol, src), str(b), "c1")
-    assert [x.target for x in p.binds] == ["c1/rootfs", "c1/mounts/1/vol", "c1/mounts/2/hosts"]
-    assert p.guest_spec["mounts"][1]["source"] == "/run/hyperpy/shared/c1/mounts/1/vol"
+    assert [(x.export, x.target) for x in p.binds] == [
+        ("image", "c1/rootfs"), ("image", "c1/mounts/1/vol"), ("shared", "c1/mounts/2/hosts")
+    ]  # fmt: skip
+    assert p.guest_spec["mounts"][1]["source"] == "/run/hyperpy/image/c1/mounts/1/vol"
+    assert p.guest_spec["mounts"][2]["source"] == "/run/hyperpy/shared/c1/mounts/2/hosts"
     share.apply(p, str(state))
-    export = state / "shared"
-    assert (export / "c1/rootfs/hello").read_text() == "hi"
-    assert (export / "c1/mounts/1/vol/v").read_text() == "volume"
-    assert (export / "c1/mounts/2/hosts").read_text().startswith("127.0.0.1")
-    # what QEMU (the guest) sees: nothing can be made in the structure, ro volumes stay ro
-    for path in (export / "c2", export / "c1/planted", export / "c1/mounts/9"):
+    image, shared = state / "image", state / "shared"
+    assert (image / "c1/rootfs/hello").read_text() == "hi"
+    assert (image / "c1/mounts/1/vol/v").read_text() == "volume"
+    assert (shared / "c1/mounts/2/hosts").read_text().startswith("127.0.0.1")
+    # what QEMU (the guest) sees: nothing can be made in the structure; the image and the
+    # read-only volume are read-only on the host too; a read-write volume is writable
+    for path in (shared / "c2", shared / "c1/planted", image / "c1/mounts/9", image / "c9"):
         with pytest.raises(OSError) as err:
             path.mkdir()
         assert err.value.errno == errno.EROFS
-    with pytest.raises(OSError) as err:
-        (export / "c1/mounts/1/vol/new").write_text("x")
-    assert err.value.errno == errno.EROFS
-    (export / "c1/rootfs/written").write_text("rw")  # the rootfs itself is writable
+    for path in (image / "c1/mounts/1/vol/new", image / "c1/rootfs/new"):
+        with pytest.raises(OSError) as err:
+            path.write_text("x")
+        assert err.value.errno == errno.EROFS
+    (shared / "c1/mounts/2/hosts").write_text("rw")
     share.release(str(state), "c1")
-    assert mounts_below(str(export)) == [str(export)]
-    assert not (state / "share-rw/c1").exists()
-    assert (b / "rootfs/written").read_text() == "rw" and (vol / "v").exists()
+    for export in (image, shared):
+        assert mounts_below(str(export)) == [str(export)]
+    assert not (state / "share-rw/c1").exists() and not (state / "image-rw/c1").exists()
+    assert src.read_text() == "rw" and (vol / "v").exists()
 
 
 def test_an_entry_that_exists_is_refused_and_left_alone(state, host):
     b, vol, src, secret = host
     # a leftover (or anything not made by this create) where the member's entry would go
-    os.mkdir(state / "share-rw/c2")
-    os.symlink(secret, state / "share-rw/c2/rootfs")
+    os.mkdir(state / "image-rw/c2")
+    os.symlink(secret, state / "image-rw/c2/rootfs")
     with pytest.raises(VMError, match="exists already"):
         share.apply(share.plan(spec_for(vol, src), str(b), "c2"), str(state))
     assert not mounts_below(str(secret))
-    assert os.path.islink(state / "share-rw/c2/rootfs")  # not ours: not removed
+    assert os.path.islink(state / "image-rw/c2/rootfs")  # not ours: not removed
     assert (secret / "keep").read_text() == "keep"
-    os.unlink(state / "share-rw/c2/rootfs")
-    os.rmdir(state / "share-rw/c2")
+    os.unlink(state / "image-rw/c2/rootfs")
+    os.rmdir(state / "image-rw/c2")
 
 
 def test_a_link_on_the_way_to_a_mount_point_is_not_followed(state, host):
     b, _, _, secret = host
-    os.makedirs(state / "share-rw/c3")
-    os.symlink(secret, state / "share-rw/c3/rootfs")
-    export_fd = os.open(state / "shared", os.O_PATH | os.O_DIRECTORY)
+    os.makedirs(state / "image-rw/c3")
+    os.symlink(secret, state / "image-rw/c3/rootfs")
+    export_fd = os.open(state / "image", os.O_PATH | os.O_DIRECTORY)
     try:
         with pytest.raises(VMError, match="not the directory hyperpy made"):
             share._bind(export_fd, share.Bind(str(b / "rootfs"), "c3/rootfs", True))
-        os.unlink(state / "share-rw/c3/rootfs")
-        os.symlink(secret, state / "share-rw/c3/mounts")  # a link before the last component
+        os.unlink(state / "image-rw/c3/rootfs")
+        os.symlink(secret, state / "image-rw/c3/mounts")  # a link before the last component
         with pytest.raises(OSError) as err:
             share._bind(export_fd, share.Bind(str(b / "rootfs"), "c3/mounts/0", True))
         assert err.value.errno == errno.ELOOP
     finally:
         os.close(export_fd)
     assert not mounts_below(str(secret))
-    os.unlink(state / "share-rw/c3/mounts")
-    os.rmdir(state / "share-rw/c3")
+    os.unlink(state / "image-rw/c3/mounts")
+    os.rmdir(state / "image-rw/c3")
 
 
-def test_release_follows_the_record_not_what_the_guest_wrote(state, host):
+def test_release_follows_the_record_not_what_the_guest_wrote(state, host, tmp_path):
     b, vol, src, secret = host
-    share.apply(share.plan(spec_for(vol, src), str(b), "c4"), str(state))
-    rootfs = state / "shared/c4/rootfs"
-    os.symlink(secret, rootfs / "mounts")  # guest-written names that look like entries
-    os.mkdir(rootfs / "c4")
+    rw = tmp_path / "rwvol"
+    rw.mkdir()
+    spec = spec_for(vol, src)
+    spec["mounts"].append({"destination": "/rw", "type": "bind", "source": str(rw)})
+    share.apply(share.plan(spec, str(b), "c4"), str(state))
+    inside = state / "shared/c4/mounts/3/rwvol"
+    os.symlink(secret, inside / "mounts")  # guest-written names that look like entries
+    os.mkdir(inside / "c4")
     share.release(str(state), "c4")
     assert (secret / "keep").read_text() == "keep" and not mounts_below(str(secret))
-    assert os.path.islink(b / "rootfs/mounts") and (b / "rootfs/c4").is_dir()
+    assert os.path.islink(rw / "mounts") and (rw / "c4").is_dir()
     assert (b / "rootfs/hello").read_text() == "hi"
 
 

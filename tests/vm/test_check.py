@@ -19,6 +19,8 @@ def test_check_reports_every_item_and_passes_here(tmp_path):
     assert {"qemu", "guest kernel and initrd", "accelerator", "agent channel", "cgroups"} <= set(
         results
     )
+    assert results["confinement"]["status"] == "ok", results["confinement"]
+    assert "seccomp" in results["confinement"]["detail"]
     # this machine: KVM does not run guests, no vhost-vsock: both reported with a fix
     if not os.path.exists("/dev/vhost-vsock"):
         assert results["agent channel"]["status"] == "warn"

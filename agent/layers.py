@@ -1,0 +1,80 @@
+"""A container's root in the guest: the image, read-only, under a writable layer in memory.
+
+Owns mounting and removing the overlay each container runs on. The host exports the
+bundle's rootfs read-only (9p tag ``hyperpy-image``: real owners, modes and symlinks, and
+QEMU refuses every write); the container's writes go to an upper layer on a tmpfs of its
+own in the guest. So the guest never writes the image on the host, and whatever a container
+makes in its root (setuid files, device nodes, FIFOs, sockets, new owners) exists only in
+the guest, working as on a local disk. The layer's pages are charged to the container's
+memory cgroup; it holds at most half the VM's RAM (tmpfs's default) and is gone with the
+container (as gVisor's in-memory root overlay): data that must last goes to a volume.
+
+Overlay options: no index and no inode number mapping (9p has no file handles to index by).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from agent import linux
+from agent.errors import SetupError
+from agent.protocol import GUEST_IMAGE_DIR
+
+ROOTS = "/run/hyperpy/rootfs"  # the merged roots
+LAYERS = "/run/hyperpy/layers"  # a tmpfs per container: upper/ and work/
+OPTIONS = "index=off,xino=off"
+
+
+def mount(cid: str, image: str) -> str:
+    """Mount container ``cid``'s root: ``image`` (below the image share) under a fresh
+    writable layer. Returns the merged directory."""
+    lower = os.path.join(GUEST_IMAGE_DIR, image)
+    if not os.path.isdir(lower):
+        raise SetupError(f"rootfs {image!r} is not in the guest's image share", "/root/path")
+    layer, merged = os.path.join(LAYERS, cid), os.path.join(ROOTS, cid)
+    os.makedirs(layer, 0o700, exist_ok=True)
+    os.makedirs(merged, 0o755, exist_ok=True)
+    try:
+        linux.mount("tmpfs", layer, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=0700")
+        upper, work = os.path.join(layer, "upper"), os.path.join(layer, "work")
+        os.mkdir(upper, 0o755)
+        os.mkdir(work, 0o700)
+        linux.mount("overlay", merged, "overlay", 0,
+                    f"lowerdir={lower},upperdir={upper},workdir={work},{OPTIONS}")  # fmt: skip
+    except OSError as exc:
+        remove(cid)
+        why = "; ".join(_kernel_says("overlayfs")) or exc.strerror
+        raise SetupError(f"cannot mount the container's root: {why}", "/root/path") from exc
+    return merged
+
+
+def remove(cid: str) -> None:
+    for path in (os.path.join(ROOTS, cid), os.path.join(LAYERS, cid)):
+        with contextlib.suppress(OSError):
+            linux.umount2(path, linux.MNT_DETACH)
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+
+
+def _kernel_says(prefix: str) -> list[str]:
+    """The kernel log's last lines starting with ``prefix`` (overlayfs says why only there)."""
+    out: list[str] = []
+    try:
+        fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return out
+    try:
+        while True:
+            try:
+                rec = os.read(fd, 8192).decode(errors="replace")
+            except BlockingIOError:
+                break
+            except OSError:  # EPIPE: a record was overwritten; go on
+                continue
+            text = rec.split(";", 1)[-1].strip()
+            if text.startswith(prefix):
+                out.append(text)
+    finally:
+        os.close(fd)
+    return out[-3:]
