@@ -67,9 +67,9 @@ def test_qemu_runs_unprivileged_seccomp_confined_in_its_own_root(root, bundle):
     assert os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
     # what QEMU can reach: the jail, nothing of the host's /etc, /root, /run, /var, /tmp
     top = set(os.listdir(f"/proc/{pid}/root"))
-    assert {"usr", "boot", "share", "dev", "proc"} <= top
-    assert top <= {"usr", "boot", "share", "dev", "proc", "bin", "sbin", "lib", "lib32",
-                   "lib64", "libx32"}, top  # fmt: skip
+    assert {"usr", "boot", "share", "image", "dev", "proc"} <= top
+    assert top <= {"usr", "boot", "share", "image", "dev", "proc", "bin", "sbin", "lib",
+                   "lib32", "lib64", "libx32"}, top  # fmt: skip
     assert sorted(os.listdir(f"/proc/{pid}/root/dev")) == ["null", "urandom", "zero"]
     assert sorted(os.listdir(f"/proc/{pid}/root/boot")) == ["initrd.img", "vmlinux"]
     with open(f"/proc/{pid}/mountinfo") as f:
@@ -81,16 +81,12 @@ def test_qemu_runs_unprivileged_seccomp_confined_in_its_own_root(root, bundle):
     assert sorted(n for n in os.listdir(f"{root}/jailed") if n.endswith(".sock")) == [
         "monitor.sock"
     ]
-    # a guest walking 9p up from the share stays in the share
-    out = hyperpy(root, "exec", "jailed", "sh", "-c",
-                  "ls /run/hyperpy/shared/.. /run/hyperpy/shared/../..", check=True)  # fmt: skip
-    assert b"etc" not in out.stdout.split() or b"passwd" not in out.stdout
     hyperpy(root, "delete", "--force", "jailed", check=True)
 
 
 SPECIAL_FILES = r"""
 for d in / /vol/; do
-  cp /bin/busybox ${d}suid && chmod 4755 ${d}suid && chown 0:0 ${d}suid
+  cp /bin/busybox ${d}suid && chown 0:0 ${d}suid && chmod 4755 ${d}suid
   mknod ${d}devnode c 1 3 && mknod ${d}blocknode b 7 0
   mkfifo ${d}fifo && (echo through-the-fifo > ${d}fifo &) && read line < ${d}fifo
   echo "fifo=$line"
@@ -156,24 +152,35 @@ true
 
 
 def test_a_privileged_guest_cannot_steer_host_mounts(root, bundle, tmp_path):
-    hostdir, hostfile = tmp_path / "hostdir", tmp_path / "hostfile"
+    hostdir, hostfile, out = tmp_path / "hostdir", tmp_path / "hostfile", tmp_path / "out"
     hostdir.mkdir()
     (hostdir / "keep").write_text("keep")
     hostfile.write_text("host file")
-    b = bundle(["sleep", "1000"])
-    edit_spec(b, lambda spec: privileged(spec, pid_namespace=False))
+    out.mkdir()
+    s = "/proc/1/root/run/hyperpy"
+    # the sandbox's init plants, then keeps trying while a member is created
+    script = PLANT.format(hostdir=hostdir, hostfile=hostfile) + (
+        f"while :; do mkdir {s}/shared/next {s}/image/next 2>/dev/null && echo MADE; "
+        f"ln -s {hostdir} {s}/image/next/rootfs 2>/dev/null; done >> /out/race &\n"
+        "echo planted > /out/done; exec sleep 1000"
+    )
+    b = bundle(["sh", "-c", f"( {script} ) > /out/log 2>&1"])
+
+    def edit(spec):
+        privileged(spec, pid_namespace=False)
+        spec["mounts"].append({"destination": "/out", "type": "bind", "source": str(out),
+                               "options": ["rbind", "rw"]})  # fmt: skip
+
+    edit_spec(b, edit)
     create(root, b, "planter")
     hyperpy(root, "start", "planter", check=True)
-    script = PLANT.format(hostdir=hostdir, hostfile=hostfile)
-    out = hyperpy(root, "exec", "planter", "sh", "-c", script, check=True).stdout.decode()
-    assert out.count("Read-only file system") >= 5, out
-    assert "linked-inside-own-rootfs" not in out  # the image export is read-only too
-    # a racer keeps trying while the member is created
-    s = "/proc/1/root/run/hyperpy"
-    race = (f"while :; do mkdir {s}/shared/next {s}/image/next 2>/dev/null && echo MADE; "
-            f"ln -s {hostdir} {s}/image/next/rootfs 2>/dev/null; done")  # fmt: skip
-    hyperpy(root, "exec", "--detach", "planter", "sh", "-c", race, check=True)
-    member = bundle(["sh", "-c", "ls /m0 /m7 && cat /m7/f"])
+    deadline = time.monotonic() + 60
+    while not (out / "done").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    log = (out / "log").read_text()
+    assert log.count("Read-only file system") == 4 and "No such file" in log, log
+    assert "linked-inside-own-rootfs" not in log  # the image export is read-only too
+    member = bundle(["sh", "-c", "cat /m7/f"])
     sources = []
     for i in range(8):
         d = tmp_path / f"src{i}"
@@ -181,16 +188,17 @@ def test_a_privileged_guest_cannot_steer_host_mounts(root, bundle, tmp_path):
         (d / "f").write_text(f"source {i}")
         sources.append(d)
 
-    def edit(spec):
+    def edit_member(spec):
         spec["annotations"] = {"io.hyperpy.sandbox": "planter"}
         spec["mounts"] += [{"destination": f"/m{i}", "type": "bind", "source": str(d),
                             "options": ["rbind"]} for i, d in enumerate(sources)]  # fmt: skip
 
-    edit_spec(member, edit)
+    edit_spec(member, edit_member)
     create(root, member, "next")
     assert not mounts_below(str(hostdir)) and not mounts_below(str(hostfile))
     hyperpy(root, "delete", "--force", "next", check=True)
     hyperpy(root, "delete", "--force", "planter", check=True)
+    assert "MADE" not in (out / "race").read_text()
     assert (hostdir / "keep").read_text() == "keep" and hostfile.read_text() == "host file"
     assert sorted(os.listdir(hostdir)) == ["keep"]
     assert not mounts_below(str(tmp_path))
