@@ -91,7 +91,7 @@ FIELDS: dict[str, dict[str, type]] = {
     },  # fmt: skip
     OP_START: {"cid": _STR},
     OP_EXEC: {"cid": _STR, "process": _OBJ},
-    OP_SIGNAL: {"cid": _STR, "signal": _INT, "proc?": _INT, "all?": _BOOL},
+    OP_SIGNAL: {"cid?": _STR, "signal": _INT, "proc?": _INT, "all?": _BOOL},
     OP_WINSIZE: {"proc": _INT, "rows": _INT, "cols": _INT},
     OP_PS: {"cid": _STR},
     OP_FREEZE: {"cid": _STR, "freeze": _BOOL},

@@ -93,3 +93,26 @@ def test_replies():
     assert P.reply({"id": 3}, pid=4) == {"id": 3, "ok": True, "pid": 4}
     err = P.error_reply(3, "nope", "SpecError")
     assert err["ok"] is False and json.dumps(err)
+
+
+def test_fields_are_checked_with_the_field_named():
+    P.check_fields({"id": 1, "op": "signal", "proc": 3, "signal": 15})  # a proxy's request
+    P.check_fields({"id": 2, "op": "create", "cid": "c", "spec": {}, "rootfs": "c/rootfs"})
+    for msg, field in (
+        ({"id": 1, "op": "attach", "proc": "x"}, "'proc'"),
+        ({"id": 1, "op": "attach"}, "'proc' is missing"),
+        ({"id": 1, "op": "signal", "cid": 5, "signal": 9}, "'cid'"),
+        ({"id": 1, "op": "freeze", "cid": "c", "freeze": 1}, "'freeze'"),
+        ({"id": 1, "op": "winsize", "proc": True, "rows": 1, "cols": 1}, "'proc'"),
+        ({"id": "x", "op": "start", "cid": "c"}, "'id'"),
+        ({"id": 1, "op": "nope"}, "unknown operation"),
+    ):
+        with pytest.raises(P.ProtocolError, match=field):
+            P.check_fields(msg)
+
+
+def test_an_oversize_length_is_fatal():
+    d = P.Decoder()
+    (bad,) = d.feed(P.HEADER.pack(P.MAGIC, P.PROTOCOL_VERSION, P.MSG, 0, P.MAX_PAYLOAD + 1))
+    assert isinstance(bad, P.BadFrame) and bad.fatal
+    assert not d.buffered
