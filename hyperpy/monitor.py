@@ -383,7 +383,22 @@ class Monitor:
                 att = self._attachment(attached)
                 if att.writer is writer:
                     att.writer = None
+                    if att.exit is None and not self.stop.is_set():
+                        self._orphaned(attached)
             writer.close()
+
+    def _orphaned(self, proc: int) -> None:
+        """The proxy of ``proc`` went away before its exit: the pid the caller holds (in
+        --pid-file) stands for the process, so the process dies too, as under runc."""
+        log.warning("the proxy of process %d went away: killing the process", proc)
+
+        async def kill() -> None:
+            if self.agent is not None:
+                with contextlib.suppress(HyperpyError):
+                    await self.agent.request(P.OP_SIGNAL, proc=proc, signal=signal.SIGKILL,
+                                             timeout=10)  # fmt: skip
+
+        asyncio.ensure_future(kill())
 
     def _hold_budget(self) -> None:
         """Drop the clients holding the most incomplete-frame bytes while over budget."""

@@ -68,6 +68,11 @@ class MonitorClient:
         self.timeout = timeout
 
     def request(self, op: str, timeout: float | None = None, **fields: object) -> dict:
+        if stopped := stopped_processes(os.path.dirname(self.path)):
+            raise VMError(
+                f"the sandbox cannot answer: {stopped} is stopped (SIGSTOP?); resume it with "
+                "kill -CONT, or end the sandbox with delete --force"
+            )
         try:
             sock = connect_unix(self.path)
         except OSError as exc:
@@ -90,6 +95,29 @@ class MonitorClient:
                             if not reply.get("ok"):
                                 _raise_remote(reply)
                             return reply
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def stopped_processes(state_dir: str) -> str:
+    """The sandbox's monitor or QEMU if stopped by a signal (they would never answer), as
+    "the sandbox monitor (pid N)"; empty when neither is. Reads the pids from state.json."""
+    try:
+        with open(os.path.join(state_dir, "state.json")) as f:
+            raw = json.load(f)
+    except (OSError, ValueError):
+        return ""
+    for what, key in (("the sandbox monitor", "monitor_pid"), ("its QEMU", "qemu_pid")):
+        pid = raw.get(key) or 0
+        if isinstance(pid, int) and pid > 0 and _proc_state(pid) in ("T", "t"):
+            return f"{what} (pid {pid})"
+    return ""
 
 
 @dataclass
@@ -493,29 +521,53 @@ class Runtime:
         """
         from hyperpy import share
 
+        answering = (
+            pid_alive(st.monitor_pid)
+            and os.path.exists(os.path.join(d, "monitor.sock"))
+            and not stopped_processes(d)
+        )
+        if answering:
+            self._kill_before_delete(d, st)
         if st.sandbox:
-            if pid_alive(st.monitor_pid) and os.path.exists(os.path.join(d, "monitor.sock")):
+            if answering:
                 try:
-                    MonitorClient(d, timeout=30).request("remove", cid=st.id)
+                    MonitorClient(d, timeout=10).request("remove", cid=st.id)
                 except HyperpyError as exc:
                     log.warning("removing %s from sandbox %s failed: %s", st.id, st.sandbox, exc)
             if st.pid and pid_alive(st.pid):
-                _wait_gone(st.pid, 5)
+                _wait_gone(st.pid, 3)
                 _kill_hard(st.pid)
             self._remove_cgroup(st)
             return
-        if pid_alive(st.monitor_pid) and os.path.exists(os.path.join(d, "monitor.sock")):
+        if answering:
             try:
-                MonitorClient(d, timeout=10).request("shutdown")
+                MonitorClient(d, timeout=5).request("shutdown")
             except HyperpyError as exc:
                 log.warning("monitor shutdown request failed: %s", exc)
-        _wait_gone(st.monitor_pid, 15)
+            _wait_gone(st.monitor_pid, 8)
+        # A stopped monitor or QEMU is killed at once: SIGKILL reaches stopped processes.
         for pid in (st.monitor_pid, st.qemu_pid):
             _kill_hard(pid)
         if st.pid and pid_alive(st.pid) and not os.path.exists(os.path.join(d, "exit.json")):
             _wait_gone(st.pid, 5)
         share.release(d)
         self._remove_cgroup(st)
+
+    def _kill_before_delete(self, d: str, st: State) -> None:
+        """SIGKILL a container still running, as runc's delete --force does: its processes
+        report 137 (128 + SIGKILL) to their waiters, not the 255 of a VM that died."""
+        if os.path.exists(os.path.join(d, "exit.json")) or not st.init_proc:
+            return
+        try:
+            MonitorClient(d, timeout=5).request(
+                P.OP_SIGNAL, cid=st.id, all=True, signal=signal.SIGKILL
+            )
+        except HyperpyError as exc:
+            log.warning("cannot kill %s before deleting it: %s", st.id, exc)
+            return
+        deadline = time.monotonic() + 5
+        while not os.path.exists(os.path.join(d, "exit.json")) and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     def _remove_cgroup(self, st: State) -> None:
         if st.host_cgroup:
