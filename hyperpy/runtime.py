@@ -400,8 +400,19 @@ class Runtime:
             self._hooks(st, "poststart", Status.RUNNING)
 
     def kill(self, cid: str, sig: int, all_: bool = False) -> None:
-        st, d = self._check(cid, "kill")
+        st, d = self._check(cid, "kill-all" if all_ else "kill")
         if all_:
+            if self.status(st) == Status.STOPPED:
+                # As runc: --all on a stopped container succeeds.  Processes its init
+                # left in a shared pid namespace get the signal while the VM still runs.
+                if pid_alive(st.monitor_pid):
+                    try:
+                        MonitorClient(d, timeout=10).request(
+                            P.OP_SIGNAL, cid=cid, all=True, signal=sig
+                        )
+                    except HyperpyError as exc:
+                        log.debug("kill --all of stopped %s: %s", cid, exc)
+                return
             MonitorClient(d).request(P.OP_SIGNAL, cid=cid, all=True, signal=sig)
         else:
             MonitorClient(d).request(P.OP_SIGNAL, cid=cid, proc=st.init_proc, signal=sig)

@@ -144,3 +144,24 @@ def test_systemd_cgroup_form(daemons, no_leftovers):
     finally:
         cleanup(daemons, "sd1")
     assert not os.path.exists(d)
+
+
+def test_kill_after_exit_is_already_finished(daemons, no_leftovers):
+    """CRI kills a container after its exit event, before deleting it.  The shim treats the
+    runtime's error as "already exited" only if it reads like runc's ("container not
+    running"); any other text is "unknown error after kill", which CRI retries forever."""
+    cid = "exited1"
+    res = ctr_run(daemons, cid, "true", flags=("-d",))
+    assert res.returncode == 0, res.stderr.decode()
+    try:
+        wait_status(daemons, cid, "STOPPED")
+        res = daemons.ctr("task", "kill", "-s", "KILL", cid)
+        err = res.stderr.decode()
+        assert "unknown error" not in err, err
+        assert res.returncode == 0 or "process already finished" in err, err
+        res = daemons.ctr("task", "kill", "--all", "-s", "KILL", cid)  # runc: no error
+        assert res.returncode == 0, res.stderr.decode()
+        res = daemons.ctr("task", "delete", cid)
+        assert res.returncode == 0, res.stderr.decode()
+    finally:
+        cleanup(daemons, cid)
