@@ -1,9 +1,11 @@
 """Real containerd and dockerd, each on private paths, with hyperpy registered as a runtime.
 
 One containerd and one dockerd per test session (dockerd uses that containerd, as a host
-does). Everything lives under one temporary directory; the daemons are stopped and their
-mounts and directories removed at the end, also when tests fail. The busybox image is built
-by hyperpy.image and imported into both.
+does). Everything lives under one temporary directory, and the containerd namespaces carry
+the session's pid, so the runtime roots (and the leak checks, which look only there) are
+the session's own; the daemons are stopped and their mounts and directories removed at the
+end, also when tests fail. The busybox image is built by hyperpy.image and imported into
+both.
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import HAVE_ARTIFACTS, HYPERPY, processes_mentioning
+from tests.conftest import HAVE_ARTIFACTS, HYPERPY, processes_under
 
 IMAGE = "docker.io/hyperpy/busybox:latest"
 DOCKER_IMAGE = "hyperpy/busybox:latest"
-NS = "hyperpy-e2e"
+# containerd namespaces of this session: the runc shim keeps hyperpy's --root at
+# /run/containerd/runc/<namespace>, so a second session on the machine has roots of its own.
+NS = f"hyperpy-e2e-{os.getpid()}"
+DOCKER_NS = f"{NS}-moby"
 
 pytestmark = pytest.mark.e2e
 
@@ -126,7 +131,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         # The README's daemon.json, with this checkout's hyperpy for the installed path.
         daemon_json = readme_snippet("docker").replace("/usr/local/bin/hyperpy", HYPERPY)
         (b / "daemon.json").write_text(daemon_json)
-        # dockerd keeps its containers in its own containerd namespace ("moby").
+        # dockerd keeps its containers in its own containerd namespace (normally "moby").
         self.procs.append(
             subprocess.Popen(
                 [
@@ -141,6 +146,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
                     str(b / "docker.pid"),
                     "--containerd",
                     self.ctd_sock,
+                    "--containerd-namespace",
+                    DOCKER_NS,
+                    "--containerd-plugins-namespace",
+                    f"{NS}-plugins",
                     "--iptables=false",
                     "--ip6tables=false",
                     "--bridge=none",
@@ -196,8 +205,7 @@ def daemons():
         yield d
     finally:
         d.stop()
-        leftovers = processes_mentioning("hyperpy.monitor") + processes_mentioning("qemu-system")
-        for line in leftovers:
+        for line in processes_under(*RUNTIME_ROOTS, str(base)):
             try:
                 os.kill(int(line.split()[0]), signal.SIGKILL)
             except (ProcessLookupError, ValueError):
@@ -212,11 +220,7 @@ def no_leftovers(daemons):
     deadline = time.monotonic() + 20
     left: list[str] = []
     while time.monotonic() < deadline:
-        left = [
-            line
-            for line in processes_mentioning("hyperpy.")
-            if "hyperpy.monitor" in line or "hyperpy.proxy" in line
-        ] + processes_mentioning("qemu-system")
+        left = processes_under(*RUNTIME_ROOTS)  # monitors, proxies, QEMUs of this session
         if not left:
             break
         time.sleep(0.2)
@@ -265,7 +269,7 @@ def run_in_pty(argv: list[str], send: bytes = b"", timeout: float = 120) -> tupl
     return rc, out
 
 
-RUNTIME_ROOTS = ("/run/containerd/runc/" + NS, "/run/containerd/runc/moby")
+RUNTIME_ROOTS = ("/run/containerd/runc/" + NS, "/run/containerd/runc/" + DOCKER_NS)
 
 
 def state_left() -> list[str]:

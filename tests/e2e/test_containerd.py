@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import IMAGE, run_in_pty, state_left
+from tests.e2e.conftest import IMAGE, NS, run_in_pty, state_left
 
 pytestmark = pytest.mark.e2e
 
@@ -65,7 +65,7 @@ def test_exec_with_and_without_tty(daemons, no_leftovers):
     try:
         r = daemons.ctr("task", "exec", "--exec-id", "e1", "exec1", "sh", "-c", "echo in; exit 5")
         assert r.returncode == 5 and r.stdout == b"in\n", r.stderr.decode()
-        argv = ["ctr", "-a", daemons.ctd_sock, "-n", "hyperpy-e2e", "task", "exec", "-t",
+        argv = ["ctr", "-a", daemons.ctd_sock, "-n", NS, "task", "exec", "-t",
                 "--exec-id", "e2", "exec1", "sh", "-c", "tty"]  # fmt: skip
         rc, out = run_in_pty(argv)
         assert rc == 0 and b"/dev/pts/" in out, out
