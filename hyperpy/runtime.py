@@ -1,7 +1,8 @@
 """The OCI operations, as runc performs them, orchestrating store, monitor and proxies.
 
 Owns the order of each operation's steps and its cleanup on failure: a create that fails
-leaves no process, mount, socket or state directory behind. Imports stay lean: ``state``,
+leaves no process, mount, socket or state directory behind, and whatever can be checked on
+the host is checked before a VM boots (:mod:`hyperpy.preflight`). Imports stay lean: ``state``,
 ``kill`` and ``start`` run for every container the shim manages, so jsonschema and asyncio
 are imported only by the operations that need them.
 """
@@ -23,73 +24,21 @@ from typing import TYPE_CHECKING
 
 from agent import protocol as P
 from hyperpy.errors import (
-    AgentError,
     ContainerNotFound,
     HyperpyError,
-    InvalidState,
     SpecError,
     UsageError,
     VMError,
 )
-from hyperpy.proxy import connect_unix
+from hyperpy.monitor_client import MonitorClient, raise_remote
 from hyperpy.sandbox import model
 from hyperpy.sandbox.model import Status
-from hyperpy.sandbox.store import State, Store, pid_alive
+from hyperpy.sandbox.store import State, Store, check_id, pid_alive
 
 if TYPE_CHECKING:
     from hyperpy.hostcgroup import HostCgroup
 
 log = logging.getLogger(__name__)
-
-ERRORS = {
-    cls.__name__: cls
-    for cls in (HyperpyError, SpecError, AgentError, VMError, InvalidState, UsageError)
-}
-ERRORS.update({"BootTimeout": VMError, "KernelPanic": VMError, "ArtifactMissing": VMError})
-
-
-def _raise_remote(reply: dict) -> None:
-    kind = reply.get("kind", "HyperpyError")
-    cls = ERRORS.get(kind, HyperpyError)
-    if cls is SpecError:
-        raise SpecError(reply.get("error", ""), pointer=reply.get("pointer", ""))
-    if kind == "ArtifactMissing":
-        from hyperpy.errors import ArtifactMissing
-
-        raise ArtifactMissing(reply.get("error", ""))
-    raise cls(reply.get("error", "unknown error"))
-
-
-class MonitorClient:
-    """Synchronous requests to a sandbox monitor over its unix socket."""
-
-    def __init__(self, state_dir: str, timeout: float = 60.0) -> None:
-        self.path = os.path.join(state_dir, "monitor.sock")
-        self.timeout = timeout
-
-    def request(self, op: str, timeout: float | None = None, **fields: object) -> dict:
-        try:
-            sock = connect_unix(self.path)
-        except OSError as exc:
-            raise VMError(f"the sandbox monitor is not reachable at {self.path}: {exc}") from exc
-        with sock:
-            sock.settimeout(timeout or self.timeout)
-            sock.sendall(P.encode_msg({"id": 1, "op": op, **fields}))
-            decoder = P.Decoder()
-            while True:
-                try:
-                    data = sock.recv(65536)
-                except TimeoutError:
-                    raise VMError(f"the sandbox monitor did not answer {op!r} in time") from None
-                if not data:
-                    raise VMError(f"the sandbox monitor closed the connection during {op!r}")
-                for item in decoder.feed(data):
-                    if isinstance(item, P.Frame) and item.kind == P.MSG:
-                        reply = item.message()
-                        if reply.get("id") == 1:
-                            if not reply.get("ok"):
-                                _raise_remote(reply)
-                            return reply
 
 
 @dataclass
@@ -188,8 +137,14 @@ class Runtime:
 
     # --- create -------------------------------------------------------------------------
     def create(self, cid: str, opts: CreateOptions) -> State:
+        from hyperpy import preflight
         from hyperpy.oci.validate import load_bundle
 
+        check_id(cid)  # first: the id names the state dir and the default cgroup
+        if opts.pid_file:
+            preflight.pid_file(opts.pid_file)
+        if opts.console_socket:
+            preflight.console_socket(opts.console_socket)
         bundle = os.path.abspath(opts.bundle)
         spec = load_bundle(bundle, systemd_cgroup=opts.systemd_cgroup or self.systemd_cgroup)
         process = spec.get("process") or {}
@@ -205,7 +160,10 @@ class Runtime:
         from hyperpy import share
         from hyperpy.hostcgroup import relative_path
 
-        share.plan(spec, bundle, cid)  # a missing bind source fails here, before any VM
+        plan = share.plan(spec, bundle, cid)  # a missing bind source fails here, before any VM
+        config = os.path.join(bundle, "config.json")
+        preflight.resources(spec, config)
+        preflight.spec_fits(spec, plan.guest_spec, config)
 
         systemd = opts.systemd_cgroup or self.systemd_cgroup
         host_cgroup = relative_path(spec.get("linux", {}).get("cgroupsPath", ""), cid, systemd)
@@ -350,7 +308,7 @@ class Runtime:
             result = {"ok": False, "error": f"garbled monitor report: {line!r}"}
         if not result.get("ok"):
             mon.wait(timeout=30)
-            _raise_remote(
+            raise_remote(
                 {
                     "kind": result.get("kind", "VMError"),
                     "error": result.get("error", "the sandbox monitor failed"),
@@ -424,10 +382,20 @@ class Runtime:
         console_socket: str | None,
         pid_file: str | None,
         detach: bool,
+        source: str = "exec",
     ) -> int:
+        """Run ``process`` in the container; ``source`` names where it came from in errors
+        (``--process FILE``, or exec's arguments)."""
+        from hyperpy import preflight
+
         st, d = self._check(cid, "exec")
         if process.get("terminal") and not console_socket and detach:
             raise UsageError("exec with a terminal and --detach needs --console-socket")
+        if pid_file:
+            preflight.pid_file(pid_file)
+        if console_socket:
+            preflight.console_socket(console_socket)
+        preflight.process_fits(process, source)
         reply = MonitorClient(d).request("exec", cid=cid, process=process)
         pid = self._spawn_proxy(d, reply["proc"], console_socket, stdio=not console_socket)
         self._cgroup(st).add(pid)
@@ -552,14 +520,14 @@ CRI_SANDBOX = "io.kubernetes.cri.sandbox-id"
 
 
 def _vm_request(spec: dict, default_mb: int, overhead_mb: int) -> dict:
-    """VM size from the spec: its memory limit plus the guest's own overhead."""
+    """VM size from the spec: its memory limit plus the guest's own overhead; the vCPUs its
+    quota and cpuset need (``preflight.vcpus_for``; 0: the configured default)."""
+    from hyperpy.preflight import vcpus_for
+
     res = spec.get("linux", {}).get("resources", {}) or {}
     limit = (res.get("memory") or {}).get("limit") or 0
     memory_mb = max(default_mb, limit // (1 << 20) + overhead_mb) if limit > 0 else default_mb
-    cpu = res.get("cpu") or {}
-    vcpus = 0
-    if cpu.get("quota") and cpu.get("period"):
-        vcpus = max(1, min(os.cpu_count() or 1, -(-cpu["quota"] // cpu["period"])))
+    vcpus = vcpus_for(res.get("cpu") or {})
     return {"memory_mb": memory_mb, "vcpus": vcpus, "limited": limit > 0}
 
 

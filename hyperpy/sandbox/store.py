@@ -30,7 +30,7 @@ from hyperpy.errors import ContainerExists, ContainerNotFound, UsageError
 from hyperpy.sandbox.model import Status
 
 SCHEMA_VERSION = 1
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
+ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}")  # whole id: fullmatch ($ allows a \n)
 
 
 @dataclass
@@ -55,7 +55,7 @@ class State:
 
 
 def check_id(cid: str) -> None:
-    if not ID_RE.match(cid):
+    if not isinstance(cid, str) or not ID_RE.fullmatch(cid):
         raise UsageError(
             f"invalid container id {cid!r}: use 1-128 characters of letters, digits, "
             "'_', '.', '+' and '-', starting with a letter or digit"
@@ -76,7 +76,7 @@ class Store:
         except FileNotFoundError:
             return []
         return sorted(
-            n for n in names if ID_RE.match(n) and os.path.isdir(os.path.join(self.root, n))
+            n for n in names if ID_RE.fullmatch(n) and os.path.isdir(os.path.join(self.root, n))
         )
 
     def make(self, cid: str) -> str:

@@ -1,0 +1,106 @@
+"""The process ``exec`` runs, built from config.json's and the flags as runc's exec builds it.
+
+Pure: no I/O. Without ``--process``, config.json's ``process`` (capabilities, rlimits, user
+and all) with the flags applied as runc's ``getProcess`` applies them: the arguments
+replace ``args``; ``--cwd`` replaces ``cwd``; ``--env`` is appended to ``env``; ``terminal``
+is ``--tty``; ``--no-new-privs`` sets ``noNewPrivileges``; ``--user uid[:gid]`` replaces the
+uid (and the gid only when given); ``--additional-gids`` are appended.
+
+``--cap NAME`` adds NAME to the bounding, effective and permitted sets, and to ambient only
+when the spec lists inheritable capabilities (runc since 1.2: exec no longer touches
+inheritable, and the kernel raises an ambient capability only if it is inheritable too).
+hyperpy applies ``--cap`` to a ``--process`` file's process as well, where runc silently
+ignores it. An unknown name is a usage error naming the flag.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from agent.tables import CAPS
+from hyperpy.errors import UsageError
+
+
+def check_cap(name: str, flag: str = "--cap") -> None:
+    if name in CAPS:
+        return
+    hint = ""
+    for guess in ("CAP_" + name.upper(), name.upper()):
+        if guess in CAPS:
+            hint = f" (did you mean {guess}?)"
+            break
+    raise UsageError(
+        f"{flag} {name!r}: unknown capability{hint}; expected a Linux capability name such "
+        "as CAP_SYS_ADMIN (CAP_CHOWN ... CAP_CHECKPOINT_RESTORE)"
+    )
+
+
+def add_caps(process: dict, names: tuple[str, ...] | list[str], flag: str = "--cap") -> dict:
+    """``process`` with each capability added as ``runc exec --cap`` adds it."""
+    for name in names:
+        check_cap(name, flag)
+    if not names:
+        return process
+    process = copy.deepcopy(process)
+    caps = process.setdefault("capabilities", {}) or {}
+    process["capabilities"] = caps
+    sets = ["bounding", "effective", "permitted"]
+    if caps.get("inheritable") is not None:
+        sets.append("ambient")
+    for kind in sets:
+        have = list(caps.get(kind) or [])
+        caps[kind] = have + [n for n in names if n not in have]
+    return process
+
+
+def parse_user(value: str) -> tuple[int, int | None]:
+    """``uid[:gid]`` as numbers (runc takes no names: the guest's /etc/passwd is not ours)."""
+    uid_s, colon, gid_s = value.partition(":")
+    try:
+        uid = int(uid_s)
+        gid = int(gid_s) if colon else None
+    except ValueError:
+        raise UsageError(
+            f"--user {value!r}: expected uid[:gid] as numbers, e.g. 1000:1000"
+        ) from None
+    if uid < 0 or (gid is not None and gid < 0):
+        raise UsageError(f"--user {value!r}: ids cannot be negative")
+    return uid, gid
+
+
+def from_flags(
+    base: dict,
+    args: list[str],
+    *,
+    tty: bool = False,
+    cwd: str | None = None,
+    env: tuple[str, ...] = (),
+    user: str | None = None,
+    additional_gids: tuple[int, ...] = (),
+    no_new_privs: bool = False,
+    caps: tuple[str, ...] = (),
+) -> dict:
+    """config.json's process ``base`` with exec's flags applied (runc's getProcess)."""
+    for extra in additional_gids:
+        if extra < 0:
+            raise UsageError(f"--additional-gids {extra}: a group id cannot be negative")
+    p = copy.deepcopy(base)
+    p["args"] = list(args)
+    if cwd:
+        p["cwd"] = cwd
+    p.setdefault("cwd", "/")
+    p["env"] = list(p.get("env") or []) + list(env)
+    p["terminal"] = tty
+    if no_new_privs:
+        p["noNewPrivileges"] = True
+    p["user"] = dict(p.get("user") or {"uid": 0, "gid": 0})
+    if user:
+        uid, gid = parse_user(user)
+        p["user"]["uid"] = uid
+        if gid is not None:
+            p["user"]["gid"] = gid
+    if additional_gids:
+        p["user"]["additionalGids"] = list(p["user"].get("additionalGids") or []) + list(
+            additional_gids
+        )
+    return add_caps(p, caps)
