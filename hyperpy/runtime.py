@@ -296,7 +296,8 @@ class Runtime:
         # The guest enforces the container's limit; the host ceiling is the whole VM plus
         # QEMU's own memory, so the host never OOM-kills the VM for that limit.
         ceiling = (req["memory_mb"] + QEMU_OVERHEAD_MB) << 20 if req["limited"] else None
-        cg.create(memory_limit=ceiling)
+        cpu = (spec.get("linux", {}).get("resources") or {}).get("cpu") or {}
+        cg.create(memory_limit=ceiling, cpu=cpu)  # the cpuset, before QEMU starts in it
         cg.add(st.monitor_pid)
         try:
             line = _read_ready(r, cfg.boot_timeout + 30, "the sandbox monitor")
@@ -315,6 +316,7 @@ class Runtime:
                 }
             )
         st.qemu_pid = result.get("qemu_pid", 0)
+        cg.set_cpu(cpu)  # shares, quota, period: after the boot, which they would throttle
 
     def _spawn_proxy(self, d: str, proc: int, console_socket: str | None, stdio: bool) -> int:
         """Start the process proxy; with ``stdio`` it carries the caller's stdin/out/err.
@@ -442,6 +444,8 @@ class Runtime:
         with self.store.locked(cid):
             st, d = self._check(cid, "update")
             MonitorClient(d).request(P.OP_UPDATE, cid=cid, resources=resources)
+            if resources.get("cpu") and st.host_cgroup and not st.sandbox:
+                self._cgroup(st).set_cpu(resources["cpu"])  # where the VM's vCPUs run
 
     def stats(self, cid: str) -> dict:
         st, d = self._check(cid, "events")
