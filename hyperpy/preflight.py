@@ -33,9 +33,11 @@ MAX_ARG_STRLEN = 32 * 4096
 # Room in a message for what travels beside the spec (op, ids, the bundle and state paths,
 # each at most PATH_MAX), so the spec alone must fit in MAX_PAYLOAD - HEADROOM.
 HEADROOM = 16 << 10
-# The container's init is the agent forked (Python, copy-on-write) until it execs: below
-# this the guest's OOM killer ends it before it can even report.
-MIN_MEMORY_LIMIT = 8 << 20
+# The container's init is the agent forked (Python, copy-on-write) until it execs: its
+# setup needs about 1.5 MiB (measured with busybox under TCG); below this limit the guest's
+# OOM killer ends every init before it can exec.  Above it, an init that still does not
+# fit is reported by the agent as OOM-killed (as runc reports it).
+MIN_MEMORY_LIMIT = 4 << 20
 
 
 def pid_file(path: str, flag: str = "--pid-file") -> None:

@@ -161,3 +161,24 @@ def test_kill_through_the_cli_with_a_json_log_as_the_shim_calls_it(tmp_path):
     res = subprocess.run([HYPERPY, "--root", root, "kill", "--all", "gone2", "9"],
                          capture_output=True, timeout=60)  # fmt: skip
     assert res.returncode == 0, res.stderr
+
+
+def test_a_setup_process_that_dies_silently_is_described():
+    """The agent's report when a container's setup process dies before a word (issue 9,
+    item 7: memory.limit 1 used to give an empty message)."""
+    import os
+
+    from agent.container import Launch, died
+
+    pid = os.fork()
+    if pid == 0:
+        os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    msg, pointer = died(Launch({}), status)
+    assert "exited with status 3" in msg and pointer == ""
+    pid = os.fork()
+    if pid == 0:
+        os.kill(os.getpid(), 9)
+    _, status = os.waitpid(pid, 0)
+    assert "killed by signal 9" in died(Launch({}), status)[0]
+    assert died(Launch({}))[0].endswith("died before it could report")
