@@ -147,3 +147,25 @@ def test_the_smallest_memory_limit_accepted_runs(root, bundle):
     res = run_spec(root, bundle, "mem1", "cat /sys/fs/cgroup/memory.max", edit)
     assert res.returncode == 0, res.stderr.decode()
     assert res.stdout.decode().strip() == str(MIN_MEMORY_LIMIT)
+
+
+def test_exec_input_is_checked_before_it_reaches_the_guest(root, bundle, tmp_path):
+    """exec's --pid-file, --console-socket and arguments fail with the flag named, and start
+    nothing in the guest (issue 9, item 7)."""
+    started(root, bundle, "exin1", ["sleep", "1000"])
+    try:
+        res = hyperpy(root, "exec", "--pid-file", str(tmp_path / "nodir" / "p"), "exin1", "true")
+        assert res.returncode == 2 and b"--pid-file" in res.stderr, res.stderr
+        # (one argument above MAX_ARG_STRLEN cannot even reach us: the host's execve too)
+        res = hyperpy(root, "exec", "exin1", "echo", *["x" * 120000] * 10)
+        assert res.returncode == 2, res.stderr
+        assert b"exec's arguments#/args/" in res.stderr and b"frame limit" in res.stderr
+        res = hyperpy(root, "exec", "-t", "-d", "--console-socket", str(tmp_path / "none.sock"),
+                      "exin1", "sh")  # fmt: skip
+        assert res.returncode == 2 and b"--console-socket" in res.stderr, res.stderr
+        res = hyperpy(root, "exec", "--user", "nobody", "exin1", "true")
+        assert res.returncode == 2 and b"--user" in res.stderr, res.stderr
+        ps = json.loads(hyperpy(root, "ps", "--format", "json", "exin1", check=True).stdout)
+        assert len(ps) == 1  # only init's proxy: no exec got as far as a process
+    finally:
+        hyperpy(root, "delete", "--force", "exin1", check=True)
