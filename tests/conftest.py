@@ -31,11 +31,6 @@ def pytest_runtest_makereport(item, call):
     setattr(item, "rep_" + rep.when, rep)
 
 
-def processes_mentioning(text: str) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines()[1:] if text in line and "ps -eo" not in line]
-
-
 def _names(arg: str, path: str) -> bool:
     return arg == path or path + "/" in arg or arg.endswith("=" + path)
 
