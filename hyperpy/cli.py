@@ -326,10 +326,8 @@ def exec_(
             process = document.load(process_file)
         except document.DocumentError as exc:
             raise UsageError(f"--process {process_file}: {exc}") from None
-        if not isinstance(process, dict) or not process.get("args"):
-            raise UsageError(f"--process {process_file}: /args must be a non-empty array")
-        process = oci_process.add_caps(process, cap)
         source = f"--process {process_file}"
+        process = oci_process.add_caps(oci_process.check_document(process, source), cap)
     else:
         if not command_args:
             raise UsageError("exec needs a command (or --process FILE)")

@@ -221,6 +221,23 @@ def resources(spec: dict, path: str) -> None:
             )
 
 
+def update_resources(res: dict) -> None:
+    """``update``'s LinuxResources: what the guest's cgroup would refuse, as a usage error
+    (the document came from --resources or the flags)."""
+    mem = res.get("memory") or {}
+    if mem.get("swap") not in (None, 0, -1) and mem.get("limit") in (None, 0):
+        # the guest takes swap alone against its current limit (agent.cgroups.update)
+        res = {**res, "memory": {**mem, "limit": -1}}
+    try:
+        guest_cgroups.translate(res, pointer="")
+    except SetupError as exc:
+        raise UsageError(f"update: LinuxResources#{exc.pointer}: {exc}") from None
+    cpu = res.get("cpu") or {}
+    for key in ("cpus", "mems"):
+        if cpu.get(key) is not None and not isinstance(cpu[key], str):
+            raise UsageError(f'update: LinuxResources#/cpu/{key}: expected a string like "0-1"')
+
+
 def _online_text(path: str) -> str:
     try:
         with open(path) as f:

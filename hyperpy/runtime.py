@@ -443,6 +443,9 @@ class Runtime:
     def update(self, cid: str, resources: dict) -> None:
         with self.store.locked(cid):
             st, d = self._check(cid, "update")
+            from hyperpy import preflight
+
+            preflight.update_resources(resources)
             MonitorClient(d).request(P.OP_UPDATE, cid=cid, resources=resources)
             if resources.get("cpu") and st.host_cgroup and not st.sandbox:
                 self._cgroup(st).set_cpu(resources["cpu"])  # where the VM's vCPUs run

@@ -53,6 +53,50 @@ def add_caps(process: dict, names: tuple[str, ...] | list[str], flag: str = "--c
     return process
 
 
+def check_document(p: object, source: str) -> dict:
+    """A ``--process`` file's process: the shapes the guest relies on, each named by its
+    JSON pointer (the full schema is not loaded on this path: the shim execs through it)."""
+    problem = _problem(p)
+    if problem:
+        raise UsageError(f"{source}#{problem[0]}: {problem[1]}")
+    assert isinstance(p, dict)
+    return p
+
+
+def _problem(p: object) -> tuple[str, str] | None:
+    if not isinstance(p, dict):
+        return "", "expected a JSON object (an OCI process)"
+    args = p.get("args")
+    if not isinstance(args, list) or not args or not all(isinstance(a, str) for a in args):
+        return "/args", 'expected a non-empty array of strings, e.g. ["sh"]'
+    if not isinstance(p.get("env", []), list) or not all(
+        isinstance(e, str) for e in p.get("env", [])
+    ):
+        return "/env", 'expected an array of "NAME=value" strings'
+    cwd = p.get("cwd", "/")
+    if not isinstance(cwd, str) or not cwd.startswith("/"):
+        return "/cwd", "expected an absolute path inside the container"
+    if not isinstance(p.get("terminal", False), bool):
+        return "/terminal", "expected true or false"
+    user = p.get("user", {})
+    if not isinstance(user, dict):
+        return "/user", 'expected an object such as {"uid": 0, "gid": 0}'
+    for key in ("uid", "gid"):
+        v = user.get(key, 0)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            return f"/user/{key}", "expected a non-negative integer"
+    caps = p.get("capabilities") or {}
+    if not isinstance(caps, dict):
+        return "/capabilities", "expected an object of capability sets"
+    for kind, names in caps.items():
+        if not isinstance(names, list):
+            return f"/capabilities/{kind}", "expected an array of capability names"
+        for i, name in enumerate(names):
+            if name not in CAPS:
+                return f"/capabilities/{kind}/{i}", f"unknown capability {name!r}"
+    return None
+
+
 def parse_user(value: str) -> tuple[int, int | None]:
     """``uid[:gid]`` as numbers (runc takes no names: the guest's /etc/passwd is not ours)."""
     uid_s, colon, gid_s = value.partition(":")

@@ -230,3 +230,31 @@ def test_console_socket_that_listens_passes(tmp_path, bundle):
         rc, err = create(tmp_path, bundle, "--console-socket", path, "--pid-file",
                          str(tmp_path / "p"))  # fmt: skip
     assert rc == 3 and "/destination" in err, err
+
+
+def test_update_resources_are_checked_as_the_guest_would():
+    from hyperpy.errors import UsageError
+    from hyperpy.preflight import update_resources
+
+    update_resources({"memory": {"swap": 64 << 20}})  # swap alone: against the current limit
+    update_resources({"cpu": {"quota": 20000}})  # the period stays
+    with pytest.raises(UsageError, match=r"#/cpu/realtimePeriod"):
+        update_resources({"cpu": {"realtimePeriod": 1000}})
+    with pytest.raises(UsageError, match=r"#/memory/limit"):
+        update_resources({"memory": {"limit": "lots"}})
+    with pytest.raises(UsageError, match=r"#/cpu/cpus"):
+        update_resources({"cpu": {"cpus": 1}})
+
+
+def test_process_files_are_checked_with_pointers(tmp_path):
+    from hyperpy.errors import UsageError
+    from hyperpy.oci.process import check_document
+
+    assert check_document({"args": ["sh"], "cwd": "/"}, "--process p")
+    for bad, ptr in [({"args": "sh"}, "/args"), ({"args": ["sh"], "cwd": "tmp"}, "/cwd"),
+                     ({"args": ["sh"], "user": {"uid": -1}}, "/user/uid"),
+                     ({"args": ["sh"], "capabilities": {"bounding": ["CAP_FLY"]}},
+                      "/capabilities/bounding/0"), ([], "")]:  # fmt: skip
+        with pytest.raises(UsageError) as err:
+            check_document(bad, "--process p")
+        assert str(err.value).startswith(f"--process p#{ptr}:"), err.value
