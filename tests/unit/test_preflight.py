@@ -258,3 +258,18 @@ def test_process_files_are_checked_with_pointers(tmp_path):
         with pytest.raises(UsageError) as err:
             check_document(bad, "--process p")
         assert str(err.value).startswith(f"--process p#{ptr}:"), err.value
+
+
+@pytest.mark.parametrize("kind", ["file", "unmakeable"])
+def test_a_bad_root_is_a_usage_error(tmp_path, bundle, kind):
+    write(bundle, spec())
+    root = tmp_path / "rootfile"
+    if kind == "file":
+        root.write_text("")
+    else:
+        root = Path("/proc/hyperpy-no-such-root")
+    for args in (["create", "--bundle", str(bundle), "c1"], ["list"]):
+        res = subprocess.run([HYPERPY, "--root", str(root), *args], capture_output=True,
+                             timeout=30)  # fmt: skip
+        assert res.returncode == 2, res.stderr
+        assert f"--root {root}".encode() in res.stderr and b"Traceback" not in res.stderr
