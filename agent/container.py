@@ -6,7 +6,9 @@ hostname, rlimits, user and the start gate that holds ``create``'s process until
 
 The parent learns the outcome through a ``sync`` pipe: the child writes ``{"ok": true}``
 when it is ready (blocked on the start gate) or ``{"error": ..., "pointer": ...}`` naming the
-config.json field that failed; a failed exec after the gate is reported the same way.
+config.json field that failed; a failed exec after the gate is reported the same way. A
+child that dies without a word (:func:`died`) is described by how it died, or, when its
+cgroup counted an OOM kill, as runc says it: "container init was OOM-killed".
 
 The container's root is switched with pivot_root(2) and the old root detached, so nothing
 of the guest's own filesystem (the agent, its Python) stays reachable from inside.  The

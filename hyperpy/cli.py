@@ -320,14 +320,8 @@ def exec_(
     _no_preserved_fds(preserve_fds)
     rt = _runtime(ctx)
     if process_file:
-        from hyperpy.oci import document
-
-        try:
-            process = document.load(process_file)
-        except document.DocumentError as exc:
-            raise UsageError(f"--process {process_file}: {exc}") from None
         source = f"--process {process_file}"
-        process = oci_process.add_caps(oci_process.check_document(process, source), cap)
+        process = oci_process.from_file(process_file, cap)
     else:
         if not command_args:
             raise UsageError("exec needs a command (or --process FILE)")

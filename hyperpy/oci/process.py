@@ -1,10 +1,12 @@
 """The process ``exec`` runs, built from config.json's and the flags as runc's exec builds it.
 
-Pure: no I/O. Without ``--process``, config.json's ``process`` (capabilities, rlimits, user
-and all) with the flags applied as runc's ``getProcess`` applies them: the arguments
-replace ``args``; ``--cwd`` replaces ``cwd``; ``--env`` is appended to ``env``; ``terminal``
-is ``--tty``; ``--no-new-privs`` sets ``noNewPrivileges``; ``--user uid[:gid]`` replaces the
-uid (and the gid only when given); ``--additional-gids`` are appended.
+Pure but for :func:`from_file`. Without ``--process``: config.json's ``process``
+(capabilities, rlimits, user and all) with the flags applied as runc's ``getProcess``
+applies them: the arguments replace ``args``; ``--cwd`` replaces ``cwd``; ``--env`` is
+appended to ``env``; ``terminal`` is ``--tty``; ``--no-new-privs`` sets
+``noNewPrivileges``; ``--user uid[:gid]`` replaces the uid (and the gid only when given);
+``--additional-gids`` are appended. A ``--process`` file is checked for the shapes the
+guest relies on, with JSON pointers (:func:`check_document`).
 
 ``--cap NAME`` adds NAME to the bounding, effective and permitted sets, and to ambient only
 when the spec lists inheritable capabilities (runc since 1.2: exec no longer touches
@@ -51,6 +53,18 @@ def add_caps(process: dict, names: tuple[str, ...] | list[str], flag: str = "--c
         have = list(caps.get(kind) or [])
         caps[kind] = have + [n for n in names if n not in have]
     return process
+
+
+def from_file(path: str, caps: tuple[str, ...] = ()) -> dict:
+    """A ``--process`` file's process (read as :mod:`hyperpy.oci.document` reads), checked,
+    with ``--cap`` applied."""
+    from hyperpy.oci import document
+
+    try:
+        raw = document.load(path)
+    except document.DocumentError as exc:
+        raise UsageError(f"--process {path}: {exc}") from None
+    return add_caps(check_document(raw, f"--process {path}"), caps)
 
 
 def check_document(p: object, source: str) -> dict:
