@@ -432,7 +432,8 @@ def update(
     blkio_weight: int | None,
     container_id: str,
 ) -> None:
-    """Change a container's resource limits (applied to its cgroup in the guest)."""
+    """Change a container's resource limits (its cgroup in the guest; CPU ones also the
+    pod's cgroup on the host, where the VM's vCPUs run)."""
     res: dict = {}
     if resources:
         from hyperpy.oci import document
