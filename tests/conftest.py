@@ -6,6 +6,7 @@ console and monitor logs attached."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -32,7 +33,9 @@ def pytest_runtest_makereport(item, call):
 
 
 def _names(arg: str, path: str) -> bool:
-    return arg == path or path + "/" in arg or arg.endswith("=" + path)
+    """``arg`` names ``path`` or a path below it (``--root=R``, ``name=hyperpy:R/ID``, ``R/ID``),
+    not a sibling that merely starts the same (``R1`` is not ``R10``)."""
+    return re.search(re.escape(path) + r"(?=$|[/,:=\s])", arg) is not None
 
 
 def processes_under(*paths: str) -> list[str]:

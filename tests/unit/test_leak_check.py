@@ -19,14 +19,17 @@ def test_only_the_tests_own_paths_count(tmp_path):
         subprocess.Popen(["sleep", "31"], cwd=mine / "c1"),
         subprocess.Popen(["sh", "-c", f"sleep 32; : {sibling}/c1 qemu-system-x86_64"]),
         subprocess.Popen(["sleep", "33"], cwd=sibling / "c1"),
+        # a jailed QEMU names its state dir only as -name hyperpy:R/ID
+        subprocess.Popen(["sh", "-c", "sleep 34; : -name", f"hyperpy:{mine}/c1"]),
+        subprocess.Popen(["sh", "-c", "sleep 35; : -name", f"hyperpy:{sibling}"]),
     ]
     try:
         time.sleep(0.2)
         found = processes_under(str(mine))
         assert sorted(int(line.split()[0]) for line in found) == sorted(
-            p.pid for p in procs[:2]
+            p.pid for p in procs[:2] + procs[4:5]
         ), found
-        assert len(processes_under(str(sibling))) == 2
+        assert len(processes_under(str(sibling))) == 3
     finally:
         for p in procs:
             p.kill()
