@@ -10,6 +10,7 @@ both.
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import signal
@@ -205,11 +206,15 @@ def daemons():
         yield d
     finally:
         d.stop()
-        for line in processes_under(*RUNTIME_ROOTS, str(base)):
+        for line in processes_under(CONTAINERD_ROOT, str(base)):
             try:
                 os.kill(int(line.split()[0]), signal.SIGKILL)
             except (ProcessLookupError, ValueError):
                 pass
+        try:
+            os.rmdir(CONTAINERD_ROOT)  # the shim's root for our namespace, empty by now
+        except OSError:
+            pass
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -220,12 +225,13 @@ def no_leftovers(daemons):
     deadline = time.monotonic() + 20
     left: list[str] = []
     while time.monotonic() < deadline:
-        left = processes_under(*RUNTIME_ROOTS)  # monitors, proxies, QEMUs of this session
+        left = processes_under(*runtime_roots(daemons))  # this session's monitors, proxies, QEMUs
         if not left:
             break
         time.sleep(0.2)
     assert not left, f"left behind: {left}"
-    assert not state_left(), f"state or mounts left behind: {state_left()}"
+    left = state_left(runtime_roots(daemons))
+    assert not left, f"state or mounts left behind: {left}"
 
 
 def run_in_pty(argv: list[str], send: bytes = b"", timeout: float = 120) -> tuple[int, bytes]:
@@ -269,14 +275,25 @@ def run_in_pty(argv: list[str], send: bytes = b"", timeout: float = 120) -> tupl
     return rc, out
 
 
-RUNTIME_ROOTS = ("/run/containerd/runc/" + NS, "/run/containerd/runc/" + DOCKER_NS)
+# hyperpy's --root under containerd's runc shim, for this session's namespace
+CONTAINERD_ROOT = "/run/containerd/runc/" + NS
 
 
-def state_left() -> list[str]:
+def runtime_roots(daemons: Daemons) -> list[str]:
+    """hyperpy's --root directories of this session: the shim's for our containerd namespace,
+    dockerd's (<exec-root>/runtime-<name>/<namespace>, under the session's directory)."""
+    return [
+        CONTAINERD_ROOT,
+        *glob.glob(str(daemons.base / "docker-exec" / "runtime-*" / DOCKER_NS)),
+    ]
+
+
+def state_left(roots: list[str] | tuple[str, ...] = (CONTAINERD_ROOT,)) -> list[str]:
     out = []
-    for root in RUNTIME_ROOTS:
+    for root in roots:
         if os.path.isdir(root):
             out += [os.path.join(root, e) for e in os.listdir(root)]
     with open("/proc/self/mountinfo") as f:
-        out += [p for p in (line.split()[4] for line in f) if p.startswith(RUNTIME_ROOTS)]
+        points = [line.split()[4] for line in f]
+    out += [p for p in points if any(p == r or p.startswith(r + "/") for r in roots)]
     return out
