@@ -6,7 +6,9 @@ hostname, rlimits, user and the start gate that holds ``create``'s process until
 
 The parent learns the outcome through a ``sync`` pipe: the child writes ``{"ok": true}``
 when it is ready (blocked on the start gate) or ``{"error": ..., "pointer": ...}`` naming the
-config.json field that failed; a failed exec after the gate is reported the same way.
+config.json field that failed; a failed exec after the gate is reported the same way. A
+child that dies without a word (:func:`died`) is described by how it died, or, when its
+cgroup counted an OOM kill, as runc says it: "container init was OOM-killed".
 
 The container's root is switched with pivot_root(2) and the old root detached, so nothing
 of the guest's own filesystem (the agent, its Python) stays reachable from inside.  The
@@ -28,7 +30,7 @@ import struct
 import sys
 import termios
 
-from agent import caps, linux, seccomp
+from agent import caps, cgroups, linux, seccomp
 from agent.errors import SetupError
 from agent.tables import RLIMITS
 
@@ -132,12 +134,32 @@ def spawn(launch: Launch, gate: bool) -> tuple[int, int, int]:
             os.close(start_w)
         if map_error is not None:
             raise map_error from None
+        if not raw:  # it died without a word: say how, as runc does for an OOM kill
+            raise SetupError(*died(launch, status)) from None
         try:
             err = json.loads(raw)
         except ValueError:
             err = {"error": raw.decode(errors="replace"), "pointer": ""}
         raise SetupError(err.get("error", ""), err.get("pointer", "")) from None
     return pid, sync_r, start_w
+
+
+def died(launch: Launch, status: int | None = None) -> tuple[str, str]:
+    """(message, pointer) for a setup process that died before it could report; ``status``
+    is its wait status when known."""
+    cgroup = os.path.dirname(launch.cgroup_procs) if launch.cgroup_procs else ""
+    if cgroup and cgroups.oom_kills(cgroup) > 0:
+        return (
+            "container init was OOM-killed (memory limit too low?): raise the limit",
+            "/linux/resources/memory/limit",
+        )
+    if status is None:
+        how = "died"
+    elif os.WIFSIGNALED(status):
+        how = f"was killed by signal {os.WTERMSIG(status)}"
+    else:
+        how = f"exited with status {os.waitstatus_to_exitcode(status)}"
+    return f"the container's setup process {how} before it could report", ""
 
 
 def read_sync(fd: int) -> dict:

@@ -27,7 +27,7 @@ import time
 
 from agent import cgroups, layers, linux
 from agent import protocol as P
-from agent.container import Launch, SetupError, Stdio, read_sync, spawn
+from agent.container import Launch, SetupError, Stdio, died, read_sync, spawn
 
 SHARE_DIR = P.GUEST_SHARE_DIR
 OUTBUF_HIGH = 4 << 20
@@ -350,6 +350,9 @@ class Agent:
         self.by_pid[pid] = proc
         if gate:
             status = self._read_sync(proc)
+            if status.get("exec"):  # EOF: it cannot have exec'd before the gate, so it died
+                message, pointer = died(launch)
+                status = {"error": message, "pointer": pointer}
             if "error" in status:
                 self._fail(proc)
                 raise SetupError(status["error"], status.get("pointer", ""))

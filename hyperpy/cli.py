@@ -289,7 +289,9 @@ def _wait_child(pid: int) -> int:
 @click.option("--user", "-u", default=None, help="uid[:gid]")
 @click.option("--additional-gids", "-g", multiple=True, type=int)
 @click.option("--no-new-privs", is_flag=True)
-@click.option("--cap", "-c", multiple=True)
+@click.option(
+    "--cap", "-c", multiple=True, help="add a capability (bounding, effective, permitted)"
+)
 @click.option("--preserve-fds", type=int, default=0)
 @click.argument("container_id")
 @click.argument("command_args", nargs=-1, type=click.UNPROCESSED)
@@ -313,37 +315,34 @@ def exec_(
     command_args: tuple[str, ...],
 ) -> None:
     """Run a new process in a running container."""
+    from hyperpy.oci import process as oci_process
+
     _no_preserved_fds(preserve_fds)
     rt = _runtime(ctx)
     if process_file:
-        try:
-            with open(process_file) as f:
-                process = json.load(f)
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"--process {process_file}: cannot read process JSON: {exc}") from exc
-        if not isinstance(process, dict) or not process.get("args"):
-            raise UsageError(f"--process {process_file}: /args must be a non-empty array")
+        source = f"--process {process_file}"
+        process = oci_process.from_file(process_file, cap)
     else:
         if not command_args:
             raise UsageError("exec needs a command (or --process FILE)")
+        for name in cap:  # before the bundle is read: a bad flag is the caller's to fix
+            oci_process.check_cap(name)
         st = rt.store.load(container_id)
         from hyperpy.oci.validate import load_bundle
 
-        base = load_bundle(st.bundle).get("process") or {}
-        process = {
-            "terminal": tty,
-            "args": list(command_args),
-            "env": list(base.get("env", [])) + list(env),
-            "cwd": cwd or base.get("cwd", "/"),
-            "user": dict(base.get("user", {"uid": 0, "gid": 0})),
-            "noNewPrivileges": no_new_privs or base.get("noNewPrivileges", False),
-        }
-        if user:
-            uid, _, gid = user.partition(":")
-            process["user"] = {"uid": int(uid), "gid": int(gid or 0)}
-        if additional_gids:
-            process["user"]["additionalGids"] = list(additional_gids)
-    code = rt.exec(container_id, process, console_socket, pid_file, detach)
+        process = oci_process.from_flags(
+            load_bundle(st.bundle).get("process") or {},
+            list(command_args),
+            tty=tty,
+            cwd=cwd,
+            env=env,
+            user=user,
+            additional_gids=additional_gids,
+            no_new_privs=no_new_privs,
+            caps=cap,
+        )
+        source = "exec's arguments"
+    code = rt.exec(container_id, process, console_socket, pid_file, detach, source=source)
     sys.exit(code)
 
 
@@ -433,19 +432,19 @@ def update(
     blkio_weight: int | None,
     container_id: str,
 ) -> None:
-    """Change a container's resource limits (applied to its cgroup in the guest)."""
+    """Change a container's resource limits (its cgroup in the guest; CPU ones also the
+    pod's cgroup on the host, where the VM's vCPUs run)."""
     res: dict = {}
     if resources:
+        from hyperpy.oci import document
+
         try:
             if resources == "-":
-                res = json.load(sys.stdin)
+                res = document.parse(document.read_stream(sys.stdin.buffer))
             else:
-                with open(resources) as f:
-                    res = json.load(f)
-        except (OSError, ValueError) as exc:
-            raise UsageError(
-                f"--resources {resources}: cannot read LinuxResources JSON: {exc}"
-            ) from exc
+                res = document.load(resources)
+        except document.DocumentError as exc:
+            raise UsageError(f"--resources {resources}: {exc}") from None
         if not isinstance(res, dict):
             raise UsageError(f"--resources {resources}: expected a JSON object")
     mem = res.setdefault("memory", {})

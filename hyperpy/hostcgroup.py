@@ -3,8 +3,16 @@
 containerd reads a task's stats and OOM events from the cgroup of the pid in --pid-file, so
 that cgroup must hold what the pod really costs: QEMU (the guest's memory and vCPUs), the
 monitor and every proxy.  The container's limits are enforced inside the guest (the agent's
-cgroup); the host cgroup only gets a memory ceiling of the container's limit plus the VM's
+cgroup); the host cgroup gets a memory ceiling of the container's limit plus the VM's
 overhead, so it can never OOM-kill the VM for a limit the guest already enforces.
+
+CPU settings apply on both sides, as given: the guest confines the container, and the host
+confines the threads that run it (QEMU's vCPUs).  The cpuset is written when the cgroup is
+made, before QEMU starts in it; shares, quota and period (:meth:`HostCgroup.set_cpu`) once
+the VM has booted, so the boot, the runtime's own work, is not throttled.  On v1 they are
+``cpuset.cpus``/``cpuset.mems``, ``cpu.shares``, ``cpu.cfs_period_us`` and
+``cpu.cfs_quota_us`` (period first, retried after the quota when the kernel refuses it, as
+runc does); on v2 the guest's conversion (``agent.cgroups.translate``) gives the files.
 
 Both layouts are handled: cgroup v2 (one hierarchy at /sys/fs/cgroup) and v1 (one
 hierarchy per controller, /sys/fs/cgroup/<controller>), including the hybrid layout where a
@@ -78,7 +86,8 @@ class HostCgroup:
                 if os.path.isdir(os.path.join(root, c))
             ]
 
-    def create(self, memory_limit: int | None = None) -> None:
+    def create(self, memory_limit: int | None = None, cpu: dict | None = None) -> None:
+        """Make the cgroup; ``cpu`` (OCI ``linux.resources.cpu``) gives its cpuset."""
         try:
             self._create(memory_limit)
         except OSError as exc:
@@ -86,6 +95,9 @@ class HostCgroup:
                 f"cannot create the pod's host cgroup {self.rel} ({exc}): hyperpy needs a "
                 "writable cgroup hierarchy (run as root; check /sys/fs/cgroup is mounted rw)"
             ) from exc
+        cpuset = {k: cpu[k] for k in ("cpus", "mems") if cpu and cpu.get(k)}
+        if cpuset:
+            self._apply_cpu(cpuset)
 
     def _create(self, memory_limit: int | None) -> None:
         for d in self.dirs:
@@ -95,6 +107,66 @@ class HostCgroup:
                 _inherit_cpuset(d, cpuset_top)
         if memory_limit:
             self._write_memory(memory_limit)
+
+    def set_cpu(self, cpu: dict) -> None:
+        """Shares, quota, period and cpuset of OCI ``linux.resources.cpu``, as given."""
+        keys = ("shares", "quota", "period", "cpus", "mems")
+        self._apply_cpu({k: cpu[k] for k in keys if cpu.get(k) is not None})
+
+    def _apply_cpu(self, cpu: dict) -> None:
+        if not cpu:
+            return
+        if is_v2(self.root):
+            try:
+                writes = guest_cgroups.translate({"cpu": cpu})
+            except SetupError as exc:
+                raise SpecError(str(exc), exc.pointer) from None
+            for name, value, _ in writes:
+                path = os.path.join(self.dirs[0], name)
+                if os.path.exists(path):  # a controller not delegated here: not ours to set
+                    self._write_cpu(path, value)
+            return
+        for d in self.dirs:
+            if d.startswith(os.path.join(self.root, "cpuset") + "/"):
+                for key in ("cpus", "mems"):
+                    if cpu.get(key):
+                        self._write_cpu(os.path.join(d, f"cpuset.{key}"), str(cpu[key]))
+            elif d.startswith(os.path.join(self.root, "cpu") + "/"):
+                self._set_v1_cpu(d, cpu)
+
+    def _set_v1_cpu(self, d: str, cpu: dict) -> None:
+        if cpu.get("shares"):
+            self._write_cpu(os.path.join(d, "cpu.shares"), str(cpu["shares"]))
+        period, quota = cpu.get("period") or 0, cpu.get("quota") or 0
+        retry = False
+        if period:
+            try:
+                _write(os.path.join(d, "cpu.cfs_period_us"), str(period))
+            except OSError as exc:
+                # a period below the current one can exceed the parent's bandwidth until
+                # the quota is lowered too: runc retries it after the quota
+                if exc.errno != errno.EINVAL or not quota:
+                    path = os.path.join(d, "cpu.cfs_period_us")
+                    raise self._cpu_error(path, period, exc) from exc
+                retry = True
+        if quota:
+            self._write_cpu(os.path.join(d, "cpu.cfs_quota_us"), str(quota))
+            if retry:
+                self._write_cpu(os.path.join(d, "cpu.cfs_period_us"), str(period))
+
+    def _write_cpu(self, path: str, value: str) -> None:
+        try:
+            _write(path, value)
+        except OSError as exc:
+            raise self._cpu_error(path, value, exc) from exc
+
+    @staticmethod
+    def _cpu_error(path: str, value: object, exc: OSError) -> CgroupError:
+        return CgroupError(
+            f"cannot write {value} to {path} ({exc.strerror}) in the pod's host cgroup, where "
+            "QEMU's vCPUs run: check /linux/resources/cpu against the host's limits "
+            "(the parent cgroup's cpuset and CPU bandwidth)"
+        )
 
     def _write_memory(self, limit: int) -> None:
         for d in self.dirs:

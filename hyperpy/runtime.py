@@ -1,7 +1,8 @@
 """The OCI operations, as runc performs them, orchestrating store, monitor and proxies.
 
 Owns the order of each operation's steps and its cleanup on failure: a create that fails
-leaves no process, mount, socket or state directory behind. Imports stay lean: ``state``,
+leaves no process, mount, socket or state directory behind, and whatever can be checked on
+the host is checked before a VM boots (:mod:`hyperpy.preflight`). Imports stay lean: ``state``,
 ``kill`` and ``start`` run for every container the shim manages, so jsonschema and asyncio
 are imported only by the operations that need them.
 """
@@ -23,101 +24,21 @@ from typing import TYPE_CHECKING
 
 from agent import protocol as P
 from hyperpy.errors import (
-    AgentError,
     ContainerNotFound,
     HyperpyError,
-    InvalidState,
     SpecError,
     UsageError,
     VMError,
 )
-from hyperpy.proxy import connect_unix
+from hyperpy.monitor_client import MonitorClient, raise_remote, stopped_processes
 from hyperpy.sandbox import model
 from hyperpy.sandbox.model import Status
-from hyperpy.sandbox.store import State, Store, pid_alive
+from hyperpy.sandbox.store import State, Store, check_id, pid_alive
 
 if TYPE_CHECKING:
     from hyperpy.hostcgroup import HostCgroup
 
 log = logging.getLogger(__name__)
-
-ERRORS = {
-    cls.__name__: cls
-    for cls in (HyperpyError, SpecError, AgentError, VMError, InvalidState, UsageError)
-}
-ERRORS.update({"BootTimeout": VMError, "KernelPanic": VMError, "ArtifactMissing": VMError})
-
-
-def _raise_remote(reply: dict) -> None:
-    kind = reply.get("kind", "HyperpyError")
-    cls = ERRORS.get(kind, HyperpyError)
-    if cls is SpecError:
-        raise SpecError(reply.get("error", ""), pointer=reply.get("pointer", ""))
-    if kind == "ArtifactMissing":
-        from hyperpy.errors import ArtifactMissing
-
-        raise ArtifactMissing(reply.get("error", ""))
-    raise cls(reply.get("error", "unknown error"))
-
-
-class MonitorClient:
-    """Synchronous requests to a sandbox monitor over its unix socket."""
-
-    def __init__(self, state_dir: str, timeout: float = 60.0) -> None:
-        self.path = os.path.join(state_dir, "monitor.sock")
-        self.timeout = timeout
-
-    def request(self, op: str, timeout: float | None = None, **fields: object) -> dict:
-        if stopped := stopped_processes(os.path.dirname(self.path)):
-            raise VMError(
-                f"the sandbox cannot answer: {stopped} is stopped (SIGSTOP?); resume it with "
-                "kill -CONT, or end the sandbox with delete --force"
-            )
-        try:
-            sock = connect_unix(self.path)
-        except OSError as exc:
-            raise VMError(f"the sandbox monitor is not reachable at {self.path}: {exc}") from exc
-        with sock:
-            sock.settimeout(timeout or self.timeout)
-            sock.sendall(P.encode_msg({"id": 1, "op": op, **fields}))
-            decoder = P.Decoder()
-            while True:
-                try:
-                    data = sock.recv(65536)
-                except TimeoutError:
-                    raise VMError(f"the sandbox monitor did not answer {op!r} in time") from None
-                if not data:
-                    raise VMError(f"the sandbox monitor closed the connection during {op!r}")
-                for item in decoder.feed(data):
-                    if isinstance(item, P.Frame) and item.kind == P.MSG:
-                        reply = item.message()
-                        if reply.get("id") == 1:
-                            if not reply.get("ok"):
-                                _raise_remote(reply)
-                            return reply
-
-
-def _proc_state(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return ""
-
-
-def stopped_processes(state_dir: str) -> str:
-    """The sandbox's monitor or QEMU if stopped by a signal (they would never answer), as
-    "the sandbox monitor (pid N)"; empty when neither is. Reads the pids from state.json."""
-    try:
-        with open(os.path.join(state_dir, "state.json")) as f:
-            raw = json.load(f)
-    except (OSError, ValueError):
-        return ""
-    for what, key in (("the sandbox monitor", "monitor_pid"), ("its QEMU", "qemu_pid")):
-        pid = raw.get(key) or 0
-        if isinstance(pid, int) and pid > 0 and _proc_state(pid) in ("T", "t"):
-            return f"{what} (pid {pid})"
-    return ""
 
 
 @dataclass
@@ -216,8 +137,14 @@ class Runtime:
 
     # --- create -------------------------------------------------------------------------
     def create(self, cid: str, opts: CreateOptions) -> State:
+        from hyperpy import preflight
         from hyperpy.oci.validate import load_bundle
 
+        check_id(cid)  # first: the id names the state dir and the default cgroup
+        if opts.pid_file:
+            preflight.pid_file(opts.pid_file)
+        if opts.console_socket:
+            preflight.console_socket(opts.console_socket)
         bundle = os.path.abspath(opts.bundle)
         spec = load_bundle(bundle, systemd_cgroup=opts.systemd_cgroup or self.systemd_cgroup)
         process = spec.get("process") or {}
@@ -233,7 +160,10 @@ class Runtime:
         from hyperpy import share
         from hyperpy.hostcgroup import relative_path
 
-        share.plan(spec, bundle, cid)  # a missing bind source fails here, before any VM
+        plan = share.plan(spec, bundle, cid)  # a missing bind source fails here, before any VM
+        config = os.path.join(bundle, "config.json")
+        preflight.resources(spec, config)
+        preflight.spec_fits(spec, plan.guest_spec, config)
 
         systemd = opts.systemd_cgroup or self.systemd_cgroup
         host_cgroup = relative_path(spec.get("linux", {}).get("cgroupsPath", ""), cid, systemd)
@@ -366,7 +296,8 @@ class Runtime:
         # The guest enforces the container's limit; the host ceiling is the whole VM plus
         # QEMU's own memory, so the host never OOM-kills the VM for that limit.
         ceiling = (req["memory_mb"] + QEMU_OVERHEAD_MB) << 20 if req["limited"] else None
-        cg.create(memory_limit=ceiling)
+        cpu = (spec.get("linux", {}).get("resources") or {}).get("cpu") or {}
+        cg.create(memory_limit=ceiling, cpu=cpu)  # the cpuset, before QEMU starts in it
         cg.add(st.monitor_pid)
         try:
             line = _read_ready(r, cfg.boot_timeout + 30, "the sandbox monitor")
@@ -378,13 +309,14 @@ class Runtime:
             result = {"ok": False, "error": f"garbled monitor report: {line!r}"}
         if not result.get("ok"):
             mon.wait(timeout=30)
-            _raise_remote(
+            raise_remote(
                 {
                     "kind": result.get("kind", "VMError"),
                     "error": result.get("error", "the sandbox monitor failed"),
                 }
             )
         st.qemu_pid = result.get("qemu_pid", 0)
+        cg.set_cpu(cpu)  # shares, quota, period: after the boot, which they would throttle
 
     def _spawn_proxy(self, d: str, proc: int, console_socket: str | None, stdio: bool) -> int:
         """Start the process proxy; with ``stdio`` it carries the caller's stdin/out/err.
@@ -428,8 +360,19 @@ class Runtime:
             self._hooks(st, "poststart", Status.RUNNING)
 
     def kill(self, cid: str, sig: int, all_: bool = False) -> None:
-        st, d = self._check(cid, "kill")
+        st, d = self._check(cid, "kill-all" if all_ else "kill")
         if all_:
+            if self.status(st) == Status.STOPPED:
+                # As runc: --all on a stopped container succeeds.  Processes its init
+                # left in a shared pid namespace get the signal while the VM still runs.
+                if pid_alive(st.monitor_pid):
+                    try:
+                        MonitorClient(d, timeout=10).request(
+                            P.OP_SIGNAL, cid=cid, all=True, signal=sig
+                        )
+                    except HyperpyError as exc:
+                        log.debug("kill --all of stopped %s: %s", cid, exc)
+                return
             MonitorClient(d).request(P.OP_SIGNAL, cid=cid, all=True, signal=sig)
         else:
             MonitorClient(d).request(P.OP_SIGNAL, cid=cid, proc=st.init_proc, signal=sig)
@@ -441,10 +384,20 @@ class Runtime:
         console_socket: str | None,
         pid_file: str | None,
         detach: bool,
+        source: str = "exec",
     ) -> int:
+        """Run ``process`` in the container; ``source`` names where it came from in errors
+        (``--process FILE``, or exec's arguments)."""
+        from hyperpy import preflight
+
         st, d = self._check(cid, "exec")
         if process.get("terminal") and not console_socket and detach:
             raise UsageError("exec with a terminal and --detach needs --console-socket")
+        if pid_file:
+            preflight.pid_file(pid_file)
+        if console_socket:
+            preflight.console_socket(console_socket)
+        preflight.process_fits(process, source)
         reply = MonitorClient(d).request("exec", cid=cid, process=process)
         pid = self._spawn_proxy(d, reply["proc"], console_socket, stdio=not console_socket)
         self._cgroup(st).add(pid)
@@ -490,7 +443,12 @@ class Runtime:
     def update(self, cid: str, resources: dict) -> None:
         with self.store.locked(cid):
             st, d = self._check(cid, "update")
+            from hyperpy import preflight
+
+            preflight.update_resources(resources)
             MonitorClient(d).request(P.OP_UPDATE, cid=cid, resources=resources)
+            if resources.get("cpu") and st.host_cgroup and not st.sandbox:
+                self._cgroup(st).set_cpu(resources["cpu"])  # where the VM's vCPUs run
 
     def stats(self, cid: str) -> dict:
         st, d = self._check(cid, "events")
@@ -593,14 +551,14 @@ CRI_SANDBOX = "io.kubernetes.cri.sandbox-id"
 
 
 def _vm_request(spec: dict, default_mb: int, overhead_mb: int) -> dict:
-    """VM size from the spec: its memory limit plus the guest's own overhead."""
+    """VM size from the spec: its memory limit plus the guest's own overhead; the vCPUs its
+    quota and cpuset need (``preflight.vcpus_for``; 0: the configured default)."""
+    from hyperpy.preflight import vcpus_for
+
     res = spec.get("linux", {}).get("resources", {}) or {}
     limit = (res.get("memory") or {}).get("limit") or 0
     memory_mb = max(default_mb, limit // (1 << 20) + overhead_mb) if limit > 0 else default_mb
-    cpu = res.get("cpu") or {}
-    vcpus = 0
-    if cpu.get("quota") and cpu.get("period"):
-        vcpus = max(1, min(os.cpu_count() or 1, -(-cpu["quota"] // cpu["period"])))
+    vcpus = vcpus_for(res.get("cpu") or {})
     return {"memory_mb": memory_mb, "vcpus": vcpus, "limited": limit > 0}
 
 

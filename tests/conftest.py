@@ -1,10 +1,12 @@
 """Shared fixtures: the hyperpy binary, a private --root per test, busybox bundles, and the
-guarantee checked after every VM test that no QEMU, monitor or proxy process and no state
-is left behind. A failing VM test gets the console and monitor logs attached."""
+guarantee checked after every VM test that no QEMU, monitor or proxy process of that test
+(found by its private --root) and no state is left behind. A failing VM test gets the
+console and monitor logs attached."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -30,9 +32,33 @@ def pytest_runtest_makereport(item, call):
     setattr(item, "rep_" + rep.when, rep)
 
 
-def processes_mentioning(text: str) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines()[1:] if text in line and "ps -eo" not in line]
+def _names(arg: str, path: str) -> bool:
+    """``arg`` names ``path`` or a path below it (``--root=R``, ``name=hyperpy:R/ID``, ``R/ID``),
+    not a sibling that merely starts the same (``R1`` is not ``R10``)."""
+    return re.search(re.escape(path) + r"(?=$|[/,:=\s])", arg) is not None
+
+
+def processes_under(*paths: str) -> list[str]:
+    """``pid argv`` of every process that a test with these private paths started: its
+    command line names one of them (or a path below it: the monitor's and proxies' state
+    dir), or it runs in one (QEMU's cwd is its state dir).  Nothing else on the machine
+    counts, so another test run, or another user of QEMU, cannot fail a leak check."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().decode(errors="replace").split("\0")
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+        except OSError:
+            continue  # gone, or a kernel thread
+        if not argv[0]:
+            continue  # a zombie: it holds nothing
+        if any(cwd == p or cwd.startswith(p + "/") or any(_names(a, p) for a in argv)
+               for p in paths):  # fmt: skip
+            out.append(f"{entry} {' '.join(argv).strip()}")
+    return out
 
 
 @pytest.fixture
@@ -47,7 +73,7 @@ def root(tmp_path_factory, request):
     leftovers = []
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        leftovers = processes_mentioning(str(path))
+        leftovers = processes_under(str(path))
         if not leftovers:
             break
         time.sleep(0.2)

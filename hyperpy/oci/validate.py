@@ -1,5 +1,7 @@
 """Load a bundle's config.json and check it: shapes by JSON Schema, then what a schema cannot say.
 
+Reading (regular files only, size and nesting limits) is :mod:`hyperpy.oci.document`'s.
+
 Every problem is a ``SpecError`` carrying the file path and the RFC 6901 JSON pointer of the bad
 value (``/process/args/0``); for a missing member the pointer names the member itself.
 """
@@ -13,6 +15,7 @@ from typing import Any, NoReturn
 from agent.tables import CAPS as KNOWN_CAPS
 from agent.tables import RLIMITS as KNOWN_RLIMITS
 from hyperpy.errors import SpecError, UsageError
+from hyperpy.oci import document
 
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config-schema.json")
 
@@ -62,47 +65,19 @@ def load_bundle(bundle: str, systemd_cgroup: bool = False) -> dict:
             "(the default is the current directory)"
         )
     path = os.path.join(bundle, "config.json")
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError as exc:
+    if not os.path.lexists(path):
         raise SpecError(
             f"no config.json in bundle {bundle}: write one with `hyperpy spec --bundle {bundle}` "
             "or pass the right --bundle",
             "",
             path,
-        ) from exc
-    except OSError as exc:
-        raise SpecError(
-            f"cannot read the file: {exc.strerror}; check that it is a readable regular file",
-            "",
-            path,
-        ) from exc
+        )
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SpecError(
-            f"not UTF-8 text (invalid byte at offset {exc.start}); save config.json as UTF-8",
-            "",
-            path,
-        ) from exc
-    try:
-        spec = json.loads(text, parse_constant=_reject_constant)
-    except json.JSONDecodeError as exc:
-        raise SpecError(
-            f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}; "
-            f"fix the syntax (`python3 -m json.tool {path}` shows the spot)",
-            "",
-            path,
-        ) from exc
-    except ValueError as exc:
-        raise SpecError(f"invalid JSON: {exc}", "", path) from exc
+        spec = document.load(path)
+    except document.DocumentError as exc:
+        raise SpecError(str(exc), exc.pointer, path) from None
     validate_spec(spec, path, systemd_cgroup=systemd_cgroup)
     return spec
-
-
-def _reject_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not a JSON value; write a number or a string instead")
 
 
 def validate_spec(spec: dict, path: str = "config.json", systemd_cgroup: bool = False) -> None:
@@ -322,6 +297,15 @@ def _check_mounts(spec: dict, path: str) -> None:
                 i,
                 "destination",
             )
+        if os.path.normpath(m["destination"]) in ("/", "//"):
+            _fail(
+                path,
+                f"found {_show(m['destination'])}, the container's root: a mount cannot replace "
+                "it; set the root filesystem with /root/path, and mount below / (e.g. /data)",
+                "mounts",
+                i,
+                "destination",
+            )
 
 
 def _check_hooks(spec: dict, path: str) -> None:
@@ -436,6 +420,15 @@ def _check_user_mappings(linux: dict, namespaces: dict[str, dict], path: str) ->
 
 
 def _check_cgroups_path(value: str, systemd_cgroup: bool, path: str) -> None:
+    bad = next((c for c in value if ord(c) < 0x20 or c == "\x7f"), None)
+    if bad is not None:
+        _fail(
+            path,
+            f"found {_show(value)} with the control character {bad!r}, which no cgroup name "
+            "may hold: use letters, digits and - _ . : /",
+            "linux",
+            "cgroupsPath",
+        )
     if systemd_cgroup:
         parts = value.split(":")
         problem = ""

@@ -33,7 +33,7 @@ from hyperpy.errors import ContainerExists, ContainerNotFound, HyperpyError, Usa
 from hyperpy.sandbox.model import Status
 
 SCHEMA_VERSION = 1
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
+ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}")  # whole id: fullmatch ($ allows a \n)
 
 
 @dataclass
@@ -58,7 +58,7 @@ class State:
 
 
 def check_id(cid: str) -> None:
-    if not ID_RE.match(cid):
+    if not isinstance(cid, str) or not ID_RE.fullmatch(cid):
         raise UsageError(
             f"invalid container id {cid!r}: use 1-128 characters of letters, digits, "
             "'_', '.', '+' and '-', starting with a letter or digit"
@@ -73,22 +73,34 @@ class Store:
         check_id(cid)
         return os.path.join(self.root, cid)
 
+    def _bad_root(self, exc: OSError) -> UsageError:
+        return UsageError(
+            f"--root {self.root}: {exc.strerror}: pass a directory hyperpy can create and "
+            "write (the default is /run/hyperpy)"
+        )
+
     def ids(self) -> list[str]:
         try:
             names = os.listdir(self.root)
         except FileNotFoundError:
             return []
+        except OSError as exc:
+            raise self._bad_root(exc) from None
         return sorted(
-            n for n in names if ID_RE.match(n) and os.path.isdir(os.path.join(self.root, n))
+            n for n in names if ID_RE.fullmatch(n) and os.path.isdir(os.path.join(self.root, n))
         )
 
     def make(self, cid: str) -> str:
         path = self.dir(cid)
-        os.makedirs(self.root, mode=0o711, exist_ok=True)
         try:
+            os.makedirs(self.root, mode=0o711, exist_ok=True)
             os.mkdir(path, 0o700)
         except FileExistsError:
+            if not os.path.isdir(self.root):
+                raise UsageError(f"--root {self.root} is not a directory") from None
             raise ContainerExists(f"container {cid!r} already exists (under {self.root})") from None
+        except OSError as exc:
+            raise self._bad_root(exc) from None
         return path
 
     @contextlib.contextmanager
@@ -96,7 +108,7 @@ class Store:
         path = self.dir(cid)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise ContainerNotFound(
                 f"container {cid!r} does not exist (under {self.root})"
             ) from None
@@ -113,7 +125,7 @@ class Store:
         try:
             with open(path) as f:
                 raw = json.load(f)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise ContainerNotFound(
                 f"container {cid!r} does not exist (under {self.root})"
             ) from None

@@ -1,13 +1,16 @@
 """Real containerd and dockerd, each on private paths, with hyperpy registered as a runtime.
 
 One containerd and one dockerd per test session (dockerd uses that containerd, as a host
-does). Everything lives under one temporary directory; the daemons are stopped and their
-mounts and directories removed at the end, also when tests fail. The busybox image is built
-by hyperpy.image and imported into both.
+does). Everything lives under one temporary directory, and the containerd namespaces carry
+the session's pid, so the runtime roots (and the leak checks, which look only there) are
+the session's own; the daemons are stopped and their mounts and directories removed at the
+end, also when tests fail. The busybox image is built by hyperpy.image and imported into
+both.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import signal
@@ -18,11 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import HAVE_ARTIFACTS, HYPERPY, processes_mentioning
+from tests.conftest import HAVE_ARTIFACTS, HYPERPY, processes_under
 
 IMAGE = "docker.io/hyperpy/busybox:latest"
 DOCKER_IMAGE = "hyperpy/busybox:latest"
-NS = "hyperpy-e2e"
+# containerd namespaces of this session: the runc shim keeps hyperpy's --root at
+# /run/containerd/runc/<namespace>, so a second session on the machine has roots of its own.
+NS = f"hyperpy-e2e-{os.getpid()}"
+DOCKER_NS = f"{NS}-moby"
 
 pytestmark = pytest.mark.e2e
 
@@ -126,7 +132,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         # The README's daemon.json, with this checkout's hyperpy for the installed path.
         daemon_json = readme_snippet("docker").replace("/usr/local/bin/hyperpy", HYPERPY)
         (b / "daemon.json").write_text(daemon_json)
-        # dockerd keeps its containers in its own containerd namespace ("moby").
+        # dockerd keeps its containers in its own containerd namespace (normally "moby").
         self.procs.append(
             subprocess.Popen(
                 [
@@ -141,6 +147,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
                     str(b / "docker.pid"),
                     "--containerd",
                     self.ctd_sock,
+                    "--containerd-namespace",
+                    DOCKER_NS,
+                    "--containerd-plugins-namespace",
+                    f"{NS}-plugins",
                     "--iptables=false",
                     "--ip6tables=false",
                     "--bridge=none",
@@ -196,12 +206,15 @@ def daemons():
         yield d
     finally:
         d.stop()
-        leftovers = processes_mentioning("hyperpy.monitor") + processes_mentioning("qemu-system")
-        for line in leftovers:
+        for line in processes_under(CONTAINERD_ROOT, str(base)):
             try:
                 os.kill(int(line.split()[0]), signal.SIGKILL)
             except (ProcessLookupError, ValueError):
                 pass
+        try:
+            os.rmdir(CONTAINERD_ROOT)  # the shim's root for our namespace, empty by now
+        except OSError:
+            pass
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -212,16 +225,13 @@ def no_leftovers(daemons):
     deadline = time.monotonic() + 20
     left: list[str] = []
     while time.monotonic() < deadline:
-        left = [
-            line
-            for line in processes_mentioning("hyperpy.")
-            if "hyperpy.monitor" in line or "hyperpy.proxy" in line
-        ] + processes_mentioning("qemu-system")
+        left = processes_under(*runtime_roots(daemons))  # this session's monitors, proxies, QEMUs
         if not left:
             break
         time.sleep(0.2)
     assert not left, f"left behind: {left}"
-    assert not state_left(), f"state or mounts left behind: {state_left()}"
+    left = state_left(runtime_roots(daemons))
+    assert not left, f"state or mounts left behind: {left}"
 
 
 def run_in_pty(argv: list[str], send: bytes = b"", timeout: float = 120) -> tuple[int, bytes]:
@@ -265,14 +275,25 @@ def run_in_pty(argv: list[str], send: bytes = b"", timeout: float = 120) -> tupl
     return rc, out
 
 
-RUNTIME_ROOTS = ("/run/containerd/runc/" + NS, "/run/containerd/runc/moby")
+# hyperpy's --root under containerd's runc shim, for this session's namespace
+CONTAINERD_ROOT = "/run/containerd/runc/" + NS
 
 
-def state_left() -> list[str]:
+def runtime_roots(daemons: Daemons) -> list[str]:
+    """hyperpy's --root directories of this session: the shim's for our containerd namespace,
+    dockerd's (<exec-root>/runtime-<name>/<namespace>, under the session's directory)."""
+    return [
+        CONTAINERD_ROOT,
+        *glob.glob(str(daemons.base / "docker-exec" / "runtime-*" / DOCKER_NS)),
+    ]
+
+
+def state_left(roots: list[str] | tuple[str, ...] = (CONTAINERD_ROOT,)) -> list[str]:
     out = []
-    for root in RUNTIME_ROOTS:
+    for root in roots:
         if os.path.isdir(root):
             out += [os.path.join(root, e) for e in os.listdir(root)]
     with open("/proc/self/mountinfo") as f:
-        out += [p for p in (line.split()[4] for line in f) if p.startswith(RUNTIME_ROOTS)]
+        points = [line.split()[4] for line in f]
+    out += [p for p in points if any(p == r or p.startswith(r + "/") for r in roots)]
     return out

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import IMAGE, run_in_pty, state_left
+from tests.e2e.conftest import IMAGE, NS, run_in_pty, state_left
 
 pytestmark = pytest.mark.e2e
 
@@ -65,7 +65,7 @@ def test_exec_with_and_without_tty(daemons, no_leftovers):
     try:
         r = daemons.ctr("task", "exec", "--exec-id", "e1", "exec1", "sh", "-c", "echo in; exit 5")
         assert r.returncode == 5 and r.stdout == b"in\n", r.stderr.decode()
-        argv = ["ctr", "-a", daemons.ctd_sock, "-n", "hyperpy-e2e", "task", "exec", "-t",
+        argv = ["ctr", "-a", daemons.ctd_sock, "-n", NS, "task", "exec", "-t",
                 "--exec-id", "e2", "exec1", "sh", "-c", "tty"]  # fmt: skip
         rc, out = run_in_pty(argv)
         assert rc == 0 and b"/dev/pts/" in out, out
@@ -144,3 +144,24 @@ def test_systemd_cgroup_form(daemons, no_leftovers):
     finally:
         cleanup(daemons, "sd1")
     assert not os.path.exists(d)
+
+
+def test_kill_after_exit_is_already_finished(daemons, no_leftovers):
+    """CRI kills a container after its exit event, before deleting it.  The shim treats the
+    runtime's error as "already exited" only if it reads like runc's ("container not
+    running"); any other text is "unknown error after kill", which CRI retries forever."""
+    cid = "exited1"
+    res = ctr_run(daemons, cid, "true", flags=("-d",))
+    assert res.returncode == 0, res.stderr.decode()
+    try:
+        wait_status(daemons, cid, "STOPPED")
+        res = daemons.ctr("task", "kill", "-s", "KILL", cid)
+        err = res.stderr.decode()
+        assert "unknown error" not in err, err
+        assert res.returncode == 0 or "process already finished" in err, err
+        res = daemons.ctr("task", "kill", "--all", "-s", "KILL", cid)  # runc: no error
+        assert res.returncode == 0, res.stderr.decode()
+        res = daemons.ctr("task", "delete", cid)
+        assert res.returncode == 0, res.stderr.decode()
+    finally:
+        cleanup(daemons, cid)

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import DOCKER_IMAGE, run_in_pty
+from tests.conftest import processes_under
+from tests.e2e.conftest import DOCKER_IMAGE, run_in_pty, runtime_roots
 
 pytestmark = pytest.mark.e2e
 
@@ -71,6 +72,9 @@ def test_detached_lifecycle(daemons, no_leftovers):
         )
         assert rc == 0 and b"/dev/pts/" in out, out
         assert b"started" in daemons.docker("logs", name).stdout
+        # the leak checks look where dockerd keeps hyperpy's state: they must see this one
+        docker_roots = runtime_roots(daemons)[1:]
+        assert docker_roots and processes_under(*docker_roots), docker_roots
         top = daemons.docker("top", name)
         assert top.returncode == 0 and b"hyperpy.proxy" in top.stdout, top.stderr.decode()
         stats = daemons.docker("stats", "--no-stream", "--format", "{{.MemUsage}}", name)

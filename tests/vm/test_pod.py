@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from tests.conftest import hyperpy, needs_artifacts, processes_mentioning
+from tests.conftest import hyperpy, needs_artifacts, processes_under
 from tests.vm.test_lifecycle import create, subreaper  # noqa: F401 - fixture
 
 pytestmark = [pytest.mark.vm, needs_artifacts]
@@ -43,8 +43,8 @@ def test_containers_of_a_pod_share_one_vm_and_only_the_namespaces_they_join(root
     )
     hyperpy(root, "start", "app1", check=True)
     hyperpy(root, "start", "app2", check=True)
-    assert len(processes_mentioning(f"hyperpy:{root}/pod1")) == 1  # one QEMU for all
-    assert not processes_mentioning(f"hyperpy:{root}/app1")
+    qemus = [p for p in processes_under(root) if "qemu-system" in p.split()[1]]
+    assert len(qemus) == 1, qemus  # one QEMU for all
     assert not os.path.exists(f"{root}/app1/console.log")
 
     def run(cid, *cmd):

@@ -1,0 +1,103 @@
+"""The CLI's side of a sandbox monitor's socket: one request, its reply, errors re-raised.
+
+A monitor or QEMU stopped by a signal would never answer: a request says so at once instead
+of waiting for its timeout (:func:`stopped_processes`, read from state.json).
+
+A monitor reports a failure as ``{"ok": false, "kind": ..., "error": ...}``; the kind maps
+back onto hyperpy's exception tree (:mod:`hyperpy.errors`), so the CLI's exit code is the
+same whether a check failed here or in the monitor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from agent import protocol as P
+from hyperpy.errors import (
+    AgentError,
+    HyperpyError,
+    InvalidState,
+    SpecError,
+    UsageError,
+    VMError,
+)
+from hyperpy.proxy import connect_unix
+
+ERRORS = {
+    cls.__name__: cls
+    for cls in (HyperpyError, SpecError, AgentError, VMError, InvalidState, UsageError)
+}
+ERRORS.update({"BootTimeout": VMError, "KernelPanic": VMError, "ArtifactMissing": VMError})
+
+
+def raise_remote(reply: dict) -> None:
+    kind = reply.get("kind", "HyperpyError")
+    cls = ERRORS.get(kind, HyperpyError)
+    if cls is SpecError:
+        raise SpecError(reply.get("error", ""), pointer=reply.get("pointer", ""))
+    if kind == "ArtifactMissing":
+        from hyperpy.errors import ArtifactMissing
+
+        raise ArtifactMissing(reply.get("error", ""))
+    raise cls(reply.get("error", "unknown error"))
+
+
+class MonitorClient:
+    """Synchronous requests to a sandbox monitor over its unix socket."""
+
+    def __init__(self, state_dir: str, timeout: float = 60.0) -> None:
+        self.path = os.path.join(state_dir, "monitor.sock")
+        self.timeout = timeout
+
+    def request(self, op: str, timeout: float | None = None, **fields: object) -> dict:
+        if stopped := stopped_processes(os.path.dirname(self.path)):
+            raise VMError(
+                f"the sandbox cannot answer: {stopped} is stopped (SIGSTOP?); resume it with "
+                "kill -CONT, or end the sandbox with delete --force"
+            )
+        try:
+            sock = connect_unix(self.path)
+        except OSError as exc:
+            raise VMError(f"the sandbox monitor is not reachable at {self.path}: {exc}") from exc
+        with sock:
+            sock.settimeout(timeout or self.timeout)
+            sock.sendall(P.encode_msg({"id": 1, "op": op, **fields}))
+            decoder = P.Decoder()
+            while True:
+                try:
+                    data = sock.recv(65536)
+                except TimeoutError:
+                    raise VMError(f"the sandbox monitor did not answer {op!r} in time") from None
+                if not data:
+                    raise VMError(f"the sandbox monitor closed the connection during {op!r}")
+                for item in decoder.feed(data):
+                    if isinstance(item, P.Frame) and item.kind == P.MSG:
+                        reply = item.message()
+                        if reply.get("id") == 1:
+                            if not reply.get("ok"):
+                                raise_remote(reply)
+                            return reply
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def stopped_processes(state_dir: str) -> str:
+    """The sandbox's monitor or QEMU if stopped by a signal (they would never answer), as
+    "the sandbox monitor (pid N)"; empty when neither is. Reads the pids from state.json."""
+    try:
+        with open(os.path.join(state_dir, "state.json")) as f:
+            raw = json.load(f)
+    except (OSError, ValueError):
+        return ""
+    for what, key in (("the sandbox monitor", "monitor_pid"), ("its QEMU", "qemu_pid")):
+        pid = raw.get(key) or 0
+        if isinstance(pid, int) and pid > 0 and _proc_state(pid) in ("T", "t"):
+            return f"{what} (pid {pid})"
+    return ""
