@@ -1,11 +1,13 @@
 """QEMU's confinement, after Firecracker's jailer: what QEMU may reach, and entering it.
 
-Owns the plan of a pod's jail (pure: :func:`plan`, :meth:`Jail.wrap`) and entering it, as
-``python -m hyperpy.vm.jail PLAN_JSON -- QEMU_ARGV...``: the monitor runs this as root in
-place of QEMU, and it execs QEMU once confined:
+Owns the plan of a pod's jail (pure: :func:`plan`, :meth:`Jail.wrap`). Entering it is
+``vm/jailer.py``, run as root by the monitor in place of QEMU (``python -S -m
+hyperpy.vm.jailer PLAN_JSON -- QEMU_ARGV...``: lean imports, it is on every boot's path); it
+execs QEMU once confined:
 
-1. a mount namespace of its own; host mounts still propagate in (a pod member's rootfs
-   bound into the share after boot reaches QEMU), nothing propagates out;
+1. mount, network and IPC namespaces of its own: host mounts still propagate in (a pod
+   member's rootfs bound into the share after boot reaches QEMU), nothing propagates out;
+   QEMU reaches no network and no abstract unix socket of the host;
 2. its root: a tmpfs on ``R/ID/jail`` with only ``/usr`` (read-only: the binary, its
    libraries and firmware) and the merged-/usr links, the kernel and initrd (read-only),
    the two 9p exports at ``/share`` and ``/image``, ``/dev/null``, ``/dev/zero``,
@@ -32,7 +34,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import sys
 from dataclasses import asdict, dataclass, field
 
@@ -44,8 +45,6 @@ SHARE = "/share"
 IMAGE = "/image"
 KEEP_CAPS = ("CAP_DAC_OVERRIDE",)
 BASE_DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom")
-MERGED_USR = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
-EXIT_FAILED = 125
 
 
 class JailError(VMError):
@@ -70,11 +69,12 @@ class Jail:
     caps: tuple[str, ...] = KEEP_CAPS
 
     def wrap(self, argv: list[str]) -> list[str]:
-        """The command that enters the jail and execs ``argv`` (QEMU's) inside it."""
+        """The command that enters the jail and execs ``argv`` (QEMU's) inside it; run it
+        with :func:`wrapper_env` (``-S`` skips site-packages: the path comes from there)."""
         doc = asdict(self)
         doc["binds"] = [asdict(b) for b in self.binds]
-        return [sys.executable, "-m", "hyperpy.vm.jail", json.dumps(doc), "--", self.binary,
-                *argv[1:]]  # fmt: skip
+        return [sys.executable, "-S", "-m", "hyperpy.vm.jailer", json.dumps(doc), "--",
+                self.binary, *argv[1:]]  # fmt: skip
 
     @classmethod
     def from_json(cls, text: str) -> Jail:
@@ -115,72 +115,9 @@ def plan(
     return Jail(root=root, uid=uid, gid=uid, parent=parent, binary=binary, binds=tuple(binds))
 
 
-# --- entering it (the wrapper process, as root) ---------------------------------------------
-def _target(root: str, inside: str, is_dir: bool) -> str:
-    path = os.path.join(root, inside.lstrip("/"))
-    os.makedirs(path if is_dir else os.path.dirname(path), 0o755, exist_ok=True)
-    if not is_dir and not os.path.exists(path):
-        os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o444))
-    return path
+def wrapper_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with PYTHONPATH set to where the hyperpy and agent packages live."""
+    import hyperpy
 
-
-def enter(jail: Jail) -> None:
-    """Confine the calling process as planned (see the module docstring); then exec QEMU."""
-    from agent import caps, linux
-
-    top = caps.last_cap()  # /proc/sys is out of reach once the jail's /proc is in place
-    linux.unshare(linux.CLONE_NEWNS)
-    linux.mount(None, "/", None, linux.MS_REC | linux.MS_SLAVE)
-    root = jail.root
-    os.makedirs(root, 0o700, exist_ok=True)
-    linux.mount("tmpfs", root, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC,
-                "mode=0755,size=1m,nr_inodes=256")  # fmt: skip
-    for b in jail.binds:
-        if not os.path.exists(b.source):
-            raise JailError(f"{b.source} does not exist (needed in the jail as {b.target})")
-        target = _target(root, b.target, os.path.isdir(b.source))
-        linux.mount(b.source, target, None, linux.MS_BIND | linux.MS_REC)
-        if b.kind in ("ro", "dev"):
-            flags = linux.MS_REMOUNT | linux.MS_BIND | linux.MS_RDONLY | linux.MS_NOSUID
-            linux.mount(None, target, None, flags | (0 if b.kind == "dev" else linux.MS_NODEV))
-    for name in MERGED_USR:
-        host = os.path.join("/", name)
-        if os.path.islink(host):
-            os.symlink(os.readlink(host), os.path.join(root, name))
-    proc = _target(root, "/proc", True)
-    linux.mount("proc", proc, "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC,
-                "hidepid=invisible,subset=pid")  # fmt: skip
-    os.chdir(root)
-    linux.pivot_root(".", ".")
-    linux.umount2(".", linux.MNT_DETACH)
-    os.chdir("/")
-    linux.mount(None, "/", None, linux.MS_REMOUNT | linux.MS_BIND | linux.MS_RDONLY
-                | linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)  # fmt: skip
-
-    m = caps.masks({s: list(jail.caps) for s in caps.SETS}, "jail")
-    caps.before_setuid(m, top, "jail")
-    os.setgroups([])
-    os.setresgid(jail.gid, jail.gid, jail.gid)
-    os.setresuid(jail.uid, jail.uid, jail.uid)
-    caps.after_setuid(m, "jail")
-    linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
-    linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != jail.parent:
-        raise JailError("the monitor exited while QEMU was being confined")
-
-
-def main(argv: list[str]) -> None:
-    if len(argv) < 3 or argv[1] != "--":
-        sys.stderr.write("usage: python -m hyperpy.vm.jail PLAN_JSON -- QEMU ARGS...\n")
-        sys.exit(2)
-    try:
-        jail = Jail.from_json(argv[0])
-        enter(jail)
-    except Exception as exc:  # noqa: BLE001 - one line in QEMU's log, not a traceback
-        sys.stderr.write(f"hyperpy jail: cannot confine QEMU: {exc}\n")
-        sys.exit(EXIT_FAILED)
-    os.execv(jail.binary, argv[2:])
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+    top = os.path.dirname(os.path.dirname(os.path.abspath(hyperpy.__file__)))
+    return {**env, "PYTHONPATH": top}

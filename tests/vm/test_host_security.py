@@ -64,7 +64,8 @@ def test_qemu_runs_unprivileged_seccomp_confined_in_its_own_root(root, bundle):
     only = f"{1 << CAP_DAC_OVERRIDE:016x}"
     for capset in ("CapEff", "CapPrm", "CapBnd", "CapAmb", "CapInh"):
         assert st[capset] == only, (capset, st[capset])
-    assert os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+    for ns in ("mnt", "net", "ipc"):
+        assert os.readlink(f"/proc/{pid}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}"), ns
     # what QEMU can reach: the jail, nothing of the host's /etc, /root, /run, /var, /tmp
     top = set(os.listdir(f"/proc/{pid}/root"))
     assert {"usr", "boot", "share", "image", "dev", "proc"} <= top
