@@ -9,7 +9,7 @@ APT_PACKAGES := qemu-system-x86 linux-source-6.1 build-essential flex bison libe
 	libssl-dev bc dwarves cpio xz-utils kmod busybox-static python3 python3-venv iproute2 \
 	containerd docker.io util-linux
 
-.PHONY: all deps kernel initrd artifacts demo test unit lint bench install clean
+.PHONY: all deps kernel initrd artifacts demo test check test-vm test-e2e lint bench install clean
 
 all: artifacts
 
@@ -52,12 +52,19 @@ lint: deps
 	$(VENV)/bin/ruff check hyperpy agent kernel initrd tests
 	$(VENV)/bin/ruff format --check hyperpy agent kernel initrd tests
 	$(VENV)/bin/mypy hyperpy agent kernel initrd
+	$(VENV)/bin/actionlint .github/workflows/*.yml
 
-unit: deps
-	$(VENV)/bin/pytest -q tests/unit
+# `make test` is these three, in this order; public CI runs each as a job of its own.
+check: lint
+	$(VENV)/bin/pytest -v -rs tests/unit
 
-test: lint artifacts
-	$(VENV)/bin/pytest -v -rs tests
+test-vm: artifacts
+	$(VENV)/bin/pytest -v -rs tests/vm
+
+test-e2e: artifacts
+	$(VENV)/bin/pytest -v -rs tests/e2e
+
+test: check test-vm test-e2e
 
 bench: artifacts
 	$(PY) -m tests.bench

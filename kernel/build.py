@@ -258,8 +258,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=DEFAULT_OUT, help="where to install vmlinux")
     ap.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--check-only", action="store_true", help="configure and check, no compile")
+    ap.add_argument("--cache-key", action="store_true",
+                    help="print this kernel's key in the cache (CI caches by it)")  # fmt: skip
     args = ap.parse_args(argv)
     try:
+        if args.cache_key:
+            print(cache_key(source_version()))
+            return 0
         build(args.out, args.jobs, args.check_only)
     except KernelBuildError as exc:
         print(f"kernel build: {exc}", file=sys.stderr)
