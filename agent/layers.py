@@ -1,6 +1,7 @@
 """A container's root in the guest: the image, read-only, under a writable layer in memory.
 
-Owns mounting and removing the overlay each container runs on. The host exports the
+Owns mounting and removing the overlay each container runs on, and the memory-backed
+volumes that live only in the guest (:func:`ephemeral`). The host exports the
 bundle's rootfs read-only (9p tag ``hyperpy-image``: real owners, modes and symlinks, and
 QEMU refuses every write); the container's writes go to an upper layer on a tmpfs of its
 own in the guest. So the guest never writes the image on the host, and whatever a container
@@ -19,7 +20,7 @@ import os
 
 from agent import linux
 from agent.errors import SetupError
-from agent.protocol import GUEST_IMAGE_DIR
+from agent.protocol import GUEST_EPHEMERAL_DIR, GUEST_IMAGE_DIR
 
 ROOTS = "/run/hyperpy/rootfs"  # the merged roots
 LAYERS = "/run/hyperpy/layers"  # a tmpfs per container: upper/ and work/
@@ -47,6 +48,24 @@ def mount(cid: str, image: str) -> str:
         why = "; ".join(_kernel_says("overlayfs")) or exc.strerror
         raise SetupError(f"cannot mount the container's root: {why}", "/root/path") from exc
     return merged
+
+
+def ephemeral(spec: dict) -> None:
+    """Make each in-guest tmpfs the spec's mounts name (sources below GUEST_EPHEMERAL_DIR,
+    put there by the host for CRI's /dev/shm and memory emptyDirs), once per VM: the pod's
+    containers share it, as they share the host directory it stands for."""
+    for i, m in enumerate(spec.get("mounts") or []):
+        src = m.get("source") or ""
+        if os.path.dirname(src) != GUEST_EPHEMERAL_DIR:
+            continue
+        os.makedirs(src, 0o1777, exist_ok=True)
+        if os.path.ismount(src):
+            continue
+        try:
+            linux.mount("tmpfs", src, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=1777")
+        except OSError as exc:
+            raise SetupError(f"cannot make the in-guest volume: {exc.strerror}",
+                             f"/mounts/{i}/source") from exc  # fmt: skip
 
 
 def remove(cid: str) -> None:

@@ -198,6 +198,7 @@ class Agent:
             cid, linux_cfg.get("cgroupsPath", ""), linux_cfg.get("resources") or {}
         )
         try:
+            layers.ephemeral(spec)
             rootfs = layers.mount(cid, msg.get("rootfs", ""))
             launch = Launch({}, spec, rootfs)
             launch.cgroup_procs = os.path.join(cgroup, "cgroup.procs")

@@ -51,6 +51,9 @@ GUEST_SHARE_DIR = "/run/hyperpy/shared"
 SHARE_TAG = "hyperpy"
 GUEST_IMAGE_DIR = "/run/hyperpy/image"
 IMAGE_TAG = "hyperpy-image"
+# Memory-backed volumes that stay in the guest (CRI's /dev/shm, Kubernetes' memory emptyDir):
+# a tmpfs per host source, shared by the pod's containers.
+GUEST_EPHEMERAL_DIR = "/run/hyperpy/ephemeral"
 
 # Requests (host -> agent unless noted) and events (agent -> host).
 OP_HELLO = "hello"  # version handshake: {"version"} -> {"version", "boot_ms"}
@@ -228,7 +231,7 @@ class Decoder:
             if kind == MSG:
                 try:
                     obj = json.loads(payload)
-                except ValueError as exc:
+                except (ValueError, RecursionError) as exc:
                     out.append(BadFrame(f"message is not valid JSON: {exc}"))
                     continue
                 if not isinstance(obj, dict):

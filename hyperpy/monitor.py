@@ -31,6 +31,7 @@ import os
 import signal
 import sys
 import time
+from typing import Any
 
 from agent import protocol as P
 from hyperpy import share
@@ -52,7 +53,8 @@ PENDING_LIMIT = 8 << 20  # a process's output kept until its proxy attaches
 
 
 class Attachment:
-    """Frames for one process: sent to its proxy, or kept until one attaches."""
+    """Frames for one process: sent to its proxy, or kept (up to PENDING_LIMIT) until one
+    attaches. Once the exit went to a proxy, or the proxy left, nothing more is kept."""
 
     def __init__(self) -> None:
         self.writer: asyncio.StreamWriter | None = None
@@ -60,15 +62,25 @@ class Attachment:
         self.pending_bytes = 0
         self.dropped = 0
         self.exit: dict | None = None
+        self.done = False
 
-    def deliver(self, frame: bytes, droppable: bool = True) -> None:
+    def deliver(self, frame: bytes) -> None:
         if self.writer is not None and not self.writer.is_closing():
             self.writer.write(frame)
-        elif droppable and self.pending_bytes + len(frame) > PENDING_LIMIT:
+        elif self.done or self.pending_bytes + len(frame) > PENDING_LIMIT:
             self.dropped += len(frame)
         else:
             self.pending.append(frame)
             self.pending_bytes += len(frame)
+
+    def finish(self, writer: asyncio.StreamWriter) -> None:
+        """Send the exit (after what was kept) and close: the proxy's last frame."""
+        assert self.exit is not None
+        writer.write(P.encode_msg(self.exit))
+        writer.close()
+        self.done = True
+        self.pending.clear()
+        self.pending_bytes = 0
 
 
 class AgentLink:
@@ -100,8 +112,8 @@ class AgentLink:
                             self.on_data(item.stream, item.payload)
                         else:
                             self._on_msg(item.message())
-                    except (ValueError, TypeError, KeyError, AttributeError) as exc:
-                        log.warning("ignored a malformed message from the agent: %r", exc)
+                    except Exception as exc:  # noqa: BLE001 - one bad frame must not end the pod
+                        log.warning("ignored a message from the agent that failed: %r", exc)
         finally:
             err = AgentError("the agent channel closed (the VM stopped or the agent died)")
             for fut in self.waiting.values():
@@ -169,6 +181,8 @@ class Monitor:
         self.stop = asyncio.Event()
         self.server: asyncio.AbstractServer | None = None
         self.clients: dict[asyncio.StreamWriter, P.Decoder] = {}
+        self.tasks: set[asyncio.Task] = set()  # kept, so they are not collected mid-run
+        self.warnings = 0
         self.timings: dict[str, float] = {}  # host CLOCK_MONOTONIC seconds
         self.guest: dict[str, float] = {}  # guest CLOCK_BOOTTIME ms: the boot's phases
 
@@ -272,9 +286,9 @@ class Monitor:
     def _on_agent_data(self, stream: int, payload: bytes) -> None:
         proc, _ = P.split_stream(stream)
         if proc not in self.procs:
-            log.warning("the agent sent output of unknown process %d: dropped", proc)
+            self._warn("the agent sent output of unknown process %d: dropped", proc)
             return
-        self._attachment(proc).deliver(P.encode(P.DATA, stream, payload), droppable=bool(payload))
+        self._attachment(proc).deliver(P.encode(P.DATA, stream, payload))
 
     def _on_agent_event(self, msg: dict) -> None:
         if msg.get("event") == P.EV_READY:
@@ -285,7 +299,7 @@ class Monitor:
     def _record_exit(self, msg: dict) -> None:
         proc = msg.get("proc")
         if not isinstance(proc, int) or proc not in self.procs:
-            log.warning("the agent reported the exit of unknown process %r: ignored", proc)
+            self._warn("the agent reported the exit of unknown process %r: ignored", proc)
             return
         att = self._attachment(proc)
         if att.exit is not None:
@@ -306,9 +320,15 @@ class Monitor:
                     "time": time.time(),
                 },
             )
-        att.deliver(P.encode_msg(msg), droppable=False)
-        if att.writer is not None:
-            att.writer.close()
+        if att.writer is not None and not att.writer.is_closing():
+            att.finish(att.writer)
+
+    def _warn(self, fmt: str, *args: object) -> None:
+        """A warning about what the guest sent: the first 20, then every 1000th (the guest
+        must not fill the host's log)."""
+        self.warnings += 1
+        if self.warnings <= 20 or self.warnings % 1000 == 0:
+            log.warning(fmt + f" (guest warning {self.warnings})", *args)
 
     def _vm_gone(self, reason: str) -> None:
         for proc in list(self.procs):
@@ -338,9 +358,15 @@ class Monitor:
         decoder = P.Decoder()
         self.clients[writer] = decoder
         attached: int | None = None
+        partial_since = 0.0  # when the incomplete frame in the decoder began
         try:
             while True:
-                timeout = PARTIAL_FRAME_TIMEOUT if decoder.buffered else None
+                timeout = None
+                if decoder.buffered:
+                    partial_since = partial_since or time.monotonic()
+                    timeout = max(0.0, partial_since + PARTIAL_FRAME_TIMEOUT - time.monotonic())
+                else:
+                    partial_since = 0.0
                 try:
                     data = await asyncio.wait_for(reader.read(256 * 1024), timeout)
                 except TimeoutError:
@@ -373,18 +399,18 @@ class Monitor:
                             if self._attach(msg["proc"], writer, msg):
                                 attached = msg["proc"]
                         else:
-                            asyncio.ensure_future(self._answer(msg, writer))
+                            self._spawn(self._answer(msg, writer))
                 await writer.drain()
         except (ConnectionError, OSError):
             pass
         finally:
             self.clients.pop(writer, None)
-            if attached is not None:
-                att = self._attachment(attached)
-                if att.writer is writer:
-                    att.writer = None
-                    if att.exit is None and not self.stop.is_set():
-                        self._orphaned(attached)
+            att = self.attachments.get(attached) if attached is not None else None
+            if att is not None and att.writer is writer:
+                att.writer = None
+                att.done = True  # nobody reads its output any more
+                if att.exit is None and not self.stop.is_set() and attached is not None:
+                    self._orphaned(attached)
             writer.close()
 
     def _orphaned(self, proc: int) -> None:
@@ -398,7 +424,12 @@ class Monitor:
                     await self.agent.request(P.OP_SIGNAL, proc=proc, signal=signal.SIGKILL,
                                              timeout=10)  # fmt: skip
 
-        asyncio.ensure_future(kill())
+        self._spawn(kill())
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     def _hold_budget(self) -> None:
         """Drop the clients holding the most incomplete-frame bytes while over budget."""
@@ -434,7 +465,7 @@ class Monitor:
             log.warning("process %d: %d bytes of output exceeded what is kept before its proxy "
                         "attached and were dropped", proc, att.dropped)  # fmt: skip
         if att.exit is not None:
-            writer.close()
+            att.finish(writer)
         return True
 
     async def _answer(self, msg: dict, writer: asyncio.StreamWriter) -> None:
@@ -471,8 +502,8 @@ class Monitor:
         if op == "exec":
             return await agent.request(P.OP_EXEC, cid=msg["cid"], process=msg["process"])
         if op in (P.OP_SIGNAL, P.OP_WINSIZE, P.OP_PS, P.OP_UPDATE, P.OP_STATS, P.OP_FREEZE):
-            fields = {k: v for k, v in msg.items() if k not in ("id", "op")}
-            return await agent.request(op, **fields)
+            known = {k.rstrip("?") for k in P.FIELDS[op]}  # only what the op defines
+            return await agent.request(op, **{k: v for k, v in msg.items() if k in known})
         if op == "info":
             return {
                 "pid": os.getpid(),
@@ -487,6 +518,8 @@ class Monitor:
 
     async def _create(self, msg: dict) -> dict:
         assert self.agent is not None
+        if not isinstance(msg.get("bundle"), str):
+            raise P.ProtocolError("create: field 'bundle' is missing")
         cid = msg["cid"]
         plan = share.plan(msg["spec"], msg["bundle"], cid)
         share.check_volumes(plan)
@@ -512,6 +545,12 @@ class Monitor:
         assert self.agent is not None
         cid = msg["cid"]
         await self.agent.request(P.OP_DESTROY, cid=cid)
+        for proc in [p for p, c in self.procs.items() if c == cid]:
+            # The agent reaps after it answers: say now how they ended, or their proxies
+            # would wait for exits that come after the host forgot the processes.
+            if (att := self.attachments.get(proc)) is None or att.exit is None:
+                self._record_exit({"event": P.EV_EXIT, "proc": proc, "status": 128 + 9,
+                                   "signal": 9, "reason": "the container was deleted"})  # fmt: skip
         share.release(self.dir, cid)
         self.inits.pop(cid, None)
         self.state_dirs.pop(cid, None)

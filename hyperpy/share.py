@@ -12,6 +12,10 @@ CVE-2020-2026: a guest-planted symlink steered where the host mounted)::
                   owner, mode and type in QEMU's xattrs, never in the host's metadata
         <cid>/mounts/<n>/<base>   read-write bind sources
     R/ID/image-rw/, R/ID/share-rw/   the real directories behind the two exports
+
+A read-write volume that is memory on the host and means nothing there (CRI's /dev/shm, a
+Kubernetes memory emptyDir) is not exported: the guest makes a tmpfs for it, shared by the
+pod's containers (``agent/layers.py``).
     R/ID/share.json               what was made and mounted, written before each step
 
 The guest writes a container's root in memory (``agent/layers.py``: the image is never
@@ -30,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -37,7 +42,7 @@ import stat
 from dataclasses import dataclass, field
 
 from agent import linux
-from agent.protocol import GUEST_IMAGE_DIR, GUEST_SHARE_DIR
+from agent.protocol import GUEST_EPHEMERAL_DIR, GUEST_IMAGE_DIR, GUEST_SHARE_DIR
 from hyperpy.errors import SpecError, VMError
 from hyperpy.sandbox.store import mounts_below, write_json_atomic
 
@@ -95,14 +100,44 @@ def plan(spec: dict, bundle: str, cid: str) -> Plan:
                 "the mount",
                 pointer=f"/mounts/{i}/source",
             )
+        modes = [o for o in (m.get("options") or []) if o in ("ro", "rw")]
+        readonly = bool(modes) and modes[-1] == "ro"  # the last of ro/rw wins, as in mount(8)
+        if not readonly and _stays_in_guest(m, host_src):
+            key = hashlib.sha256(os.path.realpath(host_src).encode()).hexdigest()[:16]
+            m["source"] = f"{GUEST_EPHEMERAL_DIR}/{key}"
+            continue
         # The index keeps entries apart; the base name keeps the guest's mountinfo true to
         # the source (its root field ends in the source's name, as with runc).
         rel = f"{cid}/mounts/{i}/{_base_name(host_src)}"
-        readonly = "ro" in (m.get("options") or [])
         export = IMAGE if readonly else SHARED
         binds.append(Bind(host_src, rel, os.path.isdir(host_src), readonly, export))
         m["source"] = f"{GUEST[export]}/{rel}"
     return Plan(cid, guest, f"{cid}/rootfs", binds)
+
+
+def _on_tmpfs(path: str) -> bool:
+    """Whether ``path`` is on a tmpfs, by its device in the kernel's mount table."""
+    try:
+        dev = os.stat(path).st_dev
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                sep = fields.index("-")
+                major, minor = fields[2].split(":")
+                if fields[sep + 1] == "tmpfs" and os.makedev(int(major), int(minor)) == dev:
+                    return True
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+def _stays_in_guest(mount: dict, host_src: str) -> bool:
+    """A read-write, memory-backed volume that means nothing on the host (CRI's /dev/shm, a
+    Kubernetes memory emptyDir) becomes a tmpfs in the guest, as Kata does: its files need
+    no host metadata (tmpfs has user xattrs only since Linux 6.6)."""
+    if not os.path.isdir(host_src) or not _on_tmpfs(host_src):
+        return False
+    return mount.get("destination") == "/dev/shm" or "kubernetes.io~empty-dir" in host_src
 
 
 def xattrs_supported(path: str) -> bool:
@@ -155,6 +190,8 @@ def prepare(state_dir: str) -> dict[str, str]:
         linux.mount(real, path, None, linux.MS_BIND)
         ro = linux.MS_RDONLY | linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC
         linux.mount(None, path, None, linux.MS_REMOUNT | linux.MS_BIND | ro)
+        # A peer group of its own (not the parent's, e.g. /run's), shared with QEMU's jail.
+        linux.mount(None, path, None, linux.MS_PRIVATE)
         linux.mount(None, path, None, linux.MS_SHARED)
         out[export] = path
     return out

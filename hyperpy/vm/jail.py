@@ -1,9 +1,9 @@
 """QEMU's confinement, after Firecracker's jailer: what QEMU may reach, and entering it.
 
 Owns the plan of a pod's jail (pure: :func:`plan`, :meth:`Jail.wrap`). Entering it is
-``vm/jailer.py``, run as root by the monitor in place of QEMU (``python -S -m
-hyperpy.vm.jailer PLAN_JSON -- QEMU_ARGV...``: lean imports, it is on every boot's path); it
-execs QEMU once confined:
+``vm/jailer.py``, run as root by the monitor in place of QEMU (``python -S -c BOOTSTRAP TOP
+PLAN_JSON -- QEMU_ARGV...``: lean imports, it is on every boot's path); it execs QEMU once
+confined:
 
 1. mount, network and IPC namespaces of its own: host mounts still propagate in (a pod
    member's rootfs bound into the share after boot reaches QEMU), nothing propagates out;
@@ -44,6 +44,10 @@ INITRD = "/boot/initrd.img"
 SHARE = "/share"
 IMAGE = "/image"
 KEEP_CAPS = ("CAP_DAC_OVERRIDE",)
+BOOTSTRAP = (
+    "import sys; sys.path.append(sys.argv.pop(1)); "
+    "from hyperpy.vm.jailer import main; main(sys.argv[1:])"
+)
 BASE_DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom")
 
 
@@ -69,11 +73,15 @@ class Jail:
     caps: tuple[str, ...] = KEEP_CAPS
 
     def wrap(self, argv: list[str]) -> list[str]:
-        """The command that enters the jail and execs ``argv`` (QEMU's) inside it; run it
-        with :func:`wrapper_env` (``-S`` skips site-packages: the path comes from there)."""
+        """The command that enters the jail and execs ``argv`` (QEMU's) inside it: ``-S``
+        skips site-packages (startup time), so where hyperpy lives is appended to the
+        module path, after the standard library (nothing there can shadow it)."""
+        import hyperpy
+
         doc = asdict(self)
         doc["binds"] = [asdict(b) for b in self.binds]
-        return [sys.executable, "-S", "-m", "hyperpy.vm.jailer", json.dumps(doc), "--",
+        top = os.path.dirname(os.path.dirname(os.path.abspath(hyperpy.__file__)))
+        return [sys.executable, "-S", "-c", BOOTSTRAP, top, json.dumps(doc), "--",
                 self.binary, *argv[1:]]  # fmt: skip
 
     @classmethod
@@ -113,11 +121,3 @@ def plan(
     if image:
         binds.append(Bind(image, IMAGE, "share"))
     return Jail(root=root, uid=uid, gid=uid, parent=parent, binary=binary, binds=tuple(binds))
-
-
-def wrapper_env(env: dict[str, str]) -> dict[str, str]:
-    """``env`` with PYTHONPATH set to where the hyperpy and agent packages live."""
-    import hyperpy
-
-    top = os.path.dirname(os.path.dirname(os.path.abspath(hyperpy.__file__)))
-    return {**env, "PYTHONPATH": top}

@@ -1,7 +1,7 @@
 """Entering QEMU's jail: the wrapper the monitor runs as root in place of QEMU.
 
-Owns the steps of ``vm/jail.py``'s plan, in order, then the exec of QEMU. Run as
-``python -S -m hyperpy.vm.jailer PLAN_JSON -- QEMU_ARGV...`` on every boot, so it imports only
+Owns the steps of ``vm/jail.py``'s plan, in order, then the exec of QEMU. Run through
+``jail.BOOTSTRAP`` (``main(PLAN_JSON -- QEMU_ARGV...)``) on every boot, so it imports only
 the standard library's lean modules and the agent's syscall and capability helpers. A
 failure is one line on stderr (QEMU's log, which the monitor quotes) and exit status 125,
 before QEMU runs.
@@ -46,9 +46,15 @@ def enter(jail: dict) -> None:
             raise JailFailed(f"{b['source']} does not exist (needed in the jail as {b['target']})")
         target = _target(root, b["target"], os.path.isdir(b["source"]))
         linux.mount(b["source"], target, None, linux.MS_BIND | linux.MS_REC)
-        if b["kind"] in ("ro", "dev"):
-            flags = linux.MS_REMOUNT | linux.MS_BIND | linux.MS_RDONLY | linux.MS_NOSUID
-            linux.mount(None, target, None, flags | (0 if b["kind"] == "dev" else linux.MS_NODEV))
+        if b["kind"] in ("ro", "dev"):  # read-only down the whole tree (/usr/local too)
+            attrs = linux.MOUNT_ATTR_RDONLY | linux.MOUNT_ATTR_NOSUID
+            if b["kind"] == "ro":
+                attrs |= linux.MOUNT_ATTR_NODEV
+            fd = os.open(target, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                linux.mount_setattr(fd, linux.AT_RECURSIVE, attrs)
+            finally:
+                os.close(fd)
     for name in MERGED_USR:
         host = os.path.join("/", name)
         if os.path.islink(host):
@@ -76,15 +82,15 @@ def enter(jail: dict) -> None:
 
 def main(argv: list[str]) -> None:
     if len(argv) < 3 or argv[1] != "--":
-        sys.stderr.write("usage: python -m hyperpy.vm.jailer PLAN_JSON -- QEMU ARGS...\n")
+        sys.stderr.write("usage: hyperpy.vm.jailer PLAN_JSON -- QEMU ARGS...\n")
         sys.exit(2)
     try:
         jail = json.loads(argv[0])
         enter(jail)
+        os.execv(jail["binary"], argv[2:])
     except Exception as exc:  # noqa: BLE001 - one line in QEMU's log, not a traceback
-        sys.stderr.write(f"hyperpy jail: cannot confine QEMU: {exc}\n")
+        sys.stderr.write(f"hyperpy jail: cannot confine or start QEMU: {exc}\n")
         sys.exit(EXIT_FAILED)
-    os.execv(jail["binary"], argv[2:])
 
 
 if __name__ == "__main__":

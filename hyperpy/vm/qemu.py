@@ -255,10 +255,8 @@ class QemuVM:
 
     async def launch(self) -> None:
         argv = self.spec.argv()
-        env = None
         if self.jail is not None:
             argv = self.jail.wrap(argv)
-            env = J.wrapper_env(dict(os.environ))
         log.info("launching QEMU: %s", " ".join(argv))
         with open(self.stderr_path, "wb") as err:
             try:
@@ -271,7 +269,6 @@ class QemuVM:
                     close_fds=True,
                     pass_fds=self.spec.pass_fds(),
                     preexec_fn=_die_with_parent,
-                    env=env,
                 )
             except OSError as exc:
                 raise VMError(f"cannot run {argv[0]}: {exc}; install qemu-system-x86") from exc

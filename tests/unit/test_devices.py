@@ -1,5 +1,7 @@
 """QEMU command lines built from typed devices, compared as argv lists."""
 
+import os
+
 import pytest
 
 from hyperpy.config import VMConfig
@@ -108,9 +110,10 @@ def test_jail_plan_holds_only_what_qemu_needs(tmp_path):
     assert targets[J.SHARE].kind == "share" and targets["/dev/kvm"].kind == "dev"
     assert jail.uid == jail.gid == 2_000_000_123 and jail.caps == ("CAP_DAC_OVERRIDE",)
     wrapped = jail.wrap(["qemu-system-x86_64", "-M", "microvm"])
-    assert wrapped[1:4] == ["-S", "-m", "hyperpy.vm.jailer"] and wrapped[5] == "--"
-    assert wrapped[6] == jail.binary and wrapped[7:] == ["-M", "microvm"]
-    assert J.Jail.from_json(wrapped[4]) == jail
+    assert wrapped[1:4] == ["-S", "-c", J.BOOTSTRAP] and wrapped[6] == "--"
+    assert os.path.isdir(os.path.join(wrapped[4], "hyperpy", "vm"))
+    assert wrapped[7] == jail.binary and wrapped[8:] == ["-M", "microvm"]
+    assert J.Jail.from_json(wrapped[5]) == jail
 
 
 def test_jail_refuses_a_qemu_outside_usr(tmp_path):

@@ -116,3 +116,8 @@ def test_an_oversize_length_is_fatal():
     (bad,) = d.feed(P.HEADER.pack(P.MAGIC, P.PROTOCOL_VERSION, P.MSG, 0, P.MAX_PAYLOAD + 1))
     assert isinstance(bad, P.BadFrame) and bad.fatal
     assert not d.buffered
+
+
+def test_deep_nesting_is_a_bad_frame_not_a_crash():
+    (bad,) = P.Decoder().feed(P.encode(P.MSG, 0, b"[" * 200_000))
+    assert isinstance(bad, P.BadFrame) and "not valid JSON" in bad.reason

@@ -157,3 +157,43 @@ def test_the_store_never_removes_through_a_mount(tmp_path, host):
         linux.umount2(os.path.join(d, "m"), linux.MNT_DETACH)
     store.remove("victim")
     assert not os.path.exists(d)
+
+
+def test_memory_volumes_that_mean_nothing_on_the_host_stay_in_the_guest(tmp_path):
+    from agent import linux
+
+    shm = tmp_path / "sandbox-shm"
+    shm.mkdir()
+    empty = tmp_path / "pods/u/volumes/kubernetes.io~empty-dir/cache"
+    empty.mkdir(parents=True)
+    plain = tmp_path / "run-dir"
+    plain.mkdir()
+    for d in (shm, empty, plain):
+        linux.mount("tmpfs", str(d), "tmpfs", 0, "size=1m")
+    try:
+        (tmp_path / "b" / "rootfs").mkdir(parents=True)
+        mounts = [
+            {"destination": "/dev/shm", "type": "bind", "source": str(shm), "options": ["rbind"]},
+            {"destination": "/cache", "type": "bind", "source": str(empty), "options": ["rbind"]},
+            {"destination": "/run/x", "type": "bind", "source": str(plain), "options": ["rbind"]},
+            {
+                "destination": "/ro",
+                "type": "bind",
+                "source": str(shm),
+                "options": ["rbind", "ro"],
+            },  # fmt: skip
+        ]
+        p = share.plan({"root": {"path": "rootfs"}, "mounts": mounts}, str(tmp_path / "b"), "c")
+        srcs = [m["source"] for m in p.guest_spec["mounts"]]
+        assert srcs[0].startswith("/run/hyperpy/ephemeral/")
+        assert srcs[1].startswith("/run/hyperpy/ephemeral/") and srcs[1] != srcs[0]
+        assert srcs[2] == "/run/hyperpy/shared/c/mounts/2/run-dir"  # a plain tmpfs dir: shared
+        assert srcs[3] == "/run/hyperpy/image/c/mounts/3/sandbox-shm"  # read-only: exported
+        assert [b.target for b in p.binds] == ["c/rootfs", "c/mounts/2/run-dir",
+                                               "c/mounts/3/sandbox-shm"]  # fmt: skip
+        again = share.plan({"root": {"path": "rootfs"}, "mounts": mounts[:1]},
+                           str(tmp_path / "b"), "other")  # fmt: skip
+        assert again.guest_spec["mounts"][0]["source"] == srcs[0]  # one per host source
+    finally:
+        for d in (shm, empty, plain):
+            linux.umount2(str(d), linux.MNT_DETACH)

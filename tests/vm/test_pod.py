@@ -80,3 +80,34 @@ def test_namespace_path_outside_the_vm_is_refused(root, bundle):
     res = hyperpy(root, "run", "--bundle", b, "badns")
     assert res.returncode == 3, res.stderr
     assert b"/linux/namespaces/1/path" in res.stderr
+
+
+def test_cri_dev_shm_is_one_tmpfs_in_the_guest_for_the_pod(root, bundle, tmp_path):
+    from agent import linux
+
+    shm = tmp_path / "sandbox-shm"  # what containerd's CRI binds at /dev/shm: a host tmpfs
+    shm.mkdir()
+    linux.mount("tmpfs", str(shm), "tmpfs", 0, "size=1m")
+    try:
+
+        def with_shm(args, annotations=None):
+            b = with_spec(bundle, args, annotations)
+            spec = json.load(open(f"{b}/config.json"))
+            spec["mounts"] = [m for m in spec["mounts"] if m["destination"] != "/dev/shm"]
+            spec["mounts"].append({"destination": "/dev/shm", "type": "bind",
+                                   "source": str(shm), "options": ["rbind", "rw"]})  # fmt: skip
+            json.dump(spec, open(f"{b}/config.json", "w"))
+            return b
+
+        create(root, with_shm(["sleep", "1001"]), "shmpod")
+        hyperpy(root, "start", "shmpod", check=True)
+        create(root, with_shm(["sleep", "1002"], {"io.hyperpy.sandbox": "shmpod"}), "shmapp")
+        hyperpy(root, "start", "shmapp", check=True)
+        hyperpy(root, "exec", "shmpod", "sh", "-c", "echo shared > /dev/shm/hello", check=True)
+        out = hyperpy(root, "exec", "shmapp", "cat", "/dev/shm/hello", check=True)
+        assert out.stdout == b"shared\n"
+        assert os.listdir(shm) == []  # it stayed in the guest
+        hyperpy(root, "delete", "--force", "shmapp", check=True)
+        hyperpy(root, "delete", "--force", "shmpod", check=True)
+    finally:
+        linux.umount2(str(shm), linux.MNT_DETACH)
