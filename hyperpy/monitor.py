@@ -330,20 +330,15 @@ class Monitor:
         if self.warnings <= 20 or self.warnings % 1000 == 0:
             log.warning(fmt + f" (guest warning {self.warnings})", *args)
 
+    def _end(self, procs: list[int], status: int, sig: int | None, reason: str) -> None:
+        """Record an exit, made up here, for each of ``procs`` that has none yet."""
+        for proc in procs:
+            if (att := self.attachments.get(proc)) is None or att.exit is None:
+                self._record_exit({"event": P.EV_EXIT, "proc": proc, "status": status,
+                                   "signal": sig, "reason": reason})  # fmt: skip
+
     def _vm_gone(self, reason: str) -> None:
-        for proc in list(self.procs):
-            att = self._attachment(proc)
-            if att.exit is None:
-                self._record_exit(
-                    {
-                        "event": P.EV_EXIT,
-                        "proc": proc,
-                        "cid": self.procs[proc],
-                        "status": 255,
-                        "signal": None,
-                        "reason": reason,
-                    }
-                )
+        self._end(list(self.procs), 255, None, reason)
         self.stop.set()
 
     # --- clients ------------------------------------------------------------------------
@@ -351,8 +346,7 @@ class Monitor:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         if len(self.clients) >= MAX_CLIENTS:
-            error = f"too many connections to the monitor (limit {MAX_CLIENTS})"
-            writer.write(P.encode_msg(P.error_reply(0, error, "ProtocolError")))
+            self._refuse(writer, 0, f"too many connections to the monitor (limit {MAX_CLIENTS})")
             writer.close()
             return
         decoder = P.Decoder()
@@ -379,7 +373,7 @@ class Monitor:
                 self._hold_budget()
                 for item in items:
                     if isinstance(item, P.BadFrame):
-                        writer.write(P.encode_msg(P.error_reply(0, item.reason, "ProtocolError")))
+                        self._refuse(writer, 0, item.reason)
                         if item.fatal:
                             raise ConnectionAbortedError(item.reason)
                     elif item.kind == P.DATA:
@@ -391,9 +385,7 @@ class Monitor:
                         try:
                             P.check_fields(msg)
                         except P.ProtocolError as exc:
-                            req_id = msg["id"] if isinstance(msg.get("id"), int) else 0
-                            reply = P.error_reply(req_id, str(exc), "ProtocolError")
-                            writer.write(P.encode_msg(reply))
+                            self._refuse(writer, msg.get("id"), str(exc))
                             continue
                         if msg["op"] == "attach":
                             if self._attach(msg["proc"], writer, msg):
@@ -426,6 +418,11 @@ class Monitor:
 
         self._spawn(kill())
 
+    @staticmethod
+    def _refuse(writer: asyncio.StreamWriter, req_id: object, error: str) -> None:
+        req_id = req_id if isinstance(req_id, int) and not isinstance(req_id, bool) else 0
+        writer.write(P.encode_msg(P.error_reply(req_id, error, "ProtocolError")))
+
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         self.tasks.add(task)
@@ -447,13 +444,11 @@ class Monitor:
         """Make ``writer`` the one proxy of ``proc``; a second proxy is refused, so the exit
         always reaches the process's own proxy."""
         if proc not in self.procs:
-            error = f"no process {proc} in this sandbox"
-            writer.write(P.encode_msg(P.error_reply(msg.get("id") or 0, error, "ProtocolError")))
+            self._refuse(writer, msg.get("id"), f"no process {proc} in this sandbox")
             return False
         att = self._attachment(proc)
         if att.writer is not None and att.writer is not writer and not att.writer.is_closing():
-            error = f"process {proc} already has a proxy attached"
-            writer.write(P.encode_msg(P.error_reply(msg.get("id") or 0, error, "ProtocolError")))
+            self._refuse(writer, msg.get("id"), f"process {proc} already has a proxy attached")
             return False
         att.writer = writer
         writer.write(P.encode_msg(P.reply(msg)))
@@ -522,7 +517,6 @@ class Monitor:
             raise P.ProtocolError("create: field 'bundle' is missing")
         cid = msg["cid"]
         plan = share.plan(msg["spec"], msg["bundle"], cid)
-        share.check_volumes(plan)
         share.apply(plan, self.dir)
         try:
             reply = await self.agent.request(
@@ -535,8 +529,7 @@ class Monitor:
         except BaseException:
             share.release(self.dir, cid)
             raise
-        self.procs[reply["proc"]] = cid
-        self.inits[cid] = reply["proc"]
+        self.inits[cid] = reply["proc"]  # self.procs has it already (AgentLink.on_new_proc)
         self.state_dirs[cid] = msg.get("state_dir") or self.dir
         return {"proc": reply["proc"], "pid": reply["pid"]}
 
@@ -545,16 +538,14 @@ class Monitor:
         assert self.agent is not None
         cid = msg["cid"]
         await self.agent.request(P.OP_DESTROY, cid=cid)
-        for proc in [p for p, c in self.procs.items() if c == cid]:
-            # The agent reaps after it answers: say now how they ended, or their proxies
-            # would wait for exits that come after the host forgot the processes.
-            if (att := self.attachments.get(proc)) is None or att.exit is None:
-                self._record_exit({"event": P.EV_EXIT, "proc": proc, "status": 128 + 9,
-                                   "signal": 9, "reason": "the container was deleted"})  # fmt: skip
+        procs = [p for p, c in self.procs.items() if c == cid]
+        # The agent reaps after it answers: say now how they ended, or their proxies would
+        # wait for exits that come after the host forgot the processes.
+        self._end(procs, 128 + signal.SIGKILL, signal.SIGKILL, "the container was deleted")
         share.release(self.dir, cid)
         self.inits.pop(cid, None)
         self.state_dirs.pop(cid, None)
-        for proc in [p for p, c in self.procs.items() if c == cid]:
+        for proc in procs:
             self.procs.pop(proc)
         return {}
 

@@ -23,6 +23,7 @@ from hyperpy.errors import (
     VMError,
 )
 from hyperpy.proxy import connect_unix
+from hyperpy.sandbox.store import proc_state
 
 ERRORS = {
     cls.__name__: cls
@@ -80,14 +81,6 @@ class MonitorClient:
                             return reply
 
 
-def _proc_state(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return ""
-
-
 def stopped_processes(state_dir: str) -> str:
     """The sandbox's monitor or QEMU if stopped by a signal (they would never answer), as
     "the sandbox monitor (pid N)"; empty when neither is. Reads the pids from state.json."""
@@ -98,6 +91,6 @@ def stopped_processes(state_dir: str) -> str:
         return ""
     for what, key in (("the sandbox monitor", "monitor_pid"), ("its QEMU", "qemu_pid")):
         pid = raw.get(key) or 0
-        if isinstance(pid, int) and pid > 0 and _proc_state(pid) in ("T", "t"):
+        if isinstance(pid, int) and pid > 0 and proc_state(pid) in ("T", "t"):
             return f"{what} (pid {pid})"
     return ""

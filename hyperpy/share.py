@@ -84,7 +84,9 @@ def _base_name(path: str) -> str:
 
 
 def plan(spec: dict, bundle: str, cid: str) -> Plan:
-    """The guest's view of ``spec`` and the host binds it needs. No I/O but stat."""
+    """The guest's view of ``spec`` and the host binds it needs. No I/O but stat (and an
+    xattr probe of read-write sources): a source that cannot be shared fails here, before
+    a VM boots."""
     guest = copy.deepcopy(spec)
     root = spec.get("root", {}).get("path", "rootfs")
     host_root = root if os.path.isabs(root) else os.path.join(bundle, root)
@@ -106,6 +108,14 @@ def plan(spec: dict, bundle: str, cid: str) -> Plan:
             key = hashlib.sha256(os.path.realpath(host_src).encode()).hexdigest()[:16]
             m["source"] = f"{GUEST_EPHEMERAL_DIR}/{key}"
             continue
+        if not readonly and not xattrs_supported(host_src):
+            # 9p's mapped-xattr model keeps the guest's owners in user xattrs
+            raise SpecError(
+                f"read-write bind source {src!r} is on a filesystem without user xattrs, "
+                "where the guest's file owners are kept: mount it read-only, or use a volume "
+                "on ext4, xfs or btrfs (tmpfs has them only since Linux 6.6)",
+                pointer=f"/mounts/{i}/source",
+            )
         # The index keeps entries apart; the base name keeps the guest's mountinfo true to
         # the source (its root field ends in the source's name, as with runc).
         rel = f"{cid}/mounts/{i}/{_base_name(host_src)}"
@@ -146,19 +156,6 @@ def xattrs_supported(path: str) -> bool:
     except OSError as exc:
         return exc.errno not in (errno.EOPNOTSUPP, errno.ENOTSUP)
     return True
-
-
-def check_volumes(p: Plan) -> None:
-    """Refuse a read-write volume whose filesystem cannot keep the guest's metadata (9p's
-    mapped-xattr model stores it in user xattrs: tmpfs has them only since Linux 6.6)."""
-    for b in p.binds:
-        if b.export == SHARED and not xattrs_supported(b.source):
-            raise SpecError(
-                f"read-write bind source {b.source} is on a filesystem without user xattrs, "
-                "where the guest's file owners are kept: mount it read-only, or use a volume "
-                "on ext4, xfs or btrfs",
-                pointer=f"/mounts/{b.target.split('/')[2]}/source",
-            )
 
 
 # --- the record -------------------------------------------------------------------------

@@ -192,6 +192,15 @@ def read_json(path: str) -> dict | None:
         return None
 
 
+def proc_state(pid: int) -> str:
+    """The state letter of /proc/PID/stat (R, S, T, Z, ...); empty if there is none."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
 def pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False
@@ -201,9 +210,5 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    # A zombie counts as dead.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
+    state = proc_state(pid)
+    return state not in ("", "Z")  # a zombie counts as dead

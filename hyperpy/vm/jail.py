@@ -84,13 +84,6 @@ class Jail:
         return [sys.executable, "-S", "-c", BOOTSTRAP, top, json.dumps(doc), "--",
                 self.binary, *argv[1:]]  # fmt: skip
 
-    @classmethod
-    def from_json(cls, text: str) -> Jail:
-        doc = json.loads(text)
-        doc["binds"] = tuple(Bind(**b) for b in doc["binds"])
-        doc["caps"] = tuple(doc["caps"])
-        return cls(**doc)
-
 
 def plan(
     *,

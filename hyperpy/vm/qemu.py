@@ -115,7 +115,6 @@ def build_spec(
     *,
     share: str | None = None,
     image: str | None = None,
-    share_model: str = "mapped-xattr",
     vsock_cid: int | None = None,
     memory_mb: int | None = None,
     vcpus: int | None = None,
@@ -137,7 +136,7 @@ def build_spec(
         params.append(cfg.kernel_params)
     devices: list[Rng | Share9p] = [Rng(bus)]
     if share:
-        devices.append(Share9p(J.SHARE if jailed else share, bus=bus, model=share_model))
+        devices.append(Share9p(J.SHARE if jailed else share, bus=bus))
     if image:
         devices.append(Share9p(J.IMAGE if jailed else image, IMAGE_TAG, "share1", bus, "none",
                                readonly=True))  # fmt: skip
