@@ -278,6 +278,8 @@ def _unshare_namespaces(spec: dict, userns_sync: tuple[int, int] | None = None) 
             flags |= linux.NAMESPACE_FLAGS[kind]
     if flags:
         linux.unshare(flags)
+    if flags & linux.NAMESPACE_FLAGS["network"]:
+        linux.loopback_up()
 
 
 def _join_namespaces(pid: int) -> None:

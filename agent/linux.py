@@ -295,3 +295,15 @@ def parse_mount_options(options: list[str]) -> tuple[int, int, list[str]]:
         else:
             data.append(opt)
     return flags, propagation, data
+
+
+def loopback_up() -> None:
+    """Bring ``lo`` of the current network namespace up, as runc does for a new one."""
+    import fcntl
+    import socket
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        ifreq = fcntl.ioctl(sock, 0x8913, struct.pack("16sH22x", b"lo", 0))  # SIOCGIFFLAGS
+        flags = struct.unpack_from("16sH", ifreq)[1] | 0x1  # IFF_UP
+        fcntl.ioctl(sock, 0x8914, struct.pack("16sH22x", b"lo", flags))  # SIOCSIFFLAGS

@@ -211,6 +211,13 @@ class Agent:
         self.containers[cid] = Container(cid, proc, cgroup, spec)
         return {"proc": proc.proc, "pid": proc.pid}
 
+    def op_network(self, msg: dict) -> dict:
+        """The pod's NICs into ``cid``'s network namespace (agent/network.py)."""
+        from agent.network import configure
+
+        configure(self.containers[msg["cid"]].init.pid, msg)
+        return {}
+
     def op_freeze(self, msg: dict) -> dict:
         """Pause (freeze: true) or resume the container through its cgroup's freezer."""
         ctr = self.containers[msg["cid"]]

@@ -34,7 +34,7 @@ import json
 import struct
 
 MAGIC = b"HY"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: the network operation
 HEADER = struct.Struct(">2sBBII")
 HEADER_SIZE = HEADER.size
 MAX_PAYLOAD = 1 << 20
@@ -68,6 +68,10 @@ OP_UPDATE = "update"  # {"cid", "resources": OCI linux.resources} -> {}
 OP_STATS = "stats"  # {"cid"} -> {"stats": runc events --stats data, "oom_kills"}
 OP_DESTROY = "destroy"  # {"cid"} -> {}
 OP_SHUTDOWN = "shutdown"  # {} -> {} then the guest powers off
+# {"cid", "interfaces": [{"boot_mac", "name", "mac", "mtu", "addresses": [{"ip", "prefixlen",
+# "family"}]}], "routes": [{"dst", "dev", "family", "scope", "gateway"?, "src"?, "metric"?}],
+# "neighbors": [{"dev", "ip", "mac"}]} -> {}: the NICs move into cid's network namespace
+OP_NETWORK = "network"
 EV_EXIT = "exit"  # {"proc", "cid", "status", "signal"}
 EV_READY = "ready"  # sent by the agent once its channel is open: {"version", "boot_ms"}
 
@@ -81,7 +85,7 @@ class ProtocolError(ValueError):
 
 
 # Fields each request must carry (name -> type); "?" marks an optional one.
-_OBJ, _STR, _INT, _BOOL = dict, str, int, bool
+_OBJ, _STR, _INT, _BOOL, _LIST = dict, str, int, bool, list
 FIELDS: dict[str, dict[str, type]] = {
     OP_HELLO: {"version": _INT, "time_ns?": _INT},
     OP_CREATE: {
@@ -102,6 +106,8 @@ FIELDS: dict[str, dict[str, type]] = {
     OP_STATS: {"cid": _STR},
     OP_DESTROY: {"cid": _STR},
     OP_SHUTDOWN: {},
+    OP_NETWORK: {"cid": _STR, "interfaces": _LIST, "routes": _LIST, "neighbors": _LIST},
+    "wire": {"cid": _STR},
     "attach": {"proc": _INT},
     "remove": {"cid": _STR},
     "info": {},

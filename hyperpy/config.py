@@ -51,9 +51,19 @@ class JailConfig:
 
 
 @dataclass(frozen=True)
+class NetworkConfig:
+    """The pod's network (hyperpy/network.py)."""
+
+    # NICs each VM boots with (microvm has no hotplug): at most this many interfaces of the
+    # pod's network namespace reach the guest; a namespace with more fails at create.
+    interfaces: int = 1
+
+
+@dataclass(frozen=True)
 class Config:
     vm: VMConfig = field(default_factory=VMConfig)
     jail: JailConfig = field(default_factory=JailConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -76,7 +86,7 @@ def load(path: str | None = None) -> Config:
 
 
 def from_dict(raw: dict[str, Any], path: str = "<config>") -> Config:
-    sections: dict[str, type] = {"vm": VMConfig, "jail": JailConfig}
+    sections: dict[str, type] = {"vm": VMConfig, "jail": JailConfig, "network": NetworkConfig}
     values: dict[str, Any] = {}
     for name, value in raw.items():
         if name not in sections:
@@ -108,4 +118,6 @@ def _section(cls: type, raw: dict[str, Any], where: str) -> Any:
     for key, allowed in choices.items():
         if key in raw and raw[key] not in allowed:
             raise ConfigError(f"{where}: {key} must be one of {allowed}, got {raw[key]!r}")
+    if cls is NetworkConfig and not 0 <= raw.get("interfaces", 1) <= 8:
+        raise ConfigError(f"{where}: interfaces must be from 0 to 8, got {raw['interfaces']}")
     return cls(**raw)

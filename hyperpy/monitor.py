@@ -34,7 +34,7 @@ import time
 from typing import Any
 
 from agent import protocol as P
-from hyperpy import share
+from hyperpy import network, share
 from hyperpy.config import load as load_config
 from hyperpy.errors import AgentError, HyperpyError, SpecError, VMError
 from hyperpy.sandbox.store import write_json_atomic
@@ -185,6 +185,8 @@ class Monitor:
         self.warnings = 0
         self.timings: dict[str, float] = {}  # host CLOCK_MONOTONIC seconds
         self.guest: dict[str, float] = {}  # guest CLOCK_BOOTTIME ms: the boot's phases
+        self.taps: list[network.Tap] = []  # made in the pod's namespace (network.py)
+        self.wired: list[str] | None = None  # the interfaces redirected to them, once wired
 
     # --- boot ---------------------------------------------------------------------------
     async def boot(self, request: dict) -> dict:
@@ -212,6 +214,8 @@ class Monitor:
                 devices=devices,
             )
         self.chans = qemu.Channels(self.dir, serial=vsock_cid is None)
+        if request.get("network") is not None:
+            self.taps = network.make_taps(int(request["network"].get("interfaces", 1)))
         spec = qemu.build_spec(
             cfg,
             accel,
@@ -223,10 +227,14 @@ class Monitor:
             vcpus=request.get("vcpus") or None,
             jailed=jail is not None,
             name=self.dir,
+            nics=tuple((t.fd, t.mac) for t in self.taps),
         )
         self.timings["launch"] = time.monotonic()
         self.vm = qemu.QemuVM(spec, self.dir, self.chans, jail)
-        await self.vm.launch()
+        try:
+            await self.vm.launch()
+        finally:
+            network.close_taps(self.taps)  # QEMU holds them now: they go with it
         ready = asyncio.get_running_loop().create_future()
         connect = asyncio.ensure_future(self._connect_agent(spec, ready))
         try:
@@ -490,6 +498,8 @@ class Monitor:
             return await self._create(msg)
         if op == "remove":
             return await self._remove(msg)
+        if op == "wire":
+            return await self._wire(msg["cid"])
         if op == "start":
             reply = await agent.request(P.OP_START, cid=msg["cid"])
             self.guest["started_ms"] = reply.get("started_ms", 0.0)
@@ -532,6 +542,22 @@ class Monitor:
         self.inits[cid] = reply["proc"]  # self.procs has it already (AgentLink.on_new_proc)
         self.state_dirs[cid] = msg.get("state_dir") or self.dir
         return {"proc": reply["proc"], "pid": reply["pid"]}
+
+    async def _wire(self, cid: str) -> dict:
+        """The create hooks have run: join the pod namespace's interfaces to the VM's taps
+        and configure the guest's NICs in ``cid``'s network namespace (the pod's)."""
+        assert self.agent is not None
+        if self.wired is not None or not self.taps:
+            return {"interfaces": []}
+        self.wired, guest = network.wire(self.taps)
+        if guest["interfaces"]:
+            try:
+                await self.agent.request(P.OP_NETWORK, cid=cid, **guest)
+            except BaseException:
+                network.unwire(self.wired)
+                self.wired = []
+                raise
+        return {"interfaces": self.wired}
 
     async def _remove(self, msg: dict) -> dict:
         """A container of this VM is deleted; the VM stays for the others."""
@@ -606,6 +632,8 @@ class Monitor:
             finally:
                 if self.chans is not None:
                     self.chans.close()
+                with contextlib.suppress(Exception):
+                    network.unwire(self.wired or [])
                 share.release(self.dir)
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(self.dir, "monitor.sock"))
@@ -626,7 +654,10 @@ def main() -> None:
         level=logging.DEBUG if os.environ.get("HYPERPY_DEBUG") else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    request = json.loads(os.environ.get("HYPERPY_MONITOR_REQUEST", "{}"))
     try:
+        if request.get("network") is not None:  # first: every thread is then in it
+            network.enter(request["network"].get("netns", ""))
         code = asyncio.run(Monitor(state_dir).main(ready_fd))
     except Exception as exc:  # noqa: BLE001 - last resort: say why in the log and to create
         log.exception("monitor failed")

@@ -281,6 +281,11 @@ def main() -> None:
         i = args.index("--console-socket")
         console = args[i + 1]
         del args[i : i + 2]
+    netns = ""
+    if "--netns" in args:  # the pod's network namespace: where docker's hook looks for it
+        i = args.index("--netns")
+        netns = args[i + 1]
+        del args[i : i + 2]
     state_dir, proc, ready_fd = args[0], int(args[1]), int(args[2])
     logging.basicConfig(
         filename=os.path.join(state_dir, "proxy.log"),
@@ -288,6 +293,10 @@ def main() -> None:
         format="%(asctime)s %(levelname)s proxy[%(process)d]: %(message)s",
     )
     try:
+        if netns:
+            from hyperpy.network import enter
+
+            enter(netns)
         proxy = Proxy(state_dir, proc, console)
         proxy.setup()
     except Exception as exc:  # noqa: BLE001 - reported to the caller through READY_FD

@@ -183,10 +183,15 @@ class Runtime:
         try:
             sandbox = self._sandbox_of(spec, cid)
             st.sandbox = sandbox.id if sandbox else ""
+            netns = ""
+            if sandbox is None:
+                from hyperpy import network
+
+                spec, netns = network.plan(spec)
             spec = self._resolve_namespace_paths(spec, st)  # before a VM is started for it
             if sandbox is None:
                 self.store.save(st)
-                self._boot(d, st, spec)
+                self._boot(d, st, spec, netns)
             else:
                 self._join(d, st, sandbox)
             reply = MonitorClient(d).request(
@@ -194,11 +199,13 @@ class Runtime:
             )
             st.init_proc = reply["proc"]
             st.pid = self._spawn_proxy(
-                d, st.init_proc, opts.console_socket, stdio=not opts.console_socket
+                d, st.init_proc, opts.console_socket, not opts.console_socket, st.monitor_pid
             )
             self._cgroup(st).add(st.pid)
             for kind in ("prestart", "createRuntime", "createContainer"):
                 self._hooks(st, kind, Status.CREATING)
+            if sandbox is None:  # what CNI or libnetwork's hook put in the pod's namespace
+                MonitorClient(d).request("wire", cid=cid)
             st.status = Status.CREATED.value
             self.store.save(st)
             if opts.pid_file:
@@ -274,11 +281,13 @@ class Runtime:
             ns["path"] = "hyperpy:" + by_pid[int(m.group(1))]
         return spec
 
-    def _boot(self, d: str, st: State, spec: dict) -> None:
+    def _boot(self, d: str, st: State, spec: dict, netns: str) -> None:
         from hyperpy.config import load as load_config
 
-        cfg = load_config().vm
+        config = load_config()
+        cfg = config.vm
         req = _vm_request(spec, cfg.memory_mb, cfg.overhead_mb)
+        req["network"] = {"netns": netns, "interfaces": config.network.interfaces}
         r, w = os.pipe()
         env = dict(os.environ)
         env["HYPERPY_MONITOR_REQUEST"] = json.dumps(req)
@@ -318,7 +327,9 @@ class Runtime:
         st.qemu_pid = result.get("qemu_pid", 0)
         cg.set_cpu(cpu)  # shares, quota, period: after the boot, which they would throttle
 
-    def _spawn_proxy(self, d: str, proc: int, console_socket: str | None, stdio: bool) -> int:
+    def _spawn_proxy(
+        self, d: str, proc: int, console_socket: str | None, stdio: bool, monitor_pid: int
+    ) -> int:
         """Start the process proxy; with ``stdio`` it carries the caller's stdin/out/err.
 
         With a console socket the container's stdio is the pty, and the proxy must hold
@@ -326,6 +337,8 @@ class Runtime:
         """
         r, w = os.pipe()
         argv = [sys.executable, "-m", "hyperpy.proxy", d, str(proc), str(w)]
+        if monitor_pid:  # the pod's network namespace: docker's hook finds it through our pid
+            argv += ["--netns", f"/proc/{monitor_pid}/ns/net"]
         if console_socket:
             argv += ["--console-socket", os.path.abspath(console_socket)]
         try:
@@ -399,7 +412,9 @@ class Runtime:
             preflight.console_socket(console_socket)
         preflight.process_fits(process, source)
         reply = MonitorClient(d).request("exec", cid=cid, process=process)
-        pid = self._spawn_proxy(d, reply["proc"], console_socket, stdio=not console_socket)
+        pid = self._spawn_proxy(
+            d, reply["proc"], console_socket, not console_socket, st.monitor_pid
+        )
         self._cgroup(st).add(pid)
         if pid_file:
             _write_pid_file(pid_file, pid)

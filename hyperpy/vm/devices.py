@@ -1,7 +1,7 @@
 """Typed QEMU devices: one frozen dataclass per device, each producing its own arguments.
 
 Owns the mapping from what a sandbox needs (machine, memory, kernel, console, entropy, the
-9p share, the agent channel, QMP, the seccomp sandbox) to QEMU command-line arguments, and
+9p share, the NICs, the agent channel, QMP, the seccomp sandbox) to QEMU command-line arguments, and
 nothing else: building argv is pure so tests compare lists instead of spawning QEMU (after
 Kata's govmm). QMP, the agent channel and the console are file descriptors QEMU inherits
 (``fd=N``, ``/dev/fdset``): QEMU opens no path the monitor later trusts.
@@ -126,6 +126,25 @@ class Share9p:
 
 
 @dataclass(frozen=True)
+class Nic:
+    """A virtio-net NIC backed by a tap the monitor made in the pod's network namespace and
+    hands over as ``fd`` (no vnet header, no vhost: QEMU needs no access to /dev/net/tun)."""
+
+    fd: int
+    mac: str
+    id: str = "net0"
+    bus: str = "mmio"
+
+    def args(self) -> list[str]:
+        return [
+            "-netdev",
+            f"tap,id={self.id},fd={self.fd},vhost=off",
+            "-device",
+            f"{_virtio('virtio-net', self.bus)},netdev={self.id},mac={self.mac}",
+        ]
+
+
+@dataclass(frozen=True)
 class SerialChannel:
     """The agent channel as a named virtio-serial port on ``fd``, one end of a socketpair."""
 
@@ -194,12 +213,12 @@ class VMSpec:
     console: Console
     qmp: Qmp
     channel: SerialChannel | VsockChannel
-    devices: tuple[Rng | Share9p, ...] = field(default_factory=tuple)
+    devices: tuple[Rng | Share9p | Nic, ...] = field(default_factory=tuple)
     name: str = ""  # the sandbox's state dir: what ps shows of a QEMU (it holds no paths)
 
     def pass_fds(self) -> tuple[int, ...]:
-        """The descriptors QEMU inherits: the console, QMP and the agent channel."""
-        fds = [self.console.fd, self.qmp.fd]
+        """The descriptors QEMU inherits: the console, QMP, the agent channel, the taps."""
+        fds = [self.console.fd, self.qmp.fd, *(d.fd for d in self.devices if isinstance(d, Nic))]
         if isinstance(self.channel, SerialChannel):
             fds.append(self.channel.fd)
         return tuple(fds)

@@ -32,6 +32,7 @@ from hyperpy.vm.devices import (
     Console,
     Kernel,
     Machine,
+    Nic,
     Qmp,
     Resources,
     Rng,
@@ -121,6 +122,7 @@ def build_spec(
     initrd: str | None = None,
     jailed: bool = False,
     name: str = "",
+    nics: tuple[tuple[int, str], ...] = (),
 ) -> VMSpec:
     """The VMSpec of a sandbox; with ``jailed``, paths are those inside QEMU's jail."""
     machine = Machine(cfg.machine, accel, cfg.icount)
@@ -134,12 +136,13 @@ def build_spec(
     params.append("hyperpy.debug=1" if cfg.verbose_console else "quiet")
     if cfg.kernel_params:
         params.append(cfg.kernel_params)
-    devices: list[Rng | Share9p] = [Rng(bus)]
+    devices: list[Rng | Share9p | Nic] = [Rng(bus)]
     if share:
         devices.append(Share9p(J.SHARE if jailed else share, bus=bus))
     if image:
         devices.append(Share9p(J.IMAGE if jailed else image, IMAGE_TAG, "share1", bus, "none",
                                readonly=True))  # fmt: skip
+    devices += [Nic(fd, mac, f"net{i}", bus) for i, (fd, mac) in enumerate(nics)]
     kernel = (J.KERNEL, J.INITRD) if jailed else (cfg.kernel, initrd or cfg.initrd)
     return VMSpec(
         binary=cfg.qemu,

@@ -86,7 +86,7 @@ def test_config_rejects_unknown_keys_and_types(tmp_path):
     with pytest.raises(ConfigError, match="accel must be one of"):
         config.from_dict({"vm": {"accel": "xen"}})
     with pytest.raises(ConfigError, match="unknown section"):
-        config.from_dict({"network": {}})
+        config.from_dict({"networking": {}})
 
 
 # containerd's runc shim (process/utils.go checkKillError, init.go delete) and go-runc decide
