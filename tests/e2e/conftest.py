@@ -76,22 +76,31 @@ def _umount_below(path: str) -> None:
 
 
 class Daemons:
-    def __init__(self, base: Path) -> None:
+    """containerd and dockerd; with ``netns`` both run in that network namespace (entered
+    with nsenter --net: `ip netns exec` would remount /sys and hide the cgroup v1 mounts),
+    dockerd with its default bridge, iptables and published ports, all inside it."""
+
+    def __init__(self, base: Path, netns: str = "", ns: str = NS) -> None:
         self.base = base
+        self.netns = netns
+        self.ns = ns  # containerd namespace: the shim keeps hyperpy's root under it
         self.ctd_sock = str(base / "containerd.sock")
         self.docker_sock = str(base / "docker.sock")
         self.procs: list[subprocess.Popen] = []
 
+    def _in_ns(self, argv: list[str]) -> list[str]:
+        return ["nsenter", f"--net=/run/netns/{self.netns}", *argv] if self.netns else argv
+
     def ctr(self, *args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
         return subprocess.run(
-            ["ctr", "-a", self.ctd_sock, "-n", NS, *args],
+            ["ctr", "-a", self.ctd_sock, "-n", self.ns, *args],
             capture_output=True,
             timeout=timeout,
             **kw,
         )
 
     def ctr_run_argv(self, *args: str) -> list[str]:
-        return ["ctr", "-a", self.ctd_sock, "-n", NS, "run", "--runtime",
+        return ["ctr", "-a", self.ctd_sock, "-n", self.ns, "run", "--runtime",
                 "io.containerd.runc.v2", "--runc-binary", HYPERPY, *args]  # fmt: skip
 
     def docker(self, *args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
@@ -120,7 +129,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         log = b / "containerd.log"
         self.procs.append(
             subprocess.Popen(
-                ["containerd", "--config", str(b / "containerd.toml")],
+                self._in_ns(["containerd", "--config", str(b / "containerd.toml")]),
                 stdout=open(log, "w"),
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -133,9 +142,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         daemon_json = readme_snippet("docker").replace("/usr/local/bin/hyperpy", HYPERPY)
         (b / "daemon.json").write_text(daemon_json)
         # dockerd keeps its containers in its own containerd namespace (normally "moby").
+        network = ["--iptables=false", "--ip6tables=false", "--bridge=none"]
+        if self.netns:
+            network = ["--bip", "172.31.250.1/24", "--exec-opt", "native.cgroupdriver=cgroupfs"]
         self.procs.append(
             subprocess.Popen(
-                [
+                self._in_ns([
                     "dockerd",
                     "--host",
                     f"unix://{self.docker_sock}",
@@ -148,15 +160,13 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
                     "--containerd",
                     self.ctd_sock,
                     "--containerd-namespace",
-                    DOCKER_NS,
+                    f"{self.ns}-moby",
                     "--containerd-plugins-namespace",
-                    f"{NS}-plugins",
-                    "--iptables=false",
-                    "--ip6tables=false",
-                    "--bridge=none",
+                    f"{self.ns}-plugins",
+                    *network,
                     "--add-runtime",
                     f"hyperpy={HYPERPY}",
-                ],  # fmt: skip
+                ]),  # fmt: skip
                 stdout=open(dlog, "w"),
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -283,8 +293,8 @@ def runtime_roots(daemons: Daemons) -> list[str]:
     """hyperpy's --root directories of this session: the shim's for our containerd namespace,
     dockerd's (<exec-root>/runtime-<name>/<namespace>, under the session's directory)."""
     return [
-        CONTAINERD_ROOT,
-        *glob.glob(str(daemons.base / "docker-exec" / "runtime-*" / DOCKER_NS)),
+        "/run/containerd/runc/" + daemons.ns,
+        *glob.glob(str(daemons.base / "docker-exec" / "runtime-*" / f"{daemons.ns}-moby")),
     ]
 
 
