@@ -147,26 +147,28 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             network = ["--bip", "172.31.250.1/24", "--exec-opt", "native.cgroupdriver=cgroupfs"]
         self.procs.append(
             subprocess.Popen(
-                self._in_ns([
-                    "dockerd",
-                    "--host",
-                    f"unix://{self.docker_sock}",
-                    "--data-root",
-                    str(b / "docker-data"),
-                    "--exec-root",
-                    str(b / "docker-exec"),
-                    "--pidfile",
-                    str(b / "docker.pid"),
-                    "--containerd",
-                    self.ctd_sock,
-                    "--containerd-namespace",
-                    f"{self.ns}-moby",
-                    "--containerd-plugins-namespace",
-                    f"{self.ns}-plugins",
-                    *network,
-                    "--add-runtime",
-                    f"hyperpy={HYPERPY}",
-                ]),  # fmt: skip
+                self._in_ns(
+                    [
+                        "dockerd",
+                        "--host",
+                        f"unix://{self.docker_sock}",
+                        "--data-root",
+                        str(b / "docker-data"),
+                        "--exec-root",
+                        str(b / "docker-exec"),
+                        "--pidfile",
+                        str(b / "docker.pid"),
+                        "--containerd",
+                        self.ctd_sock,
+                        "--containerd-namespace",
+                        f"{self.ns}-moby",
+                        "--containerd-plugins-namespace",
+                        f"{self.ns}-plugins",
+                        *network,
+                        "--add-runtime",
+                        f"hyperpy={HYPERPY}",
+                    ]
+                ),  # fmt: skip
                 stdout=open(dlog, "w"),
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

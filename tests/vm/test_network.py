@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import hyperpy, needs_artifacts
 from tests.vm.test_lifecycle import create, subreaper  # noqa: F401 - fixture
 
-pytestmark = [pytest.mark.vm, needs_artifacts]
+pytestmark = [pytest.mark.vm, needs_artifacts, pytest.mark.usefixtures("subreaper")]
 
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -51,9 +51,7 @@ class Net:
         ip("-n", self.client, "addr", "add", f"{self.client_ip}/24", "dev", "hpt-b")
         ip("-n", self.client, "addr", "add", f"fd00:203:{n}::1/64", "dev", "hpt-b", "nodad")
         ip("-n", self.client, "link", "set", "hpt-b", "up")
-        self.mac = json.loads(ip("-n", self.pod, "-j", "link", "show", "eth0").stdout)[0][
-            "address"
-        ]
+        self.mac = json.loads(ip("-n", self.pod, "-j", "link", "show", "eth0").stdout)[0]["address"]
 
     @property
     def path(self) -> str:
@@ -99,7 +97,9 @@ def netns_bundle(bundle, args, path: str | None = "", drop: bool = False) -> str
     return b
 
 
-HTTPD = "mkdir -p /www && echo served-by-the-guest > /www/index.html && exec httpd -f -p 8080 -h /www"
+HTTPD = (
+    "mkdir -p /www && echo served-by-the-guest > /www/index.html && exec httpd -f -p 8080 -h /www"
+)
 
 
 def wait_http(ns: str, url: str, timeout: float = 60) -> str:
@@ -113,7 +113,7 @@ def wait_http(ns: str, url: str, timeout: float = 60) -> str:
     raise AssertionError(f"{url} did not answer from {ns}: {res.stderr if res else ''}")
 
 
-def test_a_namespace_path_brings_its_network_into_the_guest(root, bundle, net, subreaper):
+def test_a_namespace_path_brings_its_network_into_the_guest(root, bundle, net):
     n = net()
     b = netns_bundle(bundle, ["sh", "-c", HTTPD], n.path)
     create(root, b, "web")
@@ -150,7 +150,7 @@ def _settled(probe, timeout: float = 20) -> list:
     return left
 
 
-def test_pod_members_share_the_network_and_localhost(root, bundle, net, subreaper):
+def test_pod_members_share_the_network_and_localhost(root, bundle, net):
     n = net()
     sandbox = create(root, netns_bundle(bundle, ["sh", "-c", HTTPD], n.path), "pod")
     hyperpy(root, "start", "pod", check=True)
@@ -200,7 +200,7 @@ def test_a_bad_namespace_path_is_refused_before_a_vm_boots(root, bundle, path):
     assert os.listdir(root) == []
 
 
-def test_more_interfaces_than_nics_fail_naming_the_interface(root, bundle, net, subreaper):
+def test_more_interfaces_than_nics_fail_naming_the_interface(root, bundle, net):
     n = net()
     ip("-n", n.pod, "link", "add", "extra0", "type", "veth", "peer", "name", "extra1")
     res = hyperpy(root, "run", "--bundle", netns_bundle(bundle, ["true"], n.path), "toomany")
@@ -211,7 +211,7 @@ def test_more_interfaces_than_nics_fail_naming_the_interface(root, bundle, net, 
     assert _settled(n.leftovers) == []
 
 
-def test_an_interface_that_cannot_be_redirected_is_named(root, bundle, net, subreaper):
+def test_an_interface_that_cannot_be_redirected_is_named(root, bundle, net):
     n = net()
     ip("-n", n.pod, "tuntap", "add", "dev", "l3tun", "mode", "tun")
     res = hyperpy(root, "run", "--bundle", netns_bundle(bundle, ["true"], n.path), "l3")
@@ -222,7 +222,7 @@ def test_an_interface_that_cannot_be_redirected_is_named(root, bundle, net, subr
     assert _settled(n.leftovers) == []
 
 
-def test_killing_the_vm_releases_its_tap_and_redirects(root, bundle, net, subreaper):
+def test_killing_the_vm_releases_its_tap_and_redirects(root, bundle, net):
     n = net()
     create(root, netns_bundle(bundle, ["sleep", "1000"], n.path), "victim")
     hyperpy(root, "start", "victim", check=True)
