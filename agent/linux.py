@@ -8,8 +8,10 @@ Every failure raises OSError with errno and the call that failed.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+from collections.abc import Iterator
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -307,3 +309,18 @@ def loopback_up() -> None:
         ifreq = fcntl.ioctl(sock, 0x8913, struct.pack("16sH22x", b"lo", 0))  # SIOCGIFFLAGS
         flags = struct.unpack_from("16sH", ifreq)[1] | 0x1  # IFF_UP
         fcntl.ioctl(sock, 0x8914, struct.pack("16sH22x", b"lo", flags))  # SIOCSIFFLAGS
+
+
+@contextlib.contextmanager
+def in_netns(fd: int) -> Iterator[None]:
+    """Run the block in network namespace ``fd`` (sockets made there stay there), then
+    come back."""
+    own = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        setns(fd, CLONE_NEWNET)
+        try:
+            yield
+        finally:
+            setns(own, CLONE_NEWNET)
+    finally:
+        os.close(own)

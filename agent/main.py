@@ -24,10 +24,14 @@ import selectors
 import signal
 import socket
 import time
+from typing import TYPE_CHECKING
 
 from agent import cgroups, layers, linux
 from agent import protocol as P
 from agent.container import Launch, SetupError, Stdio, died, read_sync, spawn
+
+if TYPE_CHECKING:
+    from agent.dns import Relay
 
 SHARE_DIR = P.GUEST_SHARE_DIR
 OUTBUF_HIGH = 4 << 20
@@ -76,6 +80,7 @@ class Agent:
         self.next_proc = 1
         self.paused_outputs = False
         self.shutting_down = False
+        self.dns: Relay | None = None  # agent/dns.py, once the host asks for it
         os.set_blocking(chan_fd, False)
         self.sel.register(chan_fd, selectors.EVENT_READ, self._on_channel)
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -215,7 +220,22 @@ class Agent:
         """The pod's NICs into ``cid``'s network namespace (agent/network.py)."""
         from agent.network import configure
 
-        configure(self.containers[msg["cid"]].init.pid, msg)
+        pid = self.containers[msg["cid"]].init.pid
+        configure(pid, msg)
+        if msg.get("dns"):
+            from agent.dns import Relay
+
+            self.dns = self.dns or Relay(self.sel, self.send_msg)
+            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                self.dns.listen(fd, [str(s) for s in msg["dns"]])
+            finally:
+                os.close(fd)
+        return {}
+
+    def op_dns_reply(self, msg: dict) -> dict:
+        if self.dns is not None:
+            self.dns.reply(msg["q"], msg["data"])
         return {}
 
     def op_freeze(self, msg: dict) -> dict:

@@ -25,7 +25,6 @@ NDA_DST, NDA_LLADDR = 1, 2
 NUD_PERMANENT = 0x80
 IFF_UP = 0x1
 RT_TABLE_MAIN, RTPROT_BOOT, RTN_UNICAST = 254, 3, 1
-CLONE_NEWNET = 0x40000000
 
 NLMSGHDR = struct.Struct("=IHHII")
 IFINFOMSG = struct.Struct("=BxHiII")
@@ -62,17 +61,8 @@ class Socket:
         else:
             from agent import linux
 
-            own = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                linux.setns(netns_fd, CLONE_NEWNET)
-                try:
-                    self.sock = socket.socket(
-                        socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE
-                    )
-                finally:
-                    linux.setns(own, CLONE_NEWNET)
-            finally:
-                os.close(own)
+            with linux.in_netns(netns_fd):
+                self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
         self.sock.settimeout(10)
         self.seq = 0
 

@@ -70,8 +70,12 @@ OP_DESTROY = "destroy"  # {"cid"} -> {}
 OP_SHUTDOWN = "shutdown"  # {} -> {} then the guest powers off
 # {"cid", "interfaces": [{"boot_mac", "name", "mac", "mtu", "addresses": [{"ip", "prefixlen",
 # "family"}]}], "routes": [{"dst", "dev", "family", "scope", "gateway"?, "src"?, "metric"?}],
-# "neighbors": [{"dev", "ip", "mac"}]} -> {}: the NICs move into cid's network namespace
+# "neighbors": [{"dev", "ip", "mac"}], "dns"?: [loopback nameservers to relay]} -> {}: the
+# NICs move into cid's network namespace (agent/network.py); queries to "dns" come to the
+# host as EV_DNS events, answered by OP_DNS_REPLY (agent/dns.py)
 OP_NETWORK = "network"
+OP_DNS_REPLY = "dns_reply"  # {"q", "data": base64} -> {}
+EV_DNS = "dns"  # {"q", "server", "data": base64}
 EV_EXIT = "exit"  # {"proc", "cid", "status", "signal"}
 EV_READY = "ready"  # sent by the agent once its channel is open: {"version", "boot_ms"}
 
@@ -106,8 +110,15 @@ FIELDS: dict[str, dict[str, type]] = {
     OP_STATS: {"cid": _STR},
     OP_DESTROY: {"cid": _STR},
     OP_SHUTDOWN: {},
-    OP_NETWORK: {"cid": _STR, "interfaces": _LIST, "routes": _LIST, "neighbors": _LIST},
-    "wire": {"cid": _STR},
+    OP_NETWORK: {
+        "cid": _STR,
+        "interfaces": _LIST,
+        "routes": _LIST,
+        "neighbors": _LIST,
+        "dns?": _LIST,
+    },
+    OP_DNS_REPLY: {"q": _INT, "data": _STR},
+    "wire": {"cid": _STR, "dns?": _LIST},
     "attach": {"proc": _INT},
     "remove": {"cid": _STR},
     "info": {},

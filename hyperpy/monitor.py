@@ -187,6 +187,7 @@ class Monitor:
         self.guest: dict[str, float] = {}  # guest CLOCK_BOOTTIME ms: the boot's phases
         self.taps: list[network.Tap] = []  # made in the pod's namespace (network.py)
         self.wired: list[str] | None = None  # the interfaces redirected to them, once wired
+        self.dns: Any = None  # dns_relay.Relay, when the pod's resolver is on its loopback
 
     # --- boot ---------------------------------------------------------------------------
     async def boot(self, request: dict) -> dict:
@@ -303,6 +304,10 @@ class Monitor:
             self.guest["ready_ms"] = msg.get("ready_ms", 0.0)
         if msg.get("event") == P.EV_EXIT:
             self._record_exit(msg)
+        if msg.get("event") == P.EV_DNS and self.dns is not None:
+            coro = self.dns.query(msg)
+            if coro is not None:
+                self._spawn(coro)
 
     def _record_exit(self, msg: dict) -> None:
         proc = msg.get("proc")
@@ -499,7 +504,7 @@ class Monitor:
         if op == "remove":
             return await self._remove(msg)
         if op == "wire":
-            return await self._wire(msg["cid"])
+            return await self._wire(msg["cid"], [str(s) for s in msg.get("dns") or []])
         if op == "start":
             reply = await agent.request(P.OP_START, cid=msg["cid"])
             self.guest["started_ms"] = reply.get("started_ms", 0.0)
@@ -543,16 +548,24 @@ class Monitor:
         self.state_dirs[cid] = msg.get("state_dir") or self.dir
         return {"proc": reply["proc"], "pid": reply["pid"]}
 
-    async def _wire(self, cid: str) -> dict:
+    async def _wire(self, cid: str, dns: list[str]) -> dict:
         """The create hooks have run: join the pod namespace's interfaces to the VM's taps
-        and configure the guest's NICs in ``cid``'s network namespace (the pod's)."""
-        assert self.agent is not None
+        and configure the guest's NICs in ``cid``'s network namespace (the pod's); relay
+        queries to ``dns`` (resolvers on the pod's loopback) from there."""
+        agent = self.agent
+        assert agent is not None
         if self.wired is not None or not self.taps:
             return {"interfaces": []}
         self.wired, guest = network.wire(self.taps)
         if guest["interfaces"]:
+            if dns:
+                from hyperpy.dns_relay import Relay
+
+                self.dns = Relay(dns, lambda q, data: agent.request(P.OP_DNS_REPLY, 5, q=q,
+                                                                    data=data))  # fmt: skip
+                guest["dns"] = dns
             try:
-                await self.agent.request(P.OP_NETWORK, cid=cid, **guest)
+                await agent.request(P.OP_NETWORK, cid=cid, **guest)
             except BaseException:
                 network.unwire(self.wired)
                 self.wired = []

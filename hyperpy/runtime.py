@@ -205,7 +205,7 @@ class Runtime:
             for kind in ("prestart", "createRuntime", "createContainer"):
                 self._hooks(st, kind, Status.CREATING)
             if sandbox is None:  # what CNI or libnetwork's hook put in the pod's namespace
-                MonitorClient(d).request("wire", cid=cid)
+                MonitorClient(d).request("wire", cid=cid, dns=_pod_resolvers(spec))
             st.status = Status.CREATED.value
             self.store.save(st)
             if opts.pid_file:
@@ -226,7 +226,9 @@ class Runtime:
             key = SANDBOX_ANNOTATION
         elif ann.get(CRI_TYPE) == "container" and ann.get(CRI_SANDBOX):
             key = CRI_SANDBOX
-        if not key or ann[key] == cid:
+        if not key:
+            return self._network_owner(spec)
+        if ann[key] == cid:
             return None
         pointer = "/annotations/" + key.replace("~", "~0").replace("/", "~1")
         try:
@@ -241,6 +243,35 @@ class Runtime:
         if self.status(sandbox) == Status.STOPPED:
             raise SpecError(f"sandbox {sandbox.id!r} is stopped: its VM is gone", pointer)
         return sandbox
+
+    def _by_pid(self) -> dict[int, State]:
+        """The containers under this root by the host pid they report (their proxy's)."""
+        out = {}
+        for other in self.store.ids():
+            try:
+                o = self.store.load(other)
+            except HyperpyError:
+                continue
+            if o.pid:
+                out[o.pid] = o
+        return out
+
+    def _network_owner(self, spec: dict) -> State | None:
+        """The sandbox whose network a container asks to share by naming one of its
+        containers' network namespace by pid (docker's ``--network container:ID``): a
+        guest's network cannot be shared by another VM, so the container joins that VM."""
+        for ns in (spec.get("linux") or {}).get("namespaces") or []:
+            m = re.fullmatch(r"/proc/(\d+)/ns/net", ns.get("path") or "")
+            if ns.get("type") == "network" and m:
+                owner = self._by_pid().get(int(m.group(1)))
+                if owner is None:
+                    return None
+                sandbox = self.store.load(owner.sandbox) if owner.sandbox else owner
+                if self.status(sandbox) == Status.STOPPED:
+                    raise SpecError(f"container {owner.id!r}, whose network this one joins, "
+                                    "is stopped", "/linux/namespaces")  # fmt: skip
+                return sandbox
+        return None
 
     def _join(self, d: str, st: State, sandbox: State) -> None:
         """Use the sandbox's VM: its monitor socket appears in our state dir."""
@@ -257,14 +288,11 @@ class Runtime:
         if not any(ns.get("path") for ns in nss):
             return spec
         owner = st.sandbox or st.id
-        by_pid = {}
-        for other in self.store.ids():
-            try:
-                o = self.store.load(other)
-            except HyperpyError:
-                continue
-            if o.pid and (o.sandbox or o.id) == owner and other != st.id:
-                by_pid[o.pid] = o.id
+        by_pid = {
+            pid: o.id
+            for pid, o in self._by_pid().items()
+            if (o.sandbox or o.id) == owner and o.id != st.id
+        }
         spec = json.loads(json.dumps(spec))
         for i, ns in enumerate(spec["linux"]["namespaces"]):
             path = ns.get("path")
@@ -563,6 +591,17 @@ QEMU_OVERHEAD_MB = 256
 SANDBOX_ANNOTATION = "io.hyperpy.sandbox"
 CRI_TYPE = "io.kubernetes.cri.container-type"
 CRI_SANDBOX = "io.kubernetes.cri.sandbox-id"
+
+
+def _pod_resolvers(spec: dict) -> list[str]:
+    """Nameservers on the pod's loopback in the resolv.conf bound into the container (docker's
+    embedded DNS, 127.0.0.11): the guest reaches them through the monitor's relay."""
+    for m in spec.get("mounts") or []:
+        if m.get("destination") == "/etc/resolv.conf" and m.get("source"):
+            from hyperpy.dns_relay import loopback_nameservers
+
+            return loopback_nameservers(m["source"])
+    return []
 
 
 def _vm_request(spec: dict, default_mb: int, overhead_mb: int) -> dict:
