@@ -46,7 +46,7 @@ def _blob(data: bytes) -> tuple[str, bytes]:
     return "sha256:" + hashlib.sha256(data).hexdigest(), data
 
 
-def build(out: str, name: str = DEFAULT_NAME) -> str:
+def build(out: str, name: str = DEFAULT_NAME, cmd: list[str] | None = None) -> str:
     """Write the archive; return the image's full reference (docker.io/...)."""
     from hyperpy.bundle import make_rootfs
 
@@ -60,7 +60,7 @@ def build(out: str, name: str = DEFAULT_NAME) -> str:
     config = {
         "architecture": "amd64",
         "os": "linux",
-        "config": {"Env": ENV, "Cmd": ["sh"], "WorkingDir": "/"},
+        "config": {"Env": ENV, "Cmd": cmd or ["sh"], "WorkingDir": "/"},
         "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
         "history": [{"created_by": "hyperpy.image from Debian's busybox-static"}],
     }

@@ -322,7 +322,7 @@ def test_pod_lives_in_its_host_cgroup(root, bundle):
         ["sleep", "1000"],
         linux={
             "cgroupsPath": "/" + rel,
-            "namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "uts"}],
+            "namespaces": [{"type": t} for t in ("pid", "mount", "uts", "network")],
             "resources": {"memory": {"limit": limit}},
         },
     )
