@@ -195,6 +195,9 @@ def main() -> int:
             f"\nmemory: QEMU RSS {m['QEMU RSS after the run (MiB)']:.0f} MiB for a "
             f"{vm.memory_mb} MiB guest; host cgroup ceiling = guest RAM + {QEMU_OVERHEAD_MB} MiB"
         )
+        from tests.bench_network import report
+
+        report(work)
     finally:
         subprocess.run(["umount", "-R", "-l", os.path.join(work, "root")], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)

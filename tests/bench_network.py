@@ -108,9 +108,13 @@ def measure(runtime: list[str], work: str, n: int, mib: int, requests: int) -> t
     try:
         bundle = os.path.join(work, f"net-bundle-{n}")
         _bundle(bundle, pod)
-        subprocess.run([*runtime, "run", "-d", "--bundle", bundle, cid], check=True,
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.PIPE, timeout=180)  # fmt: skip
+        # no pipe: the container's stdio would hold it open
+        with open(os.path.join(work, f"{cid}.log"), "wb") as log:
+            res = subprocess.run([*runtime, "run", "-d", "--bundle", bundle, cid],
+                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                 timeout=180)  # fmt: skip
+        if res.returncode != 0:
+            raise SystemExit(f"{runtime[0]} run failed: {open(log.name).read()[-800:]}")
         res = subprocess.run(
             ["nsenter", f"--net=/run/netns/{client}", sys.executable, "-c", CLIENT, ip,
              str(mib), str(requests)], capture_output=True, text=True, timeout=600,

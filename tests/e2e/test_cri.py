@@ -1,0 +1,237 @@
+"""Kubernetes' view: containerd's CRI plugin with Debian's CNI plugins (bridge, host-local,
+loopback), hyperpy as a runtime handler, driven through the CRI gRPC API as the kubelet
+drives it (messages from tests/e2e/cri). containerd runs in a network namespace this test
+makes, so the CNI bridge and the pod's veth live there; the pause image is built locally
+and imported into the k8s.io namespace (containerd 1.6 would contact the registry on a
+pull). hyperpy's --root is the session's own (the runc options' Root)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import HAVE_ARTIFACTS, HYPERPY, processes_under
+from tests.e2e.conftest import _stop, _umount_below, _wait_for, readme_snippet
+
+pytestmark = pytest.mark.e2e
+
+NETNS = f"hp-cri-{os.getpid()}"
+IMAGE = "docker.io/hyperpy/busybox:latest"
+PAUSE = "docker.io/hyperpy/pause:latest"
+SUBNET = "10.88.77.0/24"
+HTTPD = "echo web-started; mkdir -p /www && echo from-the-pod > /www/index.html && " \
+        "exec httpd -f -p 8080 -h /www"  # fmt: skip
+
+
+class Cri:
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.sock = str(base / "cri.sock")
+        self.root = str(base / "hyperpy-root")  # the shim's Root: hyperpy's --root per ns
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        b = self.base
+        (b / "net.d").mkdir()
+        (b / "net.d" / "10-hyperpy-test.conflist").write_text(json.dumps({
+            "cniVersion": "0.4.0",
+            "name": "hyperpy-test",
+            "plugins": [{
+                "type": "bridge", "bridge": "hpcni0", "isGateway": True, "ipMasq": False,
+                "ipam": {"type": "host-local", "ranges": [[{"subnet": SUBNET}]],
+                         "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(b / "ipam")},
+            }],
+        }))  # fmt: skip
+        # The README's containerd snippet, with this checkout's hyperpy, and a root of ours.
+        runtime = readme_snippet("containerd").replace("/usr/local/bin/hyperpy", HYPERPY)
+        (b / "containerd.toml").write_text(
+            f"""version = 2
+root = "{b}/root"
+state = "{b}/state"
+[grpc]
+  address = "{self.sock}"
+[ttrpc]
+  address = "{self.sock}.ttrpc"
+[debug]
+  address = "{b}/debug.sock"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE}"
+  restrict_oom_score_adj = true
+  disable_apparmor = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{b}/net.d"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+{runtime}    Root = "{self.root}"
+"""
+        )
+        log = b / "containerd.log"
+        self.proc = subprocess.Popen(
+            ["nsenter", f"--net=/run/netns/{NETNS}", "containerd", "--config",
+             str(b / "containerd.toml")],
+            stdout=open(log, "w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        _wait_for(self.sock, self.proc, log)
+        from hyperpy.image import build
+
+        build(str(b / "busybox.tar"))
+        build(
+            str(b / "pause.tar"),
+            "hyperpy/pause:latest",
+            ["sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 1000 & wait $!; done"],
+        )
+        for tar in ("busybox.tar", "pause.tar"):
+            res = subprocess.run(["ctr", "-a", self.sock, "-n", "k8s.io", "images", "import",
+                                  str(b / tar)], capture_output=True, timeout=120)  # fmt: skip
+            assert res.returncode == 0, res.stderr.decode()
+        import grpc
+
+        from tests.e2e.cri import load
+
+        self.pb, pb_grpc = load(str(b))
+        self.channel = grpc.insecure_channel(f"unix://{self.sock}")
+        self.rt = pb_grpc.RuntimeServiceStub(self.channel)
+        deadline = time.monotonic() + 30
+        while True:  # the CRI plugin comes up after the socket
+            try:
+                self.rt.Version(self.pb.VersionRequest(), timeout=5)
+                break
+            except grpc.RpcError as exc:
+                if time.monotonic() > deadline:
+                    tail = log.read_text()[-3000:]
+                    raise AssertionError(f"CRI does not answer: {exc}\n{tail}") from None
+                time.sleep(0.3)
+
+    def stop(self) -> None:
+        try:
+            pods = self.rt.ListPodSandbox(self.pb.ListPodSandboxRequest(), timeout=30).items
+            for pod in pods:
+                self.rt.StopPodSandbox(self.pb.StopPodSandboxRequest(pod_sandbox_id=pod.id),
+                                       timeout=180)  # fmt: skip
+                self.rt.RemovePodSandbox(self.pb.RemovePodSandboxRequest(pod_sandbox_id=pod.id),
+                                         timeout=180)  # fmt: skip
+        except Exception:  # noqa: BLE001 - best effort before the daemon goes
+            pass
+        if self.proc is not None:
+            _stop(self.proc)
+        _umount_below(str(self.base))
+
+
+@pytest.fixture(scope="module")
+def cri():
+    if not (
+        HAVE_ARTIFACTS and shutil.which("containerd") and os.path.exists("/usr/lib/cni/bridge")
+    ):
+        pytest.skip("needs the kernel and initrd, containerd and containernetworking-plugins")
+    subprocess.run(["ip", "netns", "add", NETNS], check=True, timeout=30)
+    subprocess.run(["ip", "-n", NETNS, "link", "set", "lo", "up"], check=True, timeout=30)
+    base = Path(tempfile.mkdtemp(prefix="hyperpy-e2e-cri-"))
+    c = Cri(base)
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+        for line in processes_under(c.root):
+            try:
+                os.kill(int(line.split()[0]), 9)
+            except (ProcessLookupError, ValueError):
+                pass
+        shutil.rmtree(base, ignore_errors=True)
+        subprocess.run(["ip", "netns", "del", NETNS], timeout=30)
+
+
+def from_host_side(url: str, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    res = None
+    while time.monotonic() < deadline:
+        res = subprocess.run(
+            ["nsenter", f"--net=/run/netns/{NETNS}", "timeout", "5", "busybox", "wget", "-qO-",
+             url], capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        if res.returncode == 0:
+            return res.stdout
+        time.sleep(0.5)
+    raise AssertionError(f"{url}: no answer from the host side: {res.stderr if res else ''}")
+
+
+def test_a_pod_on_cni_through_the_cri_api(cri):
+    pb, rt = cri.pb, cri.rt
+    logs = cri.base / "logs"
+    logs.mkdir()
+    pod_config = pb.PodSandboxConfig(
+        metadata=pb.PodSandboxMetadata(name="web", uid="uid-web-1", namespace="default"),
+        hostname="web-pod",
+        log_directory=str(logs),
+        linux=pb.LinuxPodSandboxConfig(
+            security_context=pb.LinuxSandboxSecurityContext(
+                namespace_options=pb.NamespaceOption(network=pb.POD, pid=pb.CONTAINER)
+            )
+        ),
+    )
+    pod = rt.RunPodSandbox(
+        pb.RunPodSandboxRequest(config=pod_config, runtime_handler="hyperpy"), timeout=180
+    ).pod_sandbox_id
+    status = rt.PodSandboxStatus(
+        pb.PodSandboxStatusRequest(pod_sandbox_id=pod, verbose=True), timeout=30
+    )
+    ip = status.status.network.ip
+    assert ip.startswith("10.88.77."), status
+    info = json.loads(status.info["info"])
+    netns = next(ns["path"] for ns in info["runtimeSpec"]["linux"]["namespaces"]
+                 if ns["type"] == "network")  # fmt: skip
+
+    def container(name: str, args: list[str]) -> str:
+        cfg = pb.ContainerConfig(
+            metadata=pb.ContainerMetadata(name=name),
+            image=pb.ImageSpec(image=IMAGE),
+            command=args,
+            log_path=f"{name}.log",
+            linux=pb.LinuxContainerConfig(),
+        )
+        cid = rt.CreateContainer(
+            pb.CreateContainerRequest(pod_sandbox_id=pod, config=cfg, sandbox_config=pod_config),
+            timeout=180,
+        ).container_id
+        rt.StartContainer(pb.StartContainerRequest(container_id=cid), timeout=180)
+        return cid
+
+    web = container("web", ["sh", "-c", HTTPD])
+    side = container("side", ["sleep", "1000"])
+    # the pod IP answers from the host side of CNI's bridge
+    assert from_host_side(f"http://{ip}:8080/") == "from-the-pod\n"
+    # the two containers share the pod's network: localhost
+    res = rt.ExecSync(pb.ExecSyncRequest(container_id=side, timeout=60,
+                      cmd=["wget", "-qO-", "http://127.0.0.1:8080/"]), timeout=120)  # fmt: skip
+    assert (res.exit_code, res.stdout) == (0, b"from-the-pod\n"), res.stderr
+    res = rt.ExecSync(pb.ExecSyncRequest(container_id=web, cmd=["sh", "-c", "hostname; exit 3"],
+                                         timeout=60), timeout=120)  # fmt: skip
+    assert (res.exit_code, res.stdout) == (3, b"web-pod\n")
+    # container logs, in CRI's format, where the kubelet reads them
+    log = (logs / "web.log").read_text()
+    assert " stdout F web-started" in log, log
+    rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=180)
+    rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=180)
+    # nothing left: no VM, monitor or proxy, no state, no namespace (and so no tap or qdisc)
+    deadline = time.monotonic() + 30
+    left: list[str] = []
+    while time.monotonic() < deadline:
+        left = processes_under(cri.root)
+        if os.path.isdir(cri.root):
+            for ns in os.listdir(cri.root):
+                left += [f"{ns}/{e}" for e in os.listdir(os.path.join(cri.root, ns))]
+        if os.path.exists(netns):
+            left.append(netns)
+        if not left:
+            break
+        time.sleep(0.3)
+    assert not left, f"left behind: {left}"
