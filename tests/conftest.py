@@ -118,3 +118,19 @@ def hyperpy(
     if check and res.returncode != 0:
         raise AssertionError(f"hyperpy {args} exited {res.returncode}: {res.stderr.decode()}")
     return res
+
+
+def http_get_in(netns: str, url: str, timeout: float = 60) -> str:
+    """GET ``url`` from network namespace ``netns`` (busybox wget, entered with nsenter),
+    retrying while the server starts; the body."""
+    deadline = time.monotonic() + timeout
+    res = None
+    while time.monotonic() < deadline:
+        res = subprocess.run(
+            ["nsenter", f"--net=/run/netns/{netns}", "timeout", "5", "busybox", "wget", "-qO-",
+             url], capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        if res.returncode == 0:
+            return res.stdout
+        time.sleep(0.5)
+    raise AssertionError(f"{url}: no answer from {netns}: {res.stderr if res else ''}")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import HAVE_ARTIFACTS, HYPERPY, processes_under
+from tests.conftest import HAVE_ARTIFACTS, HYPERPY, http_get_in, processes_under
 from tests.e2e.conftest import _stop, _umount_below, _wait_for, readme_snippet
 
 pytestmark = pytest.mark.e2e
@@ -150,20 +150,6 @@ def cri():
         subprocess.run(["ip", "netns", "del", NETNS], timeout=30)
 
 
-def from_host_side(url: str, timeout: float = 60) -> str:
-    deadline = time.monotonic() + timeout
-    res = None
-    while time.monotonic() < deadline:
-        res = subprocess.run(
-            ["nsenter", f"--net=/run/netns/{NETNS}", "timeout", "5", "busybox", "wget", "-qO-",
-             url], capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
-        if res.returncode == 0:
-            return res.stdout
-        time.sleep(0.5)
-    raise AssertionError(f"{url}: no answer from the host side: {res.stderr if res else ''}")
-
-
 def test_a_pod_on_cni_through_the_cri_api(cri):
     pb, rt = cri.pb, cri.rt
     logs = cri.base / "logs"
@@ -208,7 +194,7 @@ def test_a_pod_on_cni_through_the_cri_api(cri):
     web = container("web", ["sh", "-c", HTTPD])
     side = container("side", ["sleep", "1000"])
     # the pod IP answers from the host side of CNI's bridge
-    assert from_host_side(f"http://{ip}:8080/") == "from-the-pod\n"
+    assert http_get_in(NETNS, f"http://{ip}:8080/") == "from-the-pod\n"
     # the two containers share the pod's network: localhost
     res = rt.ExecSync(pb.ExecSyncRequest(container_id=side, timeout=60,
                       cmd=["wget", "-qO-", "http://127.0.0.1:8080/"]), timeout=120)  # fmt: skip

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import HAVE_ARTIFACTS, processes_under
+from tests.conftest import HAVE_ARTIFACTS, http_get_in, processes_under
 from tests.e2e.conftest import DOCKER_IMAGE, NS, Daemons, runtime_roots, state_left
 
 pytestmark = pytest.mark.e2e
@@ -50,21 +50,6 @@ def netd():
                 pass
         shutil.rmtree(base, ignore_errors=True)
         subprocess.run(["ip", "netns", "del", NETNS], timeout=30)
-
-
-def from_host_side(url: str, timeout: float = 60) -> str:
-    """GET url from the namespace dockerd lives in, retrying while the server starts."""
-    deadline = time.monotonic() + timeout
-    res = None
-    while time.monotonic() < deadline:
-        res = subprocess.run(
-            ["nsenter", f"--net=/run/netns/{NETNS}", "timeout", "5", "busybox", "wget",
-             "-qO-", url], capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
-        if res.returncode == 0:
-            return res.stdout
-        time.sleep(0.5)
-    raise AssertionError(f"{url}: no answer from the host side: {res.stderr if res else ''}")
 
 
 def taps_left(d: Daemons) -> list[str]:
@@ -105,8 +90,8 @@ def test_default_bridge_with_a_published_port(netd, clean):
               "sh", "-c", HTTPD.format("published"))  # fmt: skip
     ip = docker_ok(netd, "inspect", "-f", "{{.NetworkSettings.IPAddress}}", "pub").strip()
     assert ip.startswith("172.31.250."), ip
-    assert from_host_side(f"http://{ip}/") == "published\n"
-    assert from_host_side("http://127.0.0.1:8080/") == "published\n"  # docker's port mapping
+    assert http_get_in(NETNS, f"http://{ip}/") == "published\n"
+    assert http_get_in(NETNS, "http://127.0.0.1:8080/") == "published\n"  # docker's port mapping
 
 
 def test_user_defined_network_by_ip_and_name_with_runc_alongside(netd, clean):
@@ -115,7 +100,7 @@ def test_user_defined_network_by_ip_and_name_with_runc_alongside(netd, clean):
     docker_ok(netd, "run", "-d", "--network", "hpnet", "--name", "rweb", DOCKER_IMAGE,
               "sh", "-c", HTTPD.format("from-runc"))  # fmt: skip
     ip = docker_ok(netd, "inspect", "-f", "{{.NetworkSettings.Networks.hpnet.IPAddress}}", "web")
-    from_host_side(f"http://{ip.strip()}/")  # the server is up
+    http_get_in(NETNS, f"http://{ip.strip()}/")  # the server is up
     # a hyperpy client: by IP, by name through docker's embedded DNS (127.0.0.11), and a
     # runc container by name
     out = docker_ok(netd, "run", "--rm", *HYPERPY, "--network", "hpnet", DOCKER_IMAGE, "sh",
@@ -140,7 +125,7 @@ def test_network_container_joins_the_other_containers_vm(netd, clean):
     docker_ok(netd, "run", "-d", *HYPERPY, "--name", "base", DOCKER_IMAGE, "sh", "-c",
               HTTPD.format("shared-localhost"))  # fmt: skip
     ip = docker_ok(netd, "inspect", "-f", "{{.NetworkSettings.IPAddress}}", "base").strip()
-    from_host_side(f"http://{ip}/")
+    http_get_in(NETNS, f"http://{ip}/")
     out = docker_ok(
         netd,
         "run",

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.conftest import hyperpy, needs_artifacts
+from tests.conftest import http_get_in, hyperpy, needs_artifacts
 from tests.vm.test_lifecycle import create, subreaper  # noqa: F401 - fixture
 
 pytestmark = [pytest.mark.vm, needs_artifacts, pytest.mark.usefixtures("subreaper")]
@@ -102,24 +102,13 @@ HTTPD = (
 )
 
 
-def wait_http(ns: str, url: str, timeout: float = 60) -> str:
-    deadline = time.monotonic() + timeout
-    res = None
-    while time.monotonic() < deadline:
-        res = in_ns(ns, "timeout", "5", "busybox", "wget", "-qO-", url)
-        if res.returncode == 0:
-            return res.stdout
-        time.sleep(0.5)
-    raise AssertionError(f"{url} did not answer from {ns}: {res.stderr if res else ''}")
-
-
 def test_a_namespace_path_brings_its_network_into_the_guest(root, bundle, net):
     n = net()
     b = netns_bundle(bundle, ["sh", "-c", HTTPD], n.path)
     create(root, b, "web")
     hyperpy(root, "start", "web", check=True)
     # real traffic from the host side of the pod's network to a server in the guest
-    assert wait_http(n.client, f"http://{n.pod_ip}:8080/") == "served-by-the-guest\n"
+    assert http_get_in(n.client, f"http://{n.pod_ip}:8080/") == "served-by-the-guest\n"
     # the guest's NIC is the veth's: name, MAC, addresses, routes
     link = hyperpy(root, "exec", "web", "ip", "-o", "addr", check=True).stdout.decode()
     assert f"inet {n.pod_ip}/24" in link, link
@@ -132,7 +121,7 @@ def test_a_namespace_path_brings_its_network_into_the_guest(root, bundle, net):
     ping = hyperpy(root, "exec", "--cap", "CAP_NET_RAW", "web", "ping", "-c", "1", "-W", "10",
                    n.client_ip)  # fmt: skip
     assert ping.returncode == 0, ping.stdout + ping.stderr
-    assert wait_http(n.client, f"http://[{n.pod_ip6}]:8080/") == "served-by-the-guest\n"
+    assert http_get_in(n.client, f"http://[{n.pod_ip6}]:8080/") == "served-by-the-guest\n"
     # the host side kept its addresses; hyperpy's tap and redirects are there while it runs
     assert n.pod_ip in ip("-n", n.pod, "addr", "show", "eth0").stdout
     assert n.leftovers(), "no tap or redirect in the pod's namespace while it runs"
