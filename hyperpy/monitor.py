@@ -556,7 +556,9 @@ class Monitor:
         assert agent is not None
         if self.wired is not None or not self.taps:
             return {"interfaces": []}
+        t0 = time.monotonic()
         self.wired, guest = network.wire(self.taps)
+        t1 = time.monotonic()
         if guest["interfaces"]:
             if dns:
                 from hyperpy.dns_relay import Relay
@@ -566,6 +568,12 @@ class Monitor:
                 guest["dns"] = dns
             try:
                 await agent.request(P.OP_NETWORK, cid=cid, **guest)
+                log.info(
+                    "wired %s: host side %.1f ms, guest (network op) %.1f ms",
+                    self.wired,
+                    (t1 - t0) * 1e3,
+                    (time.monotonic() - t1) * 1e3,
+                )
             except BaseException:
                 network.unwire(self.wired)
                 self.wired = []

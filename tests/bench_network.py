@@ -122,6 +122,10 @@ def measure(runtime: list[str], work: str, n: int, mib: int, requests: int) -> t
         if res.returncode != 0:
             raise SystemExit(f"network bench client failed: {res.stderr[-800:]}")
         mibs, ms = res.stdout.split()
+        if runtime[0] == HYPERPY:
+            with open(os.path.join(runtime[2], cid, "monitor.log")) as f:
+                wired = [line.split("monitor: ", 1)[-1].strip() for line in f if " wired " in line]
+            print(f"  hyperpy's plumbing at create: {wired[-1] if wired else '?'}")
         return float(mibs), float(ms)
     finally:
         subprocess.run([*runtime, "delete", "--force", cid], capture_output=True, timeout=120)
