@@ -186,10 +186,12 @@ def _kind(link) -> str:  # noqa: ANN001
 def wire(taps: list[Tap]) -> tuple[list[str], dict]:
     """Join each of the namespace's interfaces to a tap; return the wired interfaces' names
     and the guest's configuration (``agent/network.py``'s input)."""
+    tap_names = {t.name for t in taps}
+    if {name for _, name in socket.if_nameindex()} <= tap_names | {"lo"}:
+        return [], {"interfaces": [], "routes": [], "neighbors": []}  # loopback only
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
-    tap_names = {t.name for t in taps}
     with IPRoute() as ipr:
         links = sorted(ipr.get_links(), key=lambda m: m["index"])
         wanted = []
