@@ -37,8 +37,12 @@ class Relay:
         with linux.in_netns(netns_fd):
             for server in servers:
                 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                sock.setblocking(False)
-                sock.bind((server, 53))
+                try:
+                    sock.setblocking(False)
+                    sock.bind((server, 53))
+                except OSError:
+                    sock.close()
+                    raise
                 self.socks.append(sock)
                 self.sel.register(sock, selectors.EVENT_READ, self._handler(sock, server))
 

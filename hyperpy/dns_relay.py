@@ -56,7 +56,9 @@ class Relay:
     def query(self, msg: dict) -> Awaitable[None] | None:
         """The coroutine that answers event ``msg``, or None when it is dropped."""
         server, q, data = msg.get("server"), msg.get("q"), msg.get("data")
-        if server not in self.servers or not isinstance(q, int) or not isinstance(data, str):
+        if not isinstance(server, str) or server not in self.servers:
+            return None
+        if not isinstance(q, int) or not isinstance(data, str):
             return None
         if len(data) > MAX_QUERY * 4 // 3 + 4 or self.inflight >= MAX_INFLIGHT:
             return None

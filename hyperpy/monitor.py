@@ -50,6 +50,7 @@ MAX_CLIENTS = 256
 PARTIAL_FRAME_TIMEOUT = 10.0  # a client that leaves a frame incomplete this long is dropped
 DECODE_BUDGET = 32 << 20  # incomplete frames held over all clients; the largest goes first
 PENDING_LIMIT = 8 << 20  # a process's output kept until its proxy attaches
+DNS_BUFFER_LIMIT = 1 << 20  # relayed DNS answers are dropped while the channel holds more
 
 
 class Attachment:
@@ -563,8 +564,12 @@ class Monitor:
             if dns:
                 from hyperpy.dns_relay import Relay
 
-                self.dns = Relay(dns, lambda q, data: agent.request(P.OP_DNS_REPLY, 5, q=q,
-                                                                    data=data))  # fmt: skip
+                async def answer(q: int, data: str) -> None:
+                    # a guest that stops reading its channel gets no more answers queued
+                    if agent.writer.transport.get_write_buffer_size() < DNS_BUFFER_LIMIT:
+                        await agent.request(P.OP_DNS_REPLY, 5, q=q, data=data)
+
+                self.dns = Relay(dns, answer)
                 guest["dns"] = dns
             try:
                 await agent.request(P.OP_NETWORK, cid=cid, **guest)

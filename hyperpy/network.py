@@ -190,7 +190,6 @@ def wire(taps: list[Tap]) -> tuple[list[str], dict]:
     if {name for _, name in socket.if_nameindex()} <= tap_names | {"lo"}:
         return [], {"interfaces": [], "routes": [], "neighbors": []}  # loopback only
     from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
 
     with IPRoute() as ipr:
         links = sorted(ipr.get_links(), key=lambda m: m["index"])
@@ -223,9 +222,10 @@ def wire(taps: list[Tap]) -> tuple[list[str], dict]:
                 tap_index = ipr.link_lookup(ifname=tap.name)[0]
                 mtu = _attr(link, "IFLA_MTU", 1500)
                 ipr.link("set", index=tap_index, mtu=mtu, state="up")
-                wired.append(name)
                 for a, b in ((link["index"], tap_index), (tap_index, link["index"])):
                     ipr.tc("add", "ingress", a, INGRESS)
+                    if a == link["index"]:
+                        wired.append(name)  # its qdisc is ours to remove from now on
                     ipr.tc("add-filter", "u32", a, parent=INGRESS, protocol=ETH_P_ALL,
                            target=0x10001, keys=["0x0/0x0+0"],
                            action={"kind": "mirred", "direction": "egress",
@@ -252,7 +252,7 @@ def wire(taps: list[Tap]) -> tuple[list[str], dict]:
                 and n["state"] & 0x80  # NUD_PERMANENT
                 and _attr(n, "NDA_LLADDR")
             ]
-        except (NetlinkError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - netlink's, or the tap gone with QEMU
             unwire(wired)
             raise NetworkError(f"{what} failed: {exc}") from None
     return wired, {"interfaces": interfaces, "routes": routes, "neighbors": neighbors}
