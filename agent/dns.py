@@ -26,7 +26,6 @@ class Relay:
     def __init__(self, sel: selectors.BaseSelector, send_event: Callable[[dict], None]) -> None:
         self.sel = sel
         self.send_event = send_event
-        self.socks: list[socket.socket] = []
         self.pending: collections.OrderedDict[int, tuple[socket.socket, tuple]] = (
             collections.OrderedDict()
         )
@@ -43,7 +42,6 @@ class Relay:
                 except OSError:
                     sock.close()
                     raise
-                self.socks.append(sock)
                 self.sel.register(sock, selectors.EVENT_READ, self._handler(sock, server))
 
     def _handler(self, sock: socket.socket, server: str) -> Callable[[int], None]:
@@ -71,9 +69,3 @@ class Relay:
             sock.sendto(base64.b64decode(data)[:65535], addr)
         except OSError:
             pass
-
-    def close(self) -> None:
-        for sock in self.socks:
-            self.sel.unregister(sock)
-            sock.close()
-        self.socks.clear()

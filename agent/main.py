@@ -221,16 +221,16 @@ class Agent:
         from agent.network import configure
 
         pid = self.containers[msg["cid"]].init.pid
-        configure(pid, msg)
-        if msg.get("dns"):
-            from agent.dns import Relay
+        fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            configure(fd, msg)
+            if msg.get("dns"):
+                from agent.dns import Relay
 
-            self.dns = self.dns or Relay(self.sel, self.send_msg)
-            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-            try:
+                self.dns = self.dns or Relay(self.sel, self.send_msg)
                 self.dns.listen(fd, [str(s) for s in msg["dns"]])
-            finally:
-                os.close(fd)
+        finally:
+            os.close(fd)
         return {}
 
     def op_dns_reply(self, msg: dict) -> dict:

@@ -29,38 +29,34 @@ def _nics_by_mac() -> dict[str, str]:
     return out
 
 
-def configure(init_pid: int, cfg: dict) -> None:
-    """Give the network namespace of ``init_pid`` (the pod's) the interfaces in ``cfg``."""
+def configure(target: int, cfg: dict) -> None:
+    """Give network namespace ``target`` (an fd: the pod's) the interfaces in ``cfg``."""
     nics = _nics_by_mac()
     interfaces = cfg["interfaces"]
-    target = os.open(f"/proc/{init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        with Socket() as own:
-            for i, iface in enumerate(interfaces):
-                nic = nics.get(str(iface["boot_mac"]).lower())
-                if nic is None:
-                    raise ValueError(f"no NIC with MAC {iface['boot_mac']} in the guest")
-                index = own.link_index(nic)
-                # a name of our own first: the host's names may be the guest's in another order
-                own.link_set(index, name=f"hpnic{i}")
-                own.link_set(index, netns_fd=target)
-        with Socket(target) as ns:
-            index_of = {}
-            for i, iface in enumerate(interfaces):
-                index = ns.link_index(f"hpnic{i}")
-                ns.link_set(index, name=iface["name"], mac=iface["mac"], mtu=int(iface["mtu"]))
-                ns.link_set(index, up=True)
-                index_of[iface["name"]] = index
-                for addr in iface.get("addresses") or []:
-                    ns.addr_add(index, addr["ip"], int(addr["prefixlen"]))
-            for route in cfg["routes"]:
-                if route.get("dev") not in index_of:
-                    continue
-                ns.route_add(index_of[route["dev"]], route["dst"], int(route.get("scope", 0)),
-                             route.get("gateway") or "", route.get("src") or "",
-                             int(route.get("metric", -1)))  # fmt: skip
-            for n in cfg["neighbors"]:
-                if n.get("dev") in index_of:
-                    ns.neigh_add(index_of[n["dev"]], n["ip"], n["mac"])
-    finally:
-        os.close(target)
+    with Socket() as own:
+        for i, iface in enumerate(interfaces):
+            nic = nics.get(str(iface["boot_mac"]).lower())
+            if nic is None:
+                raise ValueError(f"no NIC with MAC {iface['boot_mac']} in the guest")
+            index = own.link_index(nic)
+            # a name of our own first: the host's names may be the guest's in another order
+            own.link_set(index, name=f"hpnic{i}")
+            own.link_set(index, netns_fd=target)
+    with Socket(target) as ns:
+        index_of = {}
+        for i, iface in enumerate(interfaces):
+            index = ns.link_index(f"hpnic{i}")
+            ns.link_set(index, name=iface["name"], mac=iface["mac"], mtu=int(iface["mtu"]))
+            ns.link_set(index, up=True)
+            index_of[iface["name"]] = index
+            for addr in iface.get("addresses") or []:
+                ns.addr_add(index, addr["ip"], int(addr["prefixlen"]))
+        for route in cfg["routes"]:
+            if route.get("dev") not in index_of:
+                continue
+            ns.route_add(index_of[route["dev"]], route["dst"], int(route.get("scope", 0)),
+                         route.get("gateway") or "", route.get("src") or "",
+                         int(route.get("metric", -1)))  # fmt: skip
+        for n in cfg["neighbors"]:
+            if n.get("dev") in index_of:
+                ns.neigh_add(index_of[n["dev"]], n["ip"], n["mac"])

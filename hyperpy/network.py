@@ -28,15 +28,12 @@ import contextlib
 import fcntl
 import ipaddress
 import json
-import logging
 import os
 import socket
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from hyperpy.errors import HyperpyError, SpecError
-
-log = logging.getLogger(__name__)
 
 CLONE_NEWNET = 0x40000000
 NS_GET_NSTYPE = 0xB703
@@ -112,37 +109,27 @@ def _same_file(a: str, b: str) -> bool:
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
-def _libc():  # noqa: ANN202
-    import ctypes
-
-    return ctypes.CDLL(None, use_errno=True)
-
-
 def enter(path: str) -> None:
     """Put the calling process (the monitor, before it starts any thread) in the pod's
     network namespace: ``path``'s, or a new one with its loopback up."""
-    import ctypes
+    from agent import linux
 
-    libc = _libc()
-    if path:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            if libc.setns(fd, CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise NetworkError(f"cannot join network namespace {path}: {os.strerror(err)}")
-        finally:
-            os.close(fd)
-        return
-    if libc.unshare(CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise NetworkError(f"cannot make a network namespace: {os.strerror(err)}")
-    from agent.linux import loopback_up
-
-    loopback_up()
+    try:
+        if path:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                linux.setns(fd, CLONE_NEWNET)
+            finally:
+                os.close(fd)
+            return
+        linux.unshare(CLONE_NEWNET)
+        linux.loopback_up()
+    except OSError as exc:
+        what = f"join network namespace {path}" if path else "make a network namespace"
+        raise NetworkError(f"cannot {what}: {exc}") from None
 
 
-@dataclass(frozen=True)
-class Tap:
+class Tap(NamedTuple):
     name: str
     fd: int
     mac: str  # the guest NIC's boot MAC

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -59,6 +60,16 @@ def processes_under(*paths: str) -> list[str]:
                for p in paths):  # fmt: skip
             out.append(f"{entry} {' '.join(argv).strip()}")
     return out
+
+
+def kill_processes_under(*paths: str) -> None:
+    """SIGKILL what a test session left running under its own paths (after its daemons
+    stopped): the last step of a fixture, never a substitute for a leak check."""
+    for line in processes_under(*paths):
+        try:
+            os.kill(int(line.split()[0]), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
 
 
 @pytest.fixture

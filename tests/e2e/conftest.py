@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import HAVE_ARTIFACTS, HYPERPY, processes_under
+from tests.conftest import HAVE_ARTIFACTS, HYPERPY, kill_processes_under, processes_under
 
 IMAGE = "docker.io/hyperpy/busybox:latest"
 DOCKER_IMAGE = "hyperpy/busybox:latest"
@@ -218,11 +218,7 @@ def daemons():
         yield d
     finally:
         d.stop()
-        for line in processes_under(CONTAINERD_ROOT, str(base)):
-            try:
-                os.kill(int(line.split()[0]), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
+        kill_processes_under(CONTAINERD_ROOT, str(base))
         try:
             os.rmdir(CONTAINERD_ROOT)  # the shim's root for our namespace, empty by now
         except OSError:

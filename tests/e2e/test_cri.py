@@ -17,7 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import HAVE_ARTIFACTS, HYPERPY, http_get_in, processes_under
+from tests.conftest import (
+    HAVE_ARTIFACTS,
+    HYPERPY,
+    http_get_in,
+    kill_processes_under,
+    processes_under,
+)
 from tests.e2e.conftest import _stop, _umount_below, _wait_for, readme_snippet
 
 pytestmark = pytest.mark.e2e
@@ -141,11 +147,7 @@ def cri():
         yield c
     finally:
         c.stop()
-        for line in processes_under(c.root):
-            try:
-                os.kill(int(line.split()[0]), 9)
-            except (ProcessLookupError, ValueError):
-                pass
+        kill_processes_under(c.root)
         shutil.rmtree(base, ignore_errors=True)
         subprocess.run(["ip", "netns", "del", NETNS], timeout=30)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import HAVE_ARTIFACTS, http_get_in, processes_under
+from tests.conftest import HAVE_ARTIFACTS, http_get_in, kill_processes_under, processes_under
 from tests.e2e.conftest import DOCKER_IMAGE, NS, Daemons, runtime_roots, state_left
 
 pytestmark = pytest.mark.e2e
@@ -43,11 +43,7 @@ def netd():
         yield d
     finally:
         d.stop()
-        for line in processes_under(*runtime_roots(d)):
-            try:
-                os.kill(int(line.split()[0]), 9)
-            except (ProcessLookupError, ValueError):
-                pass
+        kill_processes_under(*runtime_roots(d))
         shutil.rmtree(base, ignore_errors=True)
         subprocess.run(["ip", "netns", "del", NETNS], timeout=30)
 
