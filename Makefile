@@ -25,8 +25,9 @@ $(VENV)/.stamp-apt:
 	@[ -d $(VENV) ] || $(PYTHON) -m venv $(VENV)
 	@touch $@
 
-$(VENV)/.stamp-pip: $(VENV)/.stamp-apt pyproject.toml
+$(VENV)/.stamp-pip: $(VENV)/.stamp-apt pyproject.toml hyperpy/launcher.py
 	$(VENV)/bin/pip install -q -e '.[test]'
+	$(PY) -m hyperpy.launcher $(VENV)/bin/hyperpy  # over pip's script: python -ES, no site
 	@touch $@
 
 deps: $(VENV)/.stamp-pip

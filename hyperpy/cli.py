@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
 import re
 import signal
@@ -23,8 +22,7 @@ import click
 
 from hyperpy import __version__
 from hyperpy.errors import HyperpyError, InvalidState, UsageError
-
-log = logging.getLogger("hyperpy")
+from hyperpy.hot import parse_signal
 
 
 def _runtime(ctx: click.Context):  # noqa: ANN202
@@ -42,10 +40,9 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except HyperpyError as exc:
-            log.error("%s", exc)
-            handlers = logging.getLogger().handlers
-            if handlers and isinstance(handlers[0], logging.FileHandler):
-                click.echo(f"hyperpy: {exc}", err=True)  # the log went to --log only
+            from hyperpy import log as hlog
+
+            hlog.report(exc)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             sys.exit(130)
@@ -59,28 +56,6 @@ def _no_preserved_fds(n: int) -> None:
             f"--preserve-fds {n}: host file descriptors cannot be passed into the container's "
             "VM; pass data through the bundle's mounts or stdio instead"
         )
-
-
-def parse_signal(value: str) -> int:
-    v = value.strip().upper()
-    if v.isdigit():
-        num = int(v)
-        if 0 < num < 65:
-            return num
-    else:
-        name = v if v.startswith("SIG") else "SIG" + v
-        try:
-            return int(signal.Signals[name])
-        except KeyError:
-            pass
-        if name.startswith("SIGRTMIN") or name.startswith("SIGRTMAX"):
-            base = signal.SIGRTMIN if name.startswith("SIGRTMIN") else signal.SIGRTMAX
-            off = name[8:]
-            try:
-                return int(base) + (int(off) if off else 0)
-            except ValueError:
-                pass
-    raise UsageError(f"unknown signal {value!r}: use a name (TERM, SIGKILL) or a number (1-64)")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -191,13 +166,9 @@ def kill(ctx: click.Context, all_: bool, container_id: str, sig: str) -> None:
 @command
 def delete(ctx: click.Context, force: bool, container_id: str) -> None:
     """Delete a container and its VM."""
-    from hyperpy.errors import ContainerNotFound
+    from hyperpy.hot import delete_verb
 
-    try:
-        _runtime(ctx).delete(container_id, force)
-    except ContainerNotFound:
-        if not force:
-            raise
+    delete_verb(ctx.find_root().obj["root"], container_id, force)
 
 
 @cli.command(name="list")

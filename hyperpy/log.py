@@ -2,7 +2,7 @@
 
 Owns the root logger's handler: text lines, or with ``--log-format json`` one JSON object
 per line with ``level``, ``msg`` and ``time`` (RFC 3339), the form containerd's runc shim
-parses to show the user the last error.
+parses to show the user the last error; and how the error that ends a command is reported.
 """
 
 from __future__ import annotations
@@ -56,3 +56,11 @@ def setup(log_file: str | None, log_format: str, debug: bool) -> None:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter() if log_format == "json" else TextFormatter())
     root.addHandler(handler)
+
+
+def report(exc: Exception) -> None:
+    """Log the error that ends a command; with --log, also say it on stderr."""
+    logging.getLogger("hyperpy").error("%s", exc)
+    handlers = logging.getLogger().handlers
+    if handlers and isinstance(handlers[0], logging.FileHandler):
+        print(f"hyperpy: {exc}", file=sys.stderr)  # the log went to --log only

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 
 from agent import protocol as P
 from hyperpy.errors import (
@@ -22,8 +23,7 @@ from hyperpy.errors import (
     UsageError,
     VMError,
 )
-from hyperpy.proxy import connect_unix
-from hyperpy.sandbox.store import proc_state
+from hyperpy.sandbox.record import proc_state
 
 ERRORS = {
     cls.__name__: cls
@@ -42,6 +42,20 @@ def raise_remote(reply: dict) -> None:
 
         raise ArtifactMissing(reply.get("error", ""))
     raise cls(reply.get("error", "unknown error"))
+
+
+def connect_unix(path: str) -> socket.socket:
+    """Connect to a unix socket; a path longer than sun_path goes through its directory."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    if len(path.encode()) >= 100:
+        fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            sock.connect(f"/proc/self/fd/{fd}/{os.path.basename(path)}")
+        finally:
+            os.close(fd)
+    else:
+        sock.connect(path)
+    return sock
 
 
 class MonitorClient:

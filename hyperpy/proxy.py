@@ -23,6 +23,7 @@ import socket
 import sys
 
 from agent import protocol as P
+from hyperpy.monitor_client import connect_unix
 
 log = logging.getLogger("hyperpy.proxy")
 
@@ -46,19 +47,6 @@ NOT_FORWARDED = {
 }
 FORWARDED = [s for s in signal.Signals if s not in NOT_FORWARDED]
 VM_GONE_STATUS = 255
-
-
-def connect_unix(path: str) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    if len(path.encode()) >= 100:
-        fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            sock.connect(f"/proc/self/fd/{fd}/{os.path.basename(path)}")
-        finally:
-            os.close(fd)
-    else:
-        sock.connect(path)
-    return sock
 
 
 def send_console(console_socket: str, master: int) -> None:

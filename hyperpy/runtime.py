@@ -10,12 +10,12 @@ are imported only by the operations that need them.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import json
 import logging
 import os
 import re
 import select
-import signal
 import subprocess
 import sys
 import time
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from agent import protocol as P
+from hyperpy import hot
 from hyperpy.errors import (
     ContainerNotFound,
     HyperpyError,
@@ -30,10 +31,10 @@ from hyperpy.errors import (
     UsageError,
     VMError,
 )
-from hyperpy.monitor_client import MonitorClient, raise_remote, stopped_processes
+from hyperpy.monitor_client import MonitorClient, raise_remote
 from hyperpy.sandbox import model
 from hyperpy.sandbox.model import Status
-from hyperpy.sandbox.store import State, Store, check_id, pid_alive
+from hyperpy.sandbox.store import State, Store, check_id
 
 if TYPE_CHECKING:
     from hyperpy.hostcgroup import HostCgroup
@@ -107,24 +108,10 @@ class Runtime:
 
     # --- reading ------------------------------------------------------------------------
     def status(self, st: State) -> Status:
-        d = self.store.dir(st.id)
-        exited = os.path.exists(os.path.join(d, "exit.json"))
-        return model.effective_status(Status(st.status), exited, pid_alive(st.monitor_pid))
+        return hot.current_status(self.store.dir(st.id), st.status, st.monitor_pid)
 
     def state(self, cid: str) -> dict:
-        st = self.store.load(cid)
-        status = self.status(st)
-        return {
-            "ociVersion": "1.1.0",
-            "id": st.id,
-            "pid": st.pid if status != Status.STOPPED else 0,
-            "status": status.value,
-            "bundle": st.bundle,
-            "rootfs": st.rootfs,
-            "created": st.created,
-            "owner": st.owner,
-            "annotations": st.annotations,
-        }
+        return hot.state(self.store.root, cid)
 
     def list(self) -> list[dict]:
         out = []
@@ -392,31 +379,10 @@ class Runtime:
         return st, self.store.dir(cid)
 
     def start(self, cid: str) -> None:
-        with self.store.locked(cid):
-            st, d = self._check(cid, "start")
-            self._hooks(st, "startContainer", Status.CREATED)
-            MonitorClient(d).request("start", cid=cid)
-            st.status = Status.RUNNING.value
-            self.store.save(st)
-            self._hooks(st, "poststart", Status.RUNNING)
+        hot.start(self.store.root, cid)
 
     def kill(self, cid: str, sig: int, all_: bool = False) -> None:
-        st, d = self._check(cid, "kill-all" if all_ else "kill")
-        if all_:
-            if self.status(st) == Status.STOPPED:
-                # As runc: --all on a stopped container succeeds.  Processes its init
-                # left in a shared pid namespace get the signal while the VM still runs.
-                if pid_alive(st.monitor_pid):
-                    try:
-                        MonitorClient(d, timeout=10).request(
-                            P.OP_SIGNAL, cid=cid, all=True, signal=sig
-                        )
-                    except HyperpyError as exc:
-                        log.debug("kill --all of stopped %s: %s", cid, exc)
-                return
-            MonitorClient(d).request(P.OP_SIGNAL, cid=cid, all=True, signal=sig)
-        else:
-            MonitorClient(d).request(P.OP_SIGNAL, cid=cid, proc=st.init_proc, signal=sig)
+        hot.kill(self.store.root, cid, sig, all_)
 
     def exec(
         self,
@@ -451,27 +417,8 @@ class Runtime:
         return _wait_pid(pid)
 
     def ps(self, cid: str) -> tuple[builtins.list[int], builtins.list[dict]]:
-        """(host pids, guest processes) of a container.
-
-        The host pids are the process proxies, one per container process hyperpy started
-        (init and each exec): callers of ``ps --format json`` (containerd's Pids, docker
-        top) look them up on the host, where the guest's own pids mean nothing.  The guest
-        processes (pid, ppid, uid, state, cmd in the guest) are what the table shows.
-        """
-        st, d = self._check(cid, "ps")
-        if self.status(st) == Status.STOPPED:
-            return [], []
-        guest = MonitorClient(d).request(P.OP_PS, cid=cid).get("processes", [])
-        marker = f"hyperpy.proxy\0{d}\0".encode()
-        host = []
-        for pid in self._cgroup(st).pids() if st.host_cgroup else [st.pid]:
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if marker in f.read():
-                        host.append(pid)
-            except OSError:
-                continue
-        return host, guest
+        """(host pids, guest processes): :func:`hyperpy.hot.ps`."""
+        return hot.ps(self.store.root, cid)
 
     def pause(self, cid: str, resume: bool = False) -> None:
         op = "resume" if resume else "pause"
@@ -494,93 +441,20 @@ class Runtime:
                 self._cgroup(st).set_cpu(resources["cpu"])  # where the VM's vCPUs run
 
     def stats(self, cid: str) -> dict:
-        st, d = self._check(cid, "events")
-        return MonitorClient(d).request(P.OP_STATS, cid=cid)
+        return hot.stats(self.store.root, cid)
 
     # --- delete -------------------------------------------------------------------------
     def delete(self, cid: str, force: bool = False) -> None:
-        with self.store.locked(cid) as d:
-            st = self.store.load(cid)
-            model.check("delete-force" if force else "delete", self.status(st), cid)
-            self._destroy(d, st)
-            self._hooks(st, "poststop", Status.STOPPED)
-            self.store.remove(cid)
+        hot.delete(self.store.root, cid, force)
 
     def _hooks(self, st: State, kind: str, status: Status) -> None:
-        if not st.hooks.get(kind):
-            return
-        from hyperpy import hooks
-
-        state = {"ociVersion": "1.1.0", "id": st.id, "status": status.value, "pid": st.pid,
-                 "bundle": st.bundle, "annotations": st.annotations}  # fmt: skip
-        hooks.run({"hooks": st.hooks}, kind, state)
+        hot.run_hooks(dataclasses.asdict(st), kind, status)
 
     def _destroy(self, d: str, st: State) -> None:
-        """Stop the sandbox and everything it made; safe to call on a half-made one.
-
-        A container that joined another's VM only leaves it: the VM stays for the others.
-        """
-        from hyperpy import share
-
-        answering = (
-            pid_alive(st.monitor_pid)
-            and os.path.exists(os.path.join(d, "monitor.sock"))
-            and not stopped_processes(d)
-        )
-        if answering:
-            self._kill_before_delete(d, st)
-        if st.sandbox:
-            if answering:
-                try:
-                    MonitorClient(d, timeout=10).request("remove", cid=st.id)
-                except HyperpyError as exc:
-                    log.warning("removing %s from sandbox %s failed: %s", st.id, st.sandbox, exc)
-            if st.pid and pid_alive(st.pid):
-                _wait_gone(st.pid, 3)
-                _kill_hard(st.pid)
-            self._remove_cgroup(st)
-            return
-        if answering:
-            try:
-                MonitorClient(d, timeout=5).request("shutdown")
-            except HyperpyError as exc:
-                log.warning("monitor shutdown request failed: %s", exc)
-            _wait_gone(st.monitor_pid, 8)
-        # A stopped monitor or QEMU is killed at once: SIGKILL reaches stopped processes.
-        for pid in (st.monitor_pid, st.qemu_pid):
-            _kill_hard(pid)
-        if st.pid and pid_alive(st.pid) and not os.path.exists(os.path.join(d, "exit.json")):
-            _wait_gone(st.pid, 5)
-        share.release(d)
-        self._remove_cgroup(st)
-
-    def _kill_before_delete(self, d: str, st: State) -> None:
-        """SIGKILL a container still running, as runc's delete --force does: its processes
-        report 137 (128 + SIGKILL) to their waiters, not the 255 of a VM that died."""
-        if os.path.exists(os.path.join(d, "exit.json")) or not st.init_proc:
-            return
-        try:
-            MonitorClient(d, timeout=5).request(
-                P.OP_SIGNAL, cid=st.id, all=True, signal=signal.SIGKILL
-            )
-        except HyperpyError as exc:
-            log.warning("cannot kill %s before deleting it: %s", st.id, exc)
-            return
-        deadline = time.monotonic() + 5
-        while not os.path.exists(os.path.join(d, "exit.json")) and time.monotonic() < deadline:
-            time.sleep(0.02)
-
-    def _remove_cgroup(self, st: State) -> None:
-        if st.host_cgroup:
-            try:
-                self._cgroup(st).remove()
-            except OSError as exc:
-                log.warning("cannot remove the host cgroup %s: %s", st.host_cgroup, exc)
+        hot.destroy(d, dataclasses.asdict(st))
 
     def _cgroup(self, st: State) -> HostCgroup:
-        from hyperpy.hostcgroup import HostCgroup
-
-        return HostCgroup(st.host_cgroup)
+        return hot.cgroup(st.host_cgroup)
 
 
 # QEMU's own memory beside the guest's RAM (TCG translation cache, device state), measured
@@ -614,21 +488,6 @@ def _vm_request(spec: dict, default_mb: int, overhead_mb: int) -> dict:
     memory_mb = max(default_mb, limit // (1 << 20) + overhead_mb) if limit > 0 else default_mb
     vcpus = vcpus_for(res.get("cpu") or {})
     return {"memory_mb": memory_mb, "vcpus": vcpus, "limited": limit > 0}
-
-
-def _wait_gone(pid: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-
-def _kill_hard(pid: int) -> None:
-    if pid_alive(pid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            return
-        _wait_gone(pid, 5)
 
 
 def _wait_pid(pid: int) -> int:

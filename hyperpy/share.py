@@ -44,14 +44,15 @@ from dataclasses import dataclass, field
 from agent import linux
 from agent.protocol import GUEST_EPHEMERAL_DIR, GUEST_IMAGE_DIR, GUEST_SHARE_DIR
 from hyperpy.errors import SpecError, VMError
-from hyperpy.sandbox.store import mounts_below, write_json_atomic
+from hyperpy.sandbox import record
+from hyperpy.sandbox.record import mounts_below, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 IMAGE, SHARED = "image", "shared"  # the exports
 REAL = {IMAGE: "image-rw", SHARED: "share-rw"}
 GUEST = {IMAGE: GUEST_IMAGE_DIR, SHARED: GUEST_SHARE_DIR}
-RECORD = "share.json"
+RECORD = record.SHARE
 AT_FDCWD = -100
 _STRICT = linux.RESOLVE_BENEATH | linux.RESOLVE_NO_SYMLINKS | linux.RESOLVE_NO_MAGICLINKS
 

@@ -1,0 +1,173 @@
+"""The state record under --root at its leanest: what the hot verbs need, stdlib only.
+
+Owns reading a container's state.json as a plain dict, writing JSON atomically (temp file,
+fsync, rename), the per-id lock (flock on the state directory), valid ids, removing a state
+directory, and whether a pid is alive. :mod:`hyperpy.sandbox.store` builds its typed
+``State`` on these; the hot verbs (:mod:`hyperpy.hot`) use them directly, so that
+``hyperpy state`` imports neither dataclasses, re nor logging.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from hyperpy.errors import ContainerNotFound, HyperpyError, UsageError
+
+STATE = "state.json"
+EXIT = "exit.json"
+SHARE = "share.json"  # hyperpy/share.py's record of the 9p exports
+_ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_ID_CHARS = _ALNUM | frozenset("_.+-")
+
+
+def valid_id(cid: object) -> bool:
+    """1-128 of letters, digits, ``_ . + -``, starting with a letter or digit."""
+    return (
+        isinstance(cid, str)
+        and 0 < len(cid) <= 128
+        and cid[0] in _ALNUM
+        and all(c in _ID_CHARS for c in cid)
+    )
+
+
+def check_id(cid: str) -> None:
+    if not valid_id(cid):
+        raise UsageError(
+            f"invalid container id {cid!r}: use 1-128 characters of letters, digits, "
+            "'_', '.', '+' and '-', starting with a letter or digit"
+        )
+
+
+def state_dir(root: str, cid: str) -> str:
+    check_id(cid)
+    return os.path.join(root, cid)
+
+
+def not_found(root: str, cid: str) -> ContainerNotFound:
+    return ContainerNotFound(f"container {cid!r} does not exist (under {root})")
+
+
+def read(root: str, cid: str) -> dict:
+    """state.json of ``cid`` as stored."""
+    path = os.path.join(state_dir(root, cid), STATE)
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+    except (FileNotFoundError, NotADirectoryError):
+        raise not_found(root, cid) from None
+    except ValueError as exc:
+        raise ContainerNotFound(f"container {cid!r}: state file {path} is corrupt: {exc}") from exc
+    return raw
+
+
+class Lock:
+    """``with Lock(root, cid) as d``: flock on the state directory ``d`` for a change."""
+
+    def __init__(self, root: str, cid: str) -> None:
+        self.root, self.cid = root, cid
+        self.fd = -1
+
+    def __enter__(self) -> str:
+        import fcntl
+
+        path = state_dir(self.root, self.cid)
+        try:
+            self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            raise not_found(self.root, self.cid) from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            if not os.path.exists(os.path.join(path, STATE)) and not os.path.isdir(path):
+                raise not_found(self.root, self.cid)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        return path
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+
+def remove(root: str, cid: str) -> None:
+    """Remove the state dir; refused while anything is mounted below it (a recursive
+    removal would go on into the mounted rootfs or volume and delete the user's files)."""
+    path = state_dir(root, cid)
+    if not os.path.lexists(path):
+        return
+    if left := mounts_below(path):
+        raise HyperpyError(
+            f"cannot remove {path}: still mounted below it: {', '.join(left)}; unmount "
+            "them (umount -l) and run delete again"
+        )
+    aside = os.path.join(root, f".deleting-{cid}-{os.getpid()}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return
+    import shutil
+
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def mounts_below(path: str) -> list[str]:
+    """Mount points at or below ``path`` (from the kernel's mount table), deepest first."""
+    path = os.path.realpath(path)
+    found = set()
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            for line in f:
+                text = os.fsdecode(_unescape(line.split()[4]))
+                if text == path or text.startswith(path + "/"):
+                    found.add(text)
+    except OSError:
+        return []
+    return sorted(found, key=lambda p: (-p.count("/"), p))
+
+
+def _unescape(raw: bytes) -> bytes:
+    """mountinfo's octal escapes (``\\040`` for a space) back to bytes."""
+    if b"\\" not in raw:
+        return raw
+    import re
+
+    return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), raw)
+
+
+def write_json_atomic(path: str, obj: object) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, path)
+
+
+def read_json(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def proc_state(pid: int) -> str:
+    """The state letter of /proc/PID/stat (R, S, T, Z, ...); empty if there is none."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    state = proc_state(pid)
+    return state not in ("", "Z")  # a zombie counts as dead
