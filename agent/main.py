@@ -18,6 +18,7 @@ Kernel command line keys read here::
 
 from __future__ import annotations
 
+import base64
 import errno
 import os
 import selectors
@@ -68,9 +69,11 @@ class Container:
 
 
 class Agent:
-    def __init__(self, chan_fd: int, t_init: float) -> None:
+    def __init__(self, chan_fd: int, t_init: float, share_tag: str = P.SHARE_TAG) -> None:
         self.chan = chan_fd
         self.t_init = t_init
+        self.share_tag = share_tag
+        self.mounted = False
         self.sel = selectors.DefaultSelector()
         self.decoder = P.Decoder()
         self.outbuf = bytearray()
@@ -180,8 +183,18 @@ class Agent:
                 f"host speaks protocol {msg.get('version')}, agent {P.PROTOCOL_VERSION}"
             )
         if isinstance(msg.get("time_ns"), int):
-            # The guest has no RTC on microvm: its wall clock starts at the host's.
+            # The guest has no RTC on microvm: its wall clock starts at the host's (and a
+            # guest restored from a template would otherwise run at the template's time).
             time.clock_settime_ns(time.CLOCK_REALTIME, msg["time_ns"])
+        if msg.get("seed"):
+            # Pods restored from one template start with the same RNG state: mix in fresh
+            # host entropy and reseed before any container can read a random byte.
+            linux.reseed_rng(base64.b64decode(msg["seed"]))
+        if not self.mounted:
+            # After hello, not at boot: a template is saved before its guest mounts anything
+            # (virtio-9p blocks migration while mounted), so every pod mounts its share here.
+            mount_shares(self.share_tag)
+            self.mounted = True
         return {"version": P.PROTOCOL_VERSION, "init_ms": self.t_init, "now_ms": now_ms()}
 
     def op_create(self, msg: dict) -> dict:
@@ -652,7 +665,7 @@ def root_as_mount() -> None:
     os.chdir("/")
 
 
-def early_mounts(share_tag: str) -> None:
+def early_mounts() -> None:
     specs = [
         ("proc", "/proc", "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC, ""),
         ("sysfs", "/sys", "sysfs", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC, ""),
@@ -669,6 +682,10 @@ def early_mounts(share_tag: str) -> None:
         except OSError as exc:
             if exc.errno != errno.EBUSY:
                 raise
+
+
+def mount_shares(share_tag: str) -> None:
+    """The two 9p exports: the writable share and the read-only image."""
     for tag, target, flags in ((share_tag, SHARE_DIR, 0), (P.IMAGE_TAG, P.GUEST_IMAGE_DIR,
                                 linux.MS_RDONLY | linux.MS_NODEV)):  # fmt: skip
         os.makedirs(target, exist_ok=True)
@@ -723,15 +740,12 @@ def main(t_init: float) -> None:
         os.makedirs("/proc", exist_ok=True)
         params = {}
         root_as_mount()
-        early_mounts("hyperpy")
+        early_mounts()
         params = kernel_params()
         global TRACE
         TRACE = params.get("hyperpy.debug") == "1"
-        share = params.get("hyperpy.share", "hyperpy")
-        if share != "hyperpy":
-            linux.mount(share, SHARE_DIR, "9p", 0, "trans=virtio,version=9p2000.L")
         chan = open_channel(params.get("hyperpy.channel", "serial:agent"))
-        Agent(chan, t_init).run()
+        Agent(chan, t_init, params.get("hyperpy.share", P.SHARE_TAG)).run()
     except BaseException as exc:  # noqa: BLE001 - PID 1 must not exit: say why, power off
         import traceback
 

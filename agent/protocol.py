@@ -56,7 +56,9 @@ IMAGE_TAG = "hyperpy-image"
 GUEST_EPHEMERAL_DIR = "/run/hyperpy/ephemeral"
 
 # Requests (host -> agent unless noted) and events (agent -> host).
-OP_HELLO = "hello"  # version handshake: {"version"} -> {"version", "boot_ms"}
+# version handshake, then the guest's clock, a fresh RNG seed and the 9p mounts:
+# {"version", "time_ns"?, "seed"?: base64 host entropy} -> {"version", "init_ms", "now_ms"}
+OP_HELLO = "hello"
 OP_CREATE = "create"  # {"cid", "spec", "rootfs", "no_pivot"} -> {"proc", "pid"}
 OP_START = "start"  # {"cid"} -> {}
 OP_EXEC = "exec"  # {"cid", "process"} -> {"proc", "pid"}
@@ -91,7 +93,7 @@ class ProtocolError(ValueError):
 # Fields each request must carry (name -> type); "?" marks an optional one.
 _OBJ, _STR, _INT, _BOOL, _LIST = dict, str, int, bool, list
 FIELDS: dict[str, dict[str, type]] = {
-    OP_HELLO: {"version": _INT, "time_ns?": _INT},
+    OP_HELLO: {"version": _INT, "time_ns?": _INT, "seed?": _STR},
     OP_CREATE: {
         "cid": _STR,
         "spec": _OBJ,

@@ -60,10 +60,20 @@ class NetworkConfig:
 
 
 @dataclass(frozen=True)
+class TemplateConfig:
+    """VM templates (hyperpy/vm/template.py): pods start from a saved, booted VM."""
+
+    enabled: bool = True
+    # each template's keeper socket and metadata; its memory and state are memfds
+    dir: str = "/run/hyperpy/templates"
+
+
+@dataclass(frozen=True)
 class Config:
     vm: VMConfig = field(default_factory=VMConfig)
     jail: JailConfig = field(default_factory=JailConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    template: TemplateConfig = field(default_factory=TemplateConfig)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -86,7 +96,12 @@ def load(path: str | None = None) -> Config:
 
 
 def from_dict(raw: dict[str, Any], path: str = "<config>") -> Config:
-    sections: dict[str, type] = {"vm": VMConfig, "jail": JailConfig, "network": NetworkConfig}
+    sections: dict[str, type] = {
+        "vm": VMConfig,
+        "jail": JailConfig,
+        "network": NetworkConfig,
+        "template": TemplateConfig,
+    }
     values: dict[str, Any] = {}
     for name, value in raw.items():
         if name not in sections:

@@ -24,10 +24,13 @@ the boot error as one JSON line on READY_FD, then closes it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import dataclasses
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -39,12 +42,13 @@ from hyperpy.config import load as load_config
 from hyperpy.errors import AgentError, HyperpyError, SpecError, VMError
 from hyperpy.sandbox.store import write_json_atomic
 from hyperpy.vm import jail as J
-from hyperpy.vm import qemu
-from hyperpy.vm.devices import VMSpec
+from hyperpy.vm import qemu, template
+from hyperpy.vm.devices import Incoming, Memory, VMSpec
 
 log = logging.getLogger("hyperpy.monitor")
 
 AGENT_TIMEOUT = 60.0
+RESTORE_TIMEOUT = 15.0  # a VM restored from a template says hello in ~0.1 s under TCG
 # monitor.sock's peers and the agent are hostile input: bounded connections, bounded bytes.
 MAX_CLIENTS = 256
 PARTIAL_FRAME_TIMEOUT = 10.0  # a client that leaves a frame incomplete this long is dropped
@@ -172,6 +176,8 @@ class Monitor:
         config = load_config()
         self.cfg = config.vm
         self.jail_cfg = config.jail
+        self.template_cfg = config.template
+        self.template: str | None = None  # the key of the template this VM came from
         self.chans: qemu.Channels | None = None
         self.vm: qemu.QemuVM | None = None
         self.agent: AgentLink | None = None
@@ -215,43 +221,85 @@ class Monitor:
                 image=exports[share.IMAGE],
                 devices=devices,
             )
-        self.chans = qemu.Channels(self.dir, serial=vsock_cid is None)
         if request.get("network") is not None:
             self.taps = network.make_taps(int(request["network"].get("interfaces", 1)))
-        spec = qemu.build_spec(
-            cfg,
-            accel,
-            self.chans,
-            share=exports[share.SHARED],
-            image=exports[share.IMAGE],
-            vsock_cid=vsock_cid,
-            memory_mb=request.get("memory_mb") or None,
-            vcpus=request.get("vcpus") or None,
-            jailed=jail is not None,
-            name=self.dir,
-            nics=tuple((t.fd, t.mac) for t in self.taps),
-        )
-        self.timings["launch"] = time.monotonic()
-        self.vm = qemu.QemuVM(spec, self.dir, self.chans, jail)
-        try:
+        shape: dict[str, Any] = dict(share=exports[share.SHARED], image=exports[share.IMAGE],
+                     vsock_cid=vsock_cid, memory_mb=request.get("memory_mb") or None,
+                     vcpus=request.get("vcpus") or None,
+                     nics=tuple((t.fd, t.mac) for t in self.taps))  # fmt: skip
+
+        async def launch(memory: Memory | None = None, incoming: Incoming | None = None):
+            self.chans = qemu.Channels(self.dir, serial=vsock_cid is None)
+            spec = qemu.build_spec(
+                cfg, accel, self.chans, jailed=jail is not None, name=self.dir, **shape
+            )
+            spec = dataclasses.replace(spec, memory=memory, incoming=incoming)
+            self.vm = qemu.QemuVM(spec, self.dir, self.chans, jail)
             await self.vm.launch()
+            return self.vm
+
+        self.timings["launch"] = time.monotonic()
+        hello = None
+        try:
+            if self.template_cfg.enabled and vsock_cid is None:
+                hello = await self._from_template(cfg, accel, shape, launch)
+            if hello is None:
+                await launch()
+                hello = await self._agent_ready(cfg.boot_timeout)
         finally:
             network.close_taps(self.taps)  # QEMU holds them now: they go with it
-        ready = asyncio.get_running_loop().create_future()
-        connect = asyncio.ensure_future(self._connect_agent(spec, ready))
-        try:
-            await self.vm.watch_boot(ready, cfg.boot_timeout)
-        finally:
-            if not connect.done():
-                connect.cancel()
-        hello = ready.result()
         self.timings["agent_ready"] = time.monotonic()
+        assert self.vm is not None
         return {
             "accel": accel,
             "hello": hello,
             "qemu_pid": self.vm.proc.pid if self.vm.proc else 0,
             "jail": {"uid": jail.uid, "root": jail.root} if jail else None,
+            "template": self.template,
         }
+
+    async def _from_template(self, cfg: Any, accel: str, shape: dict, launch: Any) -> dict | None:
+        """The agent's hello from a VM restored from this shape's template (built first if
+        this is the shape's first pod), or None: boot cold (the reason is logged)."""
+        memory_mb = shape["memory_mb"] or cfg.memory_mb
+        keyspec = qemu.build_spec(cfg, accel, qemu.Placeholder(), jailed=True, **shape)
+        try:
+            binary = shutil.which(keyspec.binary) or keyspec.binary
+            k = template.key(keyspec.argv(), (binary, cfg.kernel, cfg.initrd))
+        except OSError as exc:
+            log.warning("no template (%s): booting cold", exc)
+            return None
+        store = template.Store(self.template_cfg.dir)
+        held = await store.obtain(k, launch, memory_mb, cfg.boot_timeout)
+        if held is None:
+            return None
+        try:
+            await template.restore(held, launch, memory_mb)
+            hello = await self._agent_ready(RESTORE_TIMEOUT)
+        except HyperpyError as exc:
+            log.warning("template %s failed to restore, removed; booting cold: %s", k, exc)
+            if self.vm is not None:
+                await self.vm.shutdown()
+            if self.chans is not None:
+                self.chans.close()
+            store.remove(k)
+            return None
+        finally:
+            held.close()
+        self.template = k
+        return hello
+
+    async def _agent_ready(self, timeout: float) -> dict:
+        """Connect the agent channel and say hello, failing fast if the guest dies."""
+        assert self.vm is not None
+        ready = asyncio.get_running_loop().create_future()
+        connect = asyncio.ensure_future(self._connect_agent(self.vm.spec, ready))
+        try:
+            await self.vm.watch_boot(ready, timeout)
+        finally:
+            if not connect.done():
+                connect.cancel()
+        return ready.result()
 
     async def _connect_agent(self, spec: VMSpec, ready: asyncio.Future) -> None:
         try:
@@ -279,7 +327,11 @@ class Monitor:
             self.agent.on_new_proc = self.procs.__setitem__
             asyncio.ensure_future(self.agent.pump())
             hello = await self.agent.request(
-                P.OP_HELLO, timeout=3600, version=P.PROTOCOL_VERSION, time_ns=time.time_ns()
+                P.OP_HELLO,
+                timeout=3600,
+                version=P.PROTOCOL_VERSION,
+                time_ns=time.time_ns(),
+                seed=base64.b64encode(os.urandom(64)).decode(),
             )
             self.guest["init_ms"] = hello.get("init_ms", 0.0)
             self.guest["hello_ms"] = hello.get("now_ms", 0.0)

@@ -196,6 +196,40 @@ class Qmp:
         ]
 
 
+@dataclass(frozen=True)
+class Memory:
+    """Guest RAM in a VM template's memfd (``vm/template.py``), which QEMU opens through its
+        inherited ``fd``. ``shared``: the template VM itself, whose guest writes the file; else a
+        pod restored from it, mapped privately (copy-on-write: the pages no pod has written stay
+        one copy in the host's memory). QEMU 7.2 sets the ``x-ignore-shared`` migration capability,
+    which keeps that RAM out of the saved state, only over QMP (``vm/template.py``)."""
+
+    fd: int
+    size_mb: int
+    shared: bool
+
+    def args(self) -> list[str]:
+        share = "on" if self.shared else "off"
+        return [
+            "-object",
+            f"memory-backend-file,id=ram,size={self.size_mb}M,"
+            f"mem-path=/proc/self/fd/{self.fd},share={share}",
+            "-machine",
+            "memory-backend=ram",
+        ]
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """Start from a template's saved device state, read from ``fd``, instead of booting:
+    ``defer``, so that QMP sets ``x-ignore-shared`` before ``migrate-incoming fd:N``."""
+
+    fd: int
+
+    def args(self) -> list[str]:
+        return ["-incoming", "defer"]
+
+
 BASE_ARGS = ["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]
 # QEMU's seccomp filter: no obsolete syscalls, no setuid/setgid, no fork/exec, no
 # scheduler or priority changes (as Kata and libvirt run it).
@@ -215,12 +249,16 @@ class VMSpec:
     channel: SerialChannel | VsockChannel
     devices: tuple[Rng | Share9p | Nic, ...] = field(default_factory=tuple)
     name: str = ""  # the sandbox's state dir: what ps shows of a QEMU (it holds no paths)
+    memory: Memory | None = None  # RAM in a template's memfd
+    incoming: Incoming | None = None  # restored from a template's saved state
 
     def pass_fds(self) -> tuple[int, ...]:
-        """The descriptors QEMU inherits: the console, QMP, the agent channel, the taps."""
+        """The descriptors QEMU inherits: the console, QMP, the agent channel, the taps, a
+        template's memory and saved state."""
         fds = [self.console.fd, self.qmp.fd, *(d.fd for d in self.devices if isinstance(d, Nic))]
         if isinstance(self.channel, SerialChannel):
             fds.append(self.channel.fd)
+        fds += [part.fd for part in (self.memory, self.incoming) if part is not None]
         return tuple(fds)
 
     def argv(self) -> list[str]:
@@ -232,4 +270,7 @@ class VMSpec:
         for dev in self.devices:
             out += dev.args()
         out += self.channel.args()
+        for extra in (self.memory, self.incoming):
+            if extra is not None:
+                out += extra.args()
         return out

@@ -109,10 +109,17 @@ class Channels:
                 sock.close()
 
 
+class Placeholder:
+    """Stands for :class:`Channels` where only a VM's shape matters (a template's key)."""
+
+    console_path = ""
+    console_fd = qmp_fd = agent_fd = 0
+
+
 def build_spec(
     cfg: VMConfig,
     accel: str,
-    chans: Channels,
+    chans: Channels | Placeholder,
     *,
     share: str | None = None,
     image: str | None = None,

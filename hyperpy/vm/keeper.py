@@ -1,0 +1,83 @@
+"""The keeper of one VM template: a small process that holds the template's memory and saved
+device state, and hands them to every pod that starts from it.
+
+Owns two sealed memfds (write, grow, shrink and seal sealed, so nobody can change them: not
+a pod's QEMU, even one the guest took over, which maps the memory copy-on-write) and the
+unix socket ``DIR/KEY/keeper.sock`` (root only) on which it answers each connection with
+the two descriptors (SCM_RIGHTS) and the template's metadata as one JSON line, then closes
+it. A memfd lives as long as a process holds it: the keeper is that process (after Kata's
+template factory, which keeps its template on a tmpfs mount). It runs until SIGTERM
+(``hyperpy template rm``) or the host reboots; it is in a network namespace of its own, so
+it pins no pod's, and ``vm/template.py`` moves it out of the pod's cgroup.
+
+Started by ``vm/template.py`` as ``python -S -c BOOTSTRAP TOP DIR MEM_FD STATE_FD READY_FD
+META_JSON`` with the fds inherited; it reports ``ok`` on READY_FD once the socket is
+listening. Standard library only; the socket path is made by a rename, so a client either
+finds a complete keeper or none.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import os
+import signal
+import socket
+import sys
+
+SOCKET = "keeper.sock"
+META = "meta.json"
+
+
+def seals() -> int:
+    """What a template's memfds are sealed against: any change, and removing the seals."""
+    import fcntl
+
+    return fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+
+
+def serve(directory: str, mem_fd: int, state_fd: int, meta: dict, ready_fd: int) -> None:
+    import fcntl
+
+    for fd in (mem_fd, state_fd):
+        if fcntl.fcntl(fd, fcntl.F_GET_SEALS) & seals() != seals():
+            raise SystemExit("keeper: the template's memfds must be sealed")
+    meta = {**meta, "pid": os.getpid()}
+    line = (json.dumps(meta) + "\n").encode()
+    tmp = os.path.join(directory, f"{META}.tmp")
+    with open(tmp, "w") as f:
+        f.write(line.decode())
+    os.rename(tmp, os.path.join(directory, META))
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    path = os.path.join(directory, SOCKET)
+    tmp = f"{path}.tmp"
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    old = os.umask(0o077)
+    try:
+        srv.bind(tmp)
+    finally:
+        os.umask(old)
+    srv.listen(64)
+    os.rename(tmp, path)
+    os.write(ready_fd, b"ok\n")
+    os.close(ready_fd)
+    fds = array.array("i", [mem_fd, state_fd])
+    while True:
+        conn, _ = srv.accept()
+        try:
+            conn.settimeout(2.0)
+            conn.sendmsg([line], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+
+def main(argv: list[str]) -> None:
+    directory, mem_fd, state_fd, ready_fd, meta = argv
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    from agent import linux
+
+    linux.unshare(linux.CLONE_NEWNET)  # let go of the pod's network namespace
+    serve(directory, int(mem_fd), int(state_fd), json.loads(meta), int(ready_fd))

@@ -1,0 +1,368 @@
+"""VM templates, after Kata's template factory and runV: boot once, start every later pod
+from a copy of that booted VM.
+
+Owns the template of each VM shape: its key, building it, restoring a pod's VM from it, and
+listing and removing templates.
+
+- **Key**: a hash of the template VM's whole QEMU command line as the jail sees it (machine,
+  vCPUs, memory, kernel command line, every device, fds and the pod's name left out), the
+  identity (device, inode, size, mtime) of the QEMU binary, kernel and initrd, and the agent
+  protocol version. A change to any of them makes a new template.
+- **Build** (the first pod of a shape): boot a VM whose RAM is a memfd QEMU maps shared, to
+  the agent's ``ready`` event (before ``hello``: the guest has mounted nothing from the host,
+  so 9p does not block migration, and no pod's data is in it), ``stop`` it, save its device
+  state with the ``x-ignore-shared`` capability (RAM stays in the memfd) into a second
+  memfd, quit it, seal both, and hand them to a keeper process (``vm/keeper.py``). One pod
+  builds (``KEY.lock``, flock, not waited for); a pod that finds it held boots cold.
+- **Restore**: QEMU with the same devices, RAM mapped privately (copy-on-write) from the
+  template's memfd, ``-incoming defer`` and ``migrate-incoming`` from the state, then
+  ``cont``. The monitor's ``hello`` then sets the guest clock, reseeds its RNG with fresh
+  host entropy and mounts the pod's shares. A template that fails to restore is removed and
+  the pod boots cold (a warning in monitor.log), never a failed container.
+
+Where templates live: ``[template] dir`` (default /run/hyperpy/templates) holds per
+template ``KEY/keeper.sock`` and ``KEY/meta.json`` and the builder's ``KEY.lock``; the memory
+and the state are memfds held by the keeper (in the ``hyperpy-templates`` host cgroup),
+never files. ``hyperpy template rm`` stops keepers and removes their directories; a reboot
+drops them all.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import NamedTuple
+
+from agent import protocol as P
+from hyperpy.errors import VMError
+from hyperpy.vm import keeper
+from hyperpy.vm.devices import Incoming, Memory
+from hyperpy.vm.qemu import QemuVM
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1  # what a template is made of; bumped when that changes
+CGROUP = "hyperpy-templates"
+MIGRATION_TIMEOUT = 30.0
+FETCH_TIMEOUT = 2.0
+KEEPER_TIMEOUT = 10.0
+BOOTSTRAP = (
+    "import sys; sys.path.append(sys.argv.pop(1)); "
+    "from hyperpy.vm.keeper import main; main(sys.argv[1:])"
+)
+_FD = re.compile(r"(fd[=:/])\d+")
+IGNORE_SHARED = {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}
+
+# Launches a VM of the pod's shape with this memory (and saved state): the monitor's.
+Launcher = Callable[[Memory, Incoming | None], Awaitable[QemuVM]]
+
+
+class Held(NamedTuple):
+    """A template as a pod gets it from the keeper: its memory, its state, its metadata."""
+
+    mem: int
+    state: int
+    meta: dict
+
+    def close(self) -> None:
+        for fd in (self.mem, self.state):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def key(argv: Iterable[str], files: Iterable[str]) -> str:
+    """The template key of a VM with QEMU command line ``argv`` (jailed paths, no name)."""
+    h = hashlib.sha256(f"hyperpy-template {FORMAT} protocol {P.PROTOCOL_VERSION}\n".encode())
+    for arg in argv:
+        h.update(_FD.sub(r"\1#", arg).encode() + b"\0")
+    for path in files:
+        st = os.stat(path)
+        real = os.path.realpath(path)
+        h.update(f"{real} {st.st_dev} {st.st_ino} {st.st_size} {st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:32]
+
+
+class Store:
+    """The templates under one directory."""
+
+    def __init__(self, directory: str) -> None:
+        self.dir = directory
+
+    def path(self, k: str, *names: str) -> str:
+        return os.path.join(self.dir, k, *names)
+
+    def fetch(self, k: str) -> Held | None:
+        """The template's descriptors from its keeper, or None if there is no live one."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.settimeout(FETCH_TIMEOUT)
+        try:
+            sock.connect(self.path(k, keeper.SOCKET))
+            fds = array.array("i")
+            data, ancdata, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(2 * fds.itemsize))
+            for level, kind, payload in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+        except OSError:
+            return None
+        finally:
+            sock.close()
+        if len(fds) != 2:
+            for fd in fds:
+                os.close(fd)
+            return None
+        try:
+            meta = json.loads(data)
+        except ValueError:
+            meta = {}
+        return Held(fds[0], fds[1], meta)
+
+    def try_lock(self, k: str) -> int | None:
+        """The builder's lock of template ``k``, or None if another pod holds it."""
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        fd = os.open(os.path.join(self.dir, f"{k}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
+    def list(self) -> list[dict]:
+        out = []
+        with contextlib.suppress(FileNotFoundError):
+            for k in sorted(os.listdir(self.dir)):
+                try:
+                    with open(self.path(k, keeper.META)) as f:
+                        meta = json.load(f)
+                except (OSError, ValueError):
+                    continue
+                meta["alive"] = _is_keeper(meta.get("pid"), self.path(k))
+                out.append(meta)
+        return out
+
+    def remove(self, k: str, timeout: float = 5.0) -> bool:
+        """Stop template ``k``'s keeper and remove its files; False if there was none."""
+        directory = self.path(k)
+        if not os.path.isdir(directory):
+            return False
+        with contextlib.suppress(OSError, ValueError), open(self.path(k, keeper.META)) as f:
+            pid = json.load(f).get("pid")
+            if _is_keeper(pid, directory):
+                _stop(pid, timeout)
+        for name in (keeper.SOCKET, keeper.META, f"{keeper.SOCKET}.tmp", f"{keeper.META}.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path(k, name))
+        with contextlib.suppress(OSError):
+            os.rmdir(directory)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.dir, f"{k}.lock"))
+        return True
+
+    async def obtain(self, k: str, launch: Launcher, memory_mb: int, timeout: float) -> Held | None:
+        """Template ``k``, built now if no pod has; None when another pod is building it or
+        the build failed (logged: the pod boots cold)."""
+        held = self.fetch(k)
+        if held is not None:
+            return held
+        lock = self.try_lock(k)
+        if lock is None:
+            log.info("template %s is being built by another pod: booting cold", k)
+            return None
+        try:
+            held = self.fetch(k)  # built while this pod waited for the lock
+            if held is None:
+                self.remove(k)  # a dead keeper's leftovers
+                start = time.monotonic()
+                mem, state = await build(launch, memory_mb, timeout)
+                try:
+                    meta = {"key": k, "memory_mb": memory_mb, "created": time.time(),
+                            "build_s": round(time.monotonic() - start, 3),
+                            "state_bytes": os.fstat(state).st_size}  # fmt: skip
+                    self.start_keeper(k, mem, state, meta)
+                finally:
+                    os.close(mem)
+                    os.close(state)
+                held = self.fetch(k)
+        except (VMError, OSError) as exc:
+            log.warning("template %s could not be built (%s): booting cold", k, exc)
+            self.remove(k)
+            return None
+        finally:
+            os.close(lock)
+        return held
+
+    def start_keeper(self, k: str, mem: int, state: int, meta: dict) -> None:
+        import hyperpy
+
+        os.makedirs(self.path(k), mode=0o700, exist_ok=True)
+        top = os.path.dirname(os.path.dirname(os.path.abspath(hyperpy.__file__)))
+        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+        argv = [sys.executable, "-S", "-c", BOOTSTRAP, top, self.path(k), str(mem), str(state),
+                str(ready_w), json.dumps(meta)]  # fmt: skip
+        try:
+            proc = subprocess.Popen(argv, pass_fds=(mem, state, ready_w), cwd="/",
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        finally:
+            os.close(ready_w)
+        try:
+            import select
+
+            ready, _, _ = select.select([ready_r], [], [], KEEPER_TIMEOUT)
+            if not ready or os.read(ready_r, 16) != b"ok\n":
+                proc.kill()
+                raise VMError(f"the template keeper did not start within {KEEPER_TIMEOUT:.0f}s")
+        finally:
+            os.close(ready_r)
+        proc.returncode = 0  # it outlives this process: keep Popen from warning about it
+        try:
+            from hyperpy.hostcgroup import HostCgroup
+
+            cgroup = HostCgroup(CGROUP)
+            cgroup.create()
+            cgroup.add(proc.pid)
+        except Exception as exc:  # noqa: BLE001 - accounting only: the template still works
+            log.warning("template keeper %d stays in the pod's cgroup: %s", proc.pid, exc)
+
+
+async def build(launch: Launcher, memory_mb: int, timeout: float) -> tuple[int, int]:
+    """Boot a template VM to agent ready and save it: (memory memfd, state memfd), sealed."""
+    flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
+    mem = os.memfd_create("hyperpy-template-ram", flags)
+    state = os.memfd_create("hyperpy-template-state", flags)
+    try:
+        os.ftruncate(mem, memory_mb << 20)
+        vm = await launch(Memory(mem, memory_mb, shared=True), None)
+        try:
+            await _agent_ready(vm, timeout)
+            assert vm.qmp is not None
+            await vm.qmp.execute("stop")
+            await vm.qmp.execute("migrate-set-capabilities", IGNORE_SHARED)
+            vm.qmp.send_fd_scm(state)
+            await vm.qmp.execute("getfd", {"fdname": "template-state"})
+            await vm.qmp.execute("migrate", {"uri": "fd:template-state"})
+            await _migrated(vm)
+        except VMError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - QMP's errors: say which step failed
+            raise vm.failure(f"saving the template VM failed: {exc!r}") from None
+        finally:
+            await vm.shutdown()
+            vm.chans.close()
+        for fd in (mem, state):
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, keeper.seals())
+        os.lseek(state, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(mem)
+        os.close(state)
+        raise
+    return mem, state
+
+
+async def restore(held: Held, launch: Launcher, memory_mb: int) -> QemuVM:
+    """A pod's VM, running, from template ``held`` (whose descriptors the caller closes)."""
+    # A description of its own: the keeper's is shared by every pod, and so its offset.
+    state = os.open(f"/proc/self/fd/{held.state}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        vm = await launch(Memory(held.mem, memory_mb, shared=False), Incoming(state))
+    finally:
+        os.close(state)
+    try:
+        assert vm.qmp is not None
+        await vm.qmp.execute("migrate-set-capabilities", IGNORE_SHARED)
+        await vm.qmp.execute("migrate-incoming", {"uri": f"fd:{state}"})
+        await _migrated(vm)
+        await vm.qmp.execute("cont")
+    except BaseException as exc:
+        await vm.shutdown()
+        vm.chans.close()
+        if isinstance(exc, VMError):
+            raise
+        if isinstance(exc, Exception):
+            raise vm.failure(f"restoring from the template failed: {exc!r}") from None
+        raise
+    return vm
+
+
+async def _agent_ready(vm: QemuVM, timeout: float) -> None:
+    """Wait for the template guest's ``ready`` event (its agent then waits for hello)."""
+    assert vm.chans.agent is not None
+    reader, _ = await asyncio.open_connection(sock=vm.chans.agent)
+    ready = asyncio.get_running_loop().create_future()
+
+    async def read() -> None:
+        decoder = P.Decoder()
+        while not ready.done():
+            data = await reader.read(65536)
+            if not data:
+                ready.set_exception(VMError("the template guest closed its agent channel"))
+                return
+            for item in decoder.feed(data):
+                if isinstance(item, P.Frame) and item.kind == P.MSG:
+                    if item.message().get("event") == P.EV_READY:
+                        ready.set_result(True)
+
+    task = asyncio.ensure_future(read())
+    try:
+        await vm.watch_boot(ready, timeout)
+        ready.result()
+    finally:
+        task.cancel()
+
+
+async def _migrated(vm: QemuVM) -> None:
+    """Wait for the migration (out or in) to complete; fail if it fails or QEMU exits."""
+    assert vm.qmp is not None
+    deadline = time.monotonic() + MIGRATION_TIMEOUT
+    while True:
+        info = await vm.qmp.execute("query-migrate")
+        status = info.get("status") if isinstance(info, dict) else None
+        if status == "completed":
+            return
+        if status == "failed" or not vm.running:
+            raise vm.failure(f"the template migration ended as {status or 'QEMU exited'}")
+        if time.monotonic() > deadline:
+            raise vm.failure(f"the template migration took over {MIGRATION_TIMEOUT:.0f}s")
+        await asyncio.sleep(0.005)
+
+
+def _is_keeper(pid: object, directory: str) -> bool:
+    """Whether ``pid`` is still the keeper of ``directory`` (pids are reused)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().split(b"\0")
+    except OSError:
+        return False
+    return b"hyperpy.vm.keeper" in b" ".join(args) and directory.encode() in args
+
+
+def _stop(pid: int, timeout: float) -> None:
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return
+    try:
+        import select
+
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(pidfd, sig)
+            if select.select([pidfd], [], [], timeout)[0]:
+                return
+    finally:
+        os.close(pidfd)
