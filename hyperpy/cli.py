@@ -21,6 +21,7 @@ from typing import Any
 import click
 
 from hyperpy import __version__
+from hyperpy.cli_template import template
 from hyperpy.errors import HyperpyError, InvalidState, UsageError
 from hyperpy.hot import parse_signal
 
@@ -556,6 +557,11 @@ def env(ctx: click.Context) -> None:
         **load_config().as_dict(),
     }
     click.echo(json.dumps(out, indent=2))
+
+
+for _sub in template.commands.values():  # their errors are reported as every verb's
+    _sub.callback = command(_sub.callback) if _sub.callback else None
+cli.add_command(template)
 
 
 def main() -> None:

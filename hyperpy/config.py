@@ -64,8 +64,11 @@ class TemplateConfig:
     """VM templates (hyperpy/vm/template.py): pods start from a saved, booted VM."""
 
     enabled: bool = True
-    # each template's keeper socket and metadata; its memory and state are memfds
-    dir: str = "/run/hyperpy/templates"
+    # each template's keeper socket and metadata (its memory and state are memfds);
+    # $HYPERPY_TEMPLATES sets the default (tests keep theirs apart)
+    dir: str = field(
+        default_factory=lambda: os.environ.get("HYPERPY_TEMPLATES", "/run/hyperpy/templates")
+    )
 
 
 @dataclass(frozen=True)

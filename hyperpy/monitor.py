@@ -286,6 +286,7 @@ class Monitor:
             return None
         finally:
             held.close()
+        log.info("the VM was restored from template %s", k)
         self.template = k
         return hello
 

@@ -26,6 +26,19 @@ needs_artifacts = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_templates(tmp_path_factory):
+    """The VM templates of this test run, apart from the host's (every hyperpy the tests
+    start, daemons' shims included, inherits the variable); their keepers are stopped at
+    the end, and none may be left."""
+    d = tmp_path_factory.mktemp("templates")
+    os.environ["HYPERPY_TEMPLATES"] = str(d)
+    yield str(d)
+    subprocess.run([HYPERPY, "template", "rm", "--all"], capture_output=True, timeout=60)
+    assert not processes_under(str(d)), "a template keeper was left running"
+    assert not os.listdir(d), f"template files left in {d}: {os.listdir(d)}"
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

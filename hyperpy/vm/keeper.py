@@ -44,22 +44,20 @@ def serve(directory: str, mem_fd: int, state_fd: int, meta: dict, ready_fd: int)
             raise SystemExit("keeper: the template's memfds must be sealed")
     meta = {**meta, "pid": os.getpid()}
     line = (json.dumps(meta) + "\n").encode()
-    tmp = os.path.join(directory, f"{META}.tmp")
-    with open(tmp, "w") as f:
+    os.chdir(directory)  # relative names: a long directory still fits sun_path
+    with open(f"{META}.tmp", "w") as f:
         f.write(line.decode())
-    os.rename(tmp, os.path.join(directory, META))
+    os.rename(f"{META}.tmp", META)
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    path = os.path.join(directory, SOCKET)
-    tmp = f"{path}.tmp"
-    if os.path.lexists(tmp):
-        os.unlink(tmp)
+    if os.path.lexists(f"{SOCKET}.tmp"):
+        os.unlink(f"{SOCKET}.tmp")
     old = os.umask(0o077)
     try:
-        srv.bind(tmp)
+        srv.bind(f"{SOCKET}.tmp")
     finally:
         os.umask(old)
     srv.listen(64)
-    os.rename(tmp, path)
+    os.rename(f"{SOCKET}.tmp", SOCKET)
     os.write(ready_fd, b"ok\n")
     os.close(ready_fd)
     fds = array.array("i", [mem_fd, state_fd])
@@ -77,7 +75,11 @@ def serve(directory: str, mem_fd: int, state_fd: int, meta: dict, ready_fd: int)
 def main(argv: list[str]) -> None:
     directory, mem_fd, state_fd, ready_fd, meta = argv
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    from agent import linux
+    try:
+        from agent import linux
 
-    linux.unshare(linux.CLONE_NEWNET)  # let go of the pod's network namespace
-    serve(directory, int(mem_fd), int(state_fd), json.loads(meta), int(ready_fd))
+        linux.unshare(linux.CLONE_NEWNET)  # let go of the pod's network namespace
+        serve(directory, int(mem_fd), int(state_fd), json.loads(meta), int(ready_fd))
+    except (OSError, ValueError) as exc:
+        os.write(int(ready_fd), f"error: {exc}\n".encode())
+        raise SystemExit(1) from None

@@ -109,7 +109,11 @@ class Store:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         sock.settimeout(FETCH_TIMEOUT)
         try:
-            sock.connect(self.path(k, keeper.SOCKET))
+            d = os.open(self.path(k), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            sock.connect(f"/proc/self/fd/{d}/{keeper.SOCKET}")  # fits sun_path
             fds = array.array("i")
             data, ancdata, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(2 * fds.itemsize))
             for level, kind, payload in ancdata:
@@ -119,6 +123,7 @@ class Store:
             return None
         finally:
             sock.close()
+            os.close(d)
         if len(fds) != 2:
             for fd in fds:
                 os.close(fd)
@@ -192,6 +197,7 @@ class Store:
                             "build_s": round(time.monotonic() - start, 3),
                             "state_bytes": os.fstat(state).st_size}  # fmt: skip
                     self.start_keeper(k, mem, state, meta)
+                    log.info("template %s built in %.2fs", k, meta["build_s"])
                 finally:
                     os.close(mem)
                     os.close(state)
@@ -222,9 +228,12 @@ class Store:
             import select
 
             ready, _, _ = select.select([ready_r], [], [], KEEPER_TIMEOUT)
-            if not ready or os.read(ready_r, 16) != b"ok\n":
+            said = os.read(ready_r, 4096).decode(errors="replace").strip() if ready else ""
+            if said != "ok":
                 proc.kill()
-                raise VMError(f"the template keeper did not start within {KEEPER_TIMEOUT:.0f}s")
+                proc.wait()
+                raise VMError(f"the template keeper did not start within {KEEPER_TIMEOUT:.0f}s"
+                              + (f": {said}" if said else ""))  # fmt: skip
         finally:
             os.close(ready_r)
         proc.returncode = 0  # it outlives this process: keep Popen from warning about it
