@@ -54,5 +54,6 @@ def rm(all_: bool, keys: tuple[str, ...]) -> None:
         raise UsageError("template rm: name template keys (see `hyperpy template ls`) or --all")
     targets = [t["key"] for t in store.list() if "key" in t] if all_ else list(keys)
     missing = [k for k in targets if not store.remove(k)]
+    store.sweep_locks()
     if missing:
         raise UsageError(f"template rm: no template {', '.join(missing)} in {store.dir}")

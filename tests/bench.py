@@ -28,6 +28,8 @@ import sys
 import tempfile
 import time
 
+from tests import bench_template
+
 HYPERPY = os.path.join(os.path.dirname(sys.executable), "hyperpy")
 
 
@@ -126,12 +128,26 @@ def _median_phases(samples: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(s[k] for s in samples) for k in samples[0]}
 
 
+def report_verbs(work: str, calls: int) -> float:
+    """Each hot verb as the shim calls it, hyperpy beside runc; the worst ratio."""
+    from tests.bench_verbs import measure
+
+    print("\nhot verbs, median ms per call (as containerd's runc shim makes them)")
+    print("  verb                 hyperpy     runc    ratio")
+    ratios = []
+    for verb, (hp, rc) in measure(os.path.join(work, "verbs"), calls).items():
+        ratios.append(hp / rc)
+        print(f"  {verb:<18}{hp * 1000:10.1f}{rc * 1000:9.1f}{hp / rc:8.1f}x")
+    return max(ratios)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m tests.bench")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument(
         "--icount-runs", type=int, default=3, help="deterministic runs (slow in wall time)"
     )
+    ap.add_argument("--verb-calls", type=int, default=15, help="calls per hot verb")
     args = ap.parse_args()
     from hyperpy.bundle import make_bundle
     from hyperpy.config import load as load_config
@@ -147,23 +163,27 @@ def main() -> int:
         with open(cfg_path, "w") as f:
             # Under -icount the guest counts instructions: busy-waits in the kernel take
             # tens of seconds of wall time, hence the long boot timeout.
-            f.write("[vm]\nicount = true\nboot_timeout = 300.0\n")
+            f.write("[vm]\nicount = true\nboot_timeout = 300.0\n[template]\nenabled = false\n")
         icount_env = dict(os.environ, HYPERPY_CONFIG=cfg_path)
         unjailed_path = os.path.join(work, "unjailed.toml")
         with open(unjailed_path, "w") as f:
-            f.write("[jail]\nenabled = false\n")
+            f.write("[jail]\nenabled = false\n[template]\nenabled = false\n")
         unjailed_env = dict(os.environ, HYPERPY_CONFIG=unjailed_path)
+        os.environ["HYPERPY_TEMPLATES"] = os.path.join(work, "tpl")  # the bench's own
+        cold_env, tmpl_env = bench_template.envs(work)
+        cold_run(root, bundle, 999, env=tmpl_env)  # builds the template of this shape
         accel = qemu.choose_accel(load_config().vm)
         print(
             f"accelerator: {accel}; {args.runs} runs each ({args.icount_runs} under -icount), "
             "interleaved; medians"
         )
-        bare, run, unjailed, ph, ph_icount = [], [], [], [], []
+        bare, run, tmpl, unjailed, ph, ph_icount = [], [], [], [], [], []
         for n in range(args.runs):
             bare.append(bare_boot(work, icount=False))
-            run.append(cold_run(root, bundle, n))
+            run.append(cold_run(root, bundle, n, env=cold_env))
+            tmpl.append(cold_run(root, bundle, 300 + n, env=tmpl_env))
             unjailed.append(cold_run(root, bundle, 200 + n, env=unjailed_env))
-            ph.append(phases(root, bundle, n))
+            ph.append(phases(root, bundle, n, env=cold_env))
             if n < args.icount_runs:
                 ph_icount.append(phases(root, bundle, 100 + n, env=icount_env))
         b, r = statistics.median(bare), statistics.median(run)
@@ -171,10 +191,13 @@ def main() -> int:
         for name, xs in (
             ("bare boot (init reboots at once)", bare),
             ("hyperpy run `true` (cold)", run),
-            ("  the same, QEMU unconfined", unjailed),
+            ("  the same, from a template", tmpl),
+            ("  the same, cold, QEMU unconfined", unjailed),
         ):
             print(f"  {name:<36}{statistics.median(xs):7.3f}{min(xs):7.3f}{max(xs):7.3f}")
-        print(f"  ratio run/bare: {r / b:.2f}x  (hyperpy's own cost: {r - b:+.3f} s)")
+        t = statistics.median(tmpl)
+        print(f"  ratio cold/bare: {r / b:.2f}x  (hyperpy's own cost: {r - b:+.3f} s)")
+        print(f"  ratio template/cold: {t / r:.2f}x")
         u = statistics.median(unjailed)
         print(f"  QEMU's jail costs {r - u:+.3f} s ({(r - u) / u * 100:+.1f}% of a cold run)")
         print("\nguest phases, ms of guest CLOCK_BOOTTIME       TCG    icount  icount spread")
@@ -198,7 +221,17 @@ def main() -> int:
         from tests.bench_network import report
 
         report(work)
+        busy = os.path.join(work, "sleep-bundle")
+        os.makedirs(busy)
+        make_bundle(busy, ["sleep", "100000"])
+        pss = bench_template.report_memory(work, busy, cold_env, tmpl_env)
+        worst = report_verbs(work, args.verb_calls)
+        print(f"\nsummary cold/bare {r / b:.2f}")
+        print(f"summary template/cold {t / r:.2f}")
+        print(f"summary pss-mib-per-pod {pss:.1f}")
+        print(f"summary hot-verbs/runc {worst:.1f}")
     finally:
+        bench_template.remove_templates(bench_template.envs(work)[1])
         subprocess.run(["umount", "-R", "-l", os.path.join(work, "root")], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -162,7 +162,7 @@ class Store:
         """Stop template ``k``'s keeper and remove its files; False if there was none."""
         directory = self.path(k)
         if not os.path.isdir(directory):
-            return False
+            return False  # its lock, if any, is sweep_locks's
         with contextlib.suppress(OSError, ValueError), open(self.path(k, keeper.META)) as f:
             pid = json.load(f).get("pid")
             if _is_keeper(pid, directory):
@@ -172,9 +172,18 @@ class Store:
                 os.unlink(self.path(k, name))
         with contextlib.suppress(OSError):
             os.rmdir(directory)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(self.dir, f"{k}.lock"))
         return True
+
+    def sweep_locks(self) -> None:
+        """Remove the build locks no pod holds (a lock in use stays: unlinking it would let
+        a second pod build the same template beside the first)."""
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(self.dir):
+                if name.endswith(".lock") and not os.path.isdir(self.path(name[:-5])):
+                    lock = self.try_lock(name[:-5])
+                    if lock is not None:
+                        os.unlink(os.path.join(self.dir, name))
+                        os.close(lock)
 
     async def obtain(self, k: str, launch: Launcher, memory_mb: int, timeout: float) -> Held | None:
         """Template ``k``, built now if no pod has; None when another pod is building it or
