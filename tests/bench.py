@@ -4,8 +4,9 @@ Measured in one run, interleaved so both see the same machine load:
 
 * bare boot: QEMU with the same machine, kernel and devices, and the busybox-only initrd
   whose /init reboots at once (the VM exits): the floor any runtime on this kernel pays;
-* cold `hyperpy run` of a bundle running `true`: a fresh VM per run, CLI to exit status;
-  the same with QEMU unconfined (``[jail] enabled = false``), to show what the jail costs;
+* cold `hyperpy run` of a bundle running `true` (``[template] enabled = false``): a fresh
+  VM per run, CLI to exit status; the same restored from a VM template; the same cold with
+  QEMU unconfined (``[jail] enabled = false``), to show what the jail costs;
 * the guest-side phases of `create`/`start` from the guest's own CLOCK_BOOTTIME: kernel to
   /init, agent ready, container started, container exited.
 
@@ -13,6 +14,10 @@ Wall time is noisy on shared machines; the phases are also measured under QEMU's
 ``-icount shift=0,sleep=off`` with ``nokaslr``, where guest time is deterministic (it counts
 instructions, not seconds), so a change in guest-side cost shows there even when wall time
 jitters.  Medians of ``--runs`` (default 5) runs.
+
+Then the network (``bench_network.py``), memory per idle pod with and without templates
+(``bench_template.py``) and the hot verbs beside runc (``bench_verbs.py``); the output ends
+with four ``summary NAME X`` lines for scripts.
 
     python -m tests.bench [--runs N]
 """

@@ -26,6 +26,7 @@ class Machine:
     type: str = "microvm"
     accel: str = "tcg"
     icount: bool = False  # deterministic guest time for benchmarks
+    tb_size_mb: int = 0  # TCG's translation cache (0: QEMU's default)
 
     @property
     def bus(self) -> str:
@@ -36,7 +37,10 @@ class Machine:
             machine = "microvm,acpi=off,x-option-roms=off,isa-serial=on,rtc=off"
         else:
             machine = f"{self.type}"
-        out = ["-M", machine, "-accel", self.accel]
+        accel = self.accel
+        if accel == "tcg" and self.tb_size_mb:
+            accel += f",tb-size={self.tb_size_mb}"
+        out = ["-M", machine, "-accel", accel]
         if self.accel == "kvm":
             out += ["-cpu", "host"]
         else:

@@ -132,7 +132,7 @@ def build_spec(
     nics: tuple[tuple[int, str], ...] = (),
 ) -> VMSpec:
     """The VMSpec of a sandbox; with ``jailed``, paths are those inside QEMU's jail."""
-    machine = Machine(cfg.machine, accel, cfg.icount)
+    machine = Machine(cfg.machine, accel, cfg.icount, cfg.tcg_tb_size_mb)
     bus = machine.bus
     channel: SerialChannel | VsockChannel
     if vsock_cid is not None:

@@ -24,7 +24,7 @@ def test_microvm_uses_mmio_devices_and_no_acpi(chans):
     argv = spec.argv()
     assert argv[0] == "qemu-system-x86_64"
     assert argv[argv.index("-M") + 1].startswith("microvm,acpi=off")
-    assert argv[argv.index("-accel") + 1] == "tcg"
+    assert argv[argv.index("-accel") + 1] == "tcg,tb-size=32"  # [vm] tcg_tb_size_mb
     assert "virtio-9p-device,fsdev=share0,mount_tag=hyperpy" in argv
     assert "virtio-serial-device,id=vser0" in argv
     assert "virtserialport,chardev=agentch,name=agent,bus=vser0.0" in argv
@@ -127,3 +127,21 @@ def test_jail_refuses_a_qemu_outside_usr(tmp_path):
     fake.chmod(0o755)
     with pytest.raises(J.JailError, match="outside /usr"):
         J.plan(root="/r", uid=1, parent=1, qemu=str(fake), kernel="/k", initrd="/i", share=None)
+
+
+def test_tcg_translation_cache_size():
+    assert D.Machine(tb_size_mb=32).args()[3] == "tcg,tb-size=32"
+    assert D.Machine().args()[3] == "tcg"
+    assert D.Machine(accel="kvm", tb_size_mb=32).args()[3] == "kvm"  # TCG's only
+
+
+def test_template_memory_and_incoming_state_are_inherited_fds():
+    mem = D.Memory(7, 256, shared=False)
+    assert mem.args() == [
+        "-object",
+        "memory-backend-file,id=ram,size=256M,mem-path=/proc/self/fd/7,share=off",
+        "-machine",
+        "memory-backend=ram",
+    ]
+    assert "share=on" in D.Memory(7, 256, shared=True).args()[1]
+    assert D.Incoming(9).args() == ["-incoming", "defer"]  # QMP sets x-ignore-shared first
