@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from agent import protocol as P
 from hyperpy.errors import ContainerNotFound, HyperpyError, UsageError
@@ -22,8 +20,10 @@ from hyperpy.monitor_client import MonitorClient, stopped_processes
 from hyperpy.sandbox import model, record
 from hyperpy.sandbox.model import Status
 
+TYPE_CHECKING = False  # typing's (and collections.abc's) imports cost the hot verbs ~5 ms
 if TYPE_CHECKING:
     import logging
+    from collections.abc import Callable
 
     from hyperpy.hostcgroup import HostCgroup
 
@@ -178,18 +178,20 @@ def destroy(d: str, raw: dict) -> None:
                 )
         if pid and record.pid_alive(pid):
             wait_gone(pid, 3)
-            kill_hard(pid)
+            kill_hard(pid, d)
         _remove_cgroup(raw)
         return
     if answering:
         try:
             MonitorClient(d, timeout=5).request("shutdown")
         except HyperpyError as exc:
-            _log().warning("monitor shutdown request failed: %s", exc)
+            if not os.path.exists(os.path.join(d, record.EXIT)):
+                _log().warning("monitor shutdown request failed: %s", exc)
+            # else it is stopping by itself: every process of its VM has exited
         wait_gone(monitor_pid, 8)
     # A stopped monitor or QEMU is killed at once: SIGKILL reaches stopped processes.
     for p in (monitor_pid, raw.get("qemu_pid", 0)):
-        kill_hard(p)
+        kill_hard(p, d)
     if pid and record.pid_alive(pid) and not os.path.exists(os.path.join(d, record.EXIT)):
         wait_gone(pid, 5)
     if os.path.exists(os.path.join(d, record.SHARE)):  # the monitor released it otherwise
@@ -254,8 +256,10 @@ def wait_gone(pid: int, timeout: float) -> None:
         time.sleep(0.02)
 
 
-def kill_hard(pid: int) -> None:
-    if record.pid_alive(pid):
+def kill_hard(pid: int, state_dir: str) -> None:
+    """SIGKILL ``pid`` if it is still ours: its command line names ``state_dir`` (the
+    monitor's and the proxies' arguments, QEMU's -name), so a reused pid is never hit."""
+    if record.pid_alive(pid) and record.cmdline_names(pid, state_dir):
         try:
             os.kill(pid, 9)
         except ProcessLookupError:

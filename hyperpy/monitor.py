@@ -385,10 +385,17 @@ class Monitor:
                     "signal": msg.get("signal"),
                     "reason": msg.get("reason", ""),
                     "time": time.time(),
+                    "guest": self.guest,  # the boot's phases, for make bench
                 },
             )
         if att.writer is not None and not att.writer.is_closing():
             att.finish(att.writer)
+        if self.inits and all(self._attachment(p).exit is not None for p in self.procs):
+            # Every process of every container in this VM has exited, and a stopped container
+            # can only be deleted: the VM goes now (its memory is the host's again at once,
+            # and delete has no VM to wait for). The proxies get their exits first.
+            log.info("every container process has exited: stopping the VM")
+            asyncio.get_running_loop().call_soon(self.stop.set)
 
     def _warn(self, fmt: str, *args: object) -> None:
         """A warning about what the guest sent: the first 20, then every 1000th (the guest

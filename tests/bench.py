@@ -25,6 +25,7 @@ with four ``summary NAME X`` lines for scripts.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -79,9 +80,7 @@ def cold_run(root: str, bundle: str, n: int, env: dict | None = None) -> float:
 
 
 def phases(root: str, bundle: str, n: int, env: dict | None = None) -> dict[str, float]:
-    """Guest CLOCK_BOOTTIME ms at each phase, read from the sandbox monitor."""
-    from hyperpy.runtime import MonitorClient
-
+    """Guest CLOCK_BOOTTIME ms at each phase, as the sandbox monitor recorded them."""
     cid = f"bench-phase-{n}"
     # The container's stdio goes to the process proxy, which outlives create: a file, not a
     # pipe we would wait on.
@@ -103,12 +102,8 @@ def phases(root: str, bundle: str, n: int, env: dict | None = None) -> dict[str,
         exit_file = os.path.join(root, cid, "exit.json")
         while not os.path.exists(exit_file) and time.monotonic() < deadline:
             time.sleep(0.02)
-        info = MonitorClient(os.path.join(root, cid)).request("info")
-        rss_kib = 0
-        with open(f"/proc/{info['qemu_pid']}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    rss_kib = int(line.split()[1])
+        with open(exit_file) as f:
+            info = json.load(f)
     finally:
         _hyperpy(root, "delete", "--force", cid, env=env)
     g = info["guest"]
@@ -119,7 +114,6 @@ def phases(root: str, bundle: str, n: int, env: dict | None = None) -> dict[str,
         "agent ready to container started (host)": g["started_ms"] - ready,
         "container started to exited": g["exit_ms"] - g["started_ms"],
         "total to container exited": g["exit_ms"],
-        "QEMU RSS after the run (MiB)": rss_kib / 1024,
     }
 
 
@@ -207,21 +201,13 @@ def main() -> int:
         print(f"  QEMU's jail costs {r - u:+.3f} s ({(r - u) / u * 100:+.1f}% of a cold run)")
         print("\nguest phases, ms of guest CLOCK_BOOTTIME       TCG    icount  icount spread")
         m, mi = _median_phases(ph), _median_phases(ph_icount)
-        for k in (k for k in m if "RSS" not in k):
+        for k in m:
             spread = max(s[k] for s in ph_icount) - min(s[k] for s in ph_icount)
             icount = f"{mi[k]:10.1f}{spread:9.2f}" if k in DETERMINISTIC else "         -        -"
             print(f"  {k:<44}{m[k]:7.0f}{icount}")
         print(
             "  (under -icount,sleep=off guest time jumps while the guest idles waiting for the\n"
             "   host, so only the phases that run without the host are deterministic)"
-        )
-        from hyperpy.config import load as load_vm_config
-        from hyperpy.runtime import QEMU_OVERHEAD_MB
-
-        vm = load_vm_config().vm
-        print(
-            f"\nmemory: QEMU RSS {m['QEMU RSS after the run (MiB)']:.0f} MiB for a "
-            f"{vm.memory_mb} MiB guest; host cgroup ceiling = guest RAM + {QEMU_OVERHEAD_MB} MiB"
         )
         from tests.bench_network import report
 

@@ -160,6 +160,15 @@ def proc_state(pid: int) -> str:
         return ""
 
 
+def cmdline_names(pid: int, path: str) -> bool:
+    """Whether process ``pid``'s command line contains ``path``."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return path.encode() in f.read()
+    except OSError:
+        return False
+
+
 def pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False
