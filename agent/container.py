@@ -6,7 +6,8 @@ hostname, rlimits, user and the start gate that holds ``create``'s process until
 
 The parent learns the outcome through a ``sync`` pipe: the child writes ``{"ok": true}``
 when it is ready (blocked on the start gate) or ``{"error": ..., "pointer": ...}`` naming the
-config.json field that failed; a failed exec after the gate is reported the same way. A
+config.json field that failed. Past the start gate nobody waits (``start`` returns as
+runc's does): a failed exec is then written on the process's stderr and it exits 127. A
 child that dies without a word (:func:`died`) is described by how it died, or, when its
 cgroup counted an OOM kill, as runc says it: "container init was OOM-killed".
 
@@ -19,6 +20,7 @@ takes runc's fallback: MS_MOVE over "/" and chroot.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -301,6 +303,7 @@ def _join_namespaces(pid: int) -> None:
 
 
 def _second_child(launch: Launch, sync_w: int, start_r: int) -> None:
+    past_gate = False
     try:
         for sig in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)
@@ -323,6 +326,7 @@ def _second_child(launch: Launch, sync_w: int, start_r: int) -> None:
             if os.read(start_r, 1) != b"S":
                 os._exit(1)  # the agent went away or destroyed us before start
             os.close(start_r)
+            past_gate = True
         if filter_ and proc.get("noNewPrivileges"):
             seccomp.load(*filter_)
         try:
@@ -332,10 +336,20 @@ def _second_child(launch: Launch, sync_w: int, start_r: int) -> None:
                 f"cannot execute {args[0]!r}: {exc.strerror}", "/process/args/0"
             ) from exc
     except SetupError as exc:
-        _report(sync_w, {"error": str(exc), "pointer": exc.pointer})
+        _report_failure(sync_w, str(exc), exc.pointer, past_gate)
     except BaseException as exc:  # noqa: BLE001 - the child reports everything and exits
-        _report(sync_w, {"error": f"{type(exc).__name__}: {exc}", "pointer": ""})
+        _report_failure(sync_w, f"{type(exc).__name__}: {exc}", "", past_gate)
     os._exit(127)
+
+
+def _report_failure(sync_w: int, error: str, pointer: str, started: bool) -> None:
+    """After the start gate nobody waits for the sync pipe: say it on the process's stderr
+    too, as runc's init does for a failed exec."""
+    if started:
+        with contextlib.suppress(OSError):
+            os.write(2, f"hyperpy: {error}\n".encode())
+    with contextlib.suppress(OSError):
+        _report(sync_w, {"error": error, "pointer": pointer})
 
 
 def _setup_terminal(sock: int, process: dict, console: bool) -> None:

@@ -281,8 +281,22 @@ class Agent:
         os.write(init.start_w, b"S")
         os.close(init.start_w)
         init.start_w = -1
-        result = self._await_exec(init)
-        return {"started_ms": now_ms(), **result}
+        # As runc's start, which returns once the process passed its exec fifo: what follows
+        # (the seccomp filter, execve: args[0] was found at create) is the process's own.
+        # A failure there is on its stderr and in its exit status (127), not start's reply.
+        self.sel.register(init.sync_r, selectors.EVENT_READ, self._exec_reported(init))
+        return {"started_ms": now_ms()}
+
+    def _exec_reported(self, proc: Process):  # noqa: ANN202
+        def handler(mask: int) -> None:
+            status = read_sync(proc.sync_r)
+            if "error" in status and TRACE:
+                trace(f"{proc.cid}: exec after start failed: {status['error']}")
+            self.sel.unregister(proc.sync_r)
+            os.close(proc.sync_r)
+            proc.sync_r = -1
+
+        return handler
 
     def op_exec(self, msg: dict) -> dict:
         ctr = self.containers[msg["cid"]]
@@ -441,6 +455,8 @@ class Agent:
     def _close_proc(self, proc: Process) -> None:
         for fd in list(proc.outputs):
             self._close_output(proc, fd, send_eof=False)
+        if proc.sync_r >= 0 and proc.sync_r in self.sel.get_map():
+            self.sel.unregister(proc.sync_r)
         for attr in ("stdin_fd", "start_w", "sync_r"):
             fd = getattr(proc, attr)
             if fd >= 0 and fd != proc.master:

@@ -77,22 +77,29 @@ class MonitorClient:
             raise VMError(f"the sandbox monitor is not reachable at {self.path}: {exc}") from exc
         with sock:
             sock.settimeout(timeout or self.timeout)
-            sock.sendall(P.encode_msg({"id": 1, "op": op, **fields}))
-            decoder = P.Decoder()
-            while True:
-                try:
-                    data = sock.recv(65536)
-                except TimeoutError:
-                    raise VMError(f"the sandbox monitor did not answer {op!r} in time") from None
-                if not data:
-                    raise VMError(f"the sandbox monitor closed the connection during {op!r}")
-                for item in decoder.feed(data):
-                    if isinstance(item, P.Frame) and item.kind == P.MSG:
-                        reply = item.message()
-                        if reply.get("id") == 1:
-                            if not reply.get("ok"):
-                                raise_remote(reply)
-                            return reply
+            try:
+                sock.sendall(P.encode_msg({"id": 1, "op": op, **fields}))
+                return self._reply(sock, op)
+            except TimeoutError:
+                raise VMError(f"the sandbox monitor did not answer {op!r} in time") from None
+            except OSError as exc:  # it went away mid-request (a VM that stops)
+                raise VMError(f"the sandbox monitor closed the connection during {op!r}: "
+                              f"{exc.strerror}") from None  # fmt: skip
+
+    @staticmethod
+    def _reply(sock: socket.socket, op: str) -> dict:
+        decoder = P.Decoder()
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                raise VMError(f"the sandbox monitor closed the connection during {op!r}")
+            for item in decoder.feed(data):
+                if isinstance(item, P.Frame) and item.kind == P.MSG:
+                    reply = item.message()
+                    if reply.get("id") == 1:
+                        if not reply.get("ok"):
+                            raise_remote(reply)
+                        return reply
 
 
 def stopped_processes(state_dir: str) -> str:

@@ -150,6 +150,11 @@ def test_kill_all_and_delete_force_rules(root, bundle):
     # As with runc: the container's init (sh, pid 1 of its namespace, no TERM handler) does not
     # take the TERM, its children do; its `wait` returns and it exits 0. A plain `kill TERM`
     # would leave everything running, so exiting at all shows --all reached the children.
+    # start returns once the process passed its gate, as runc's: wait for the children.
+    deadline = time.monotonic() + 60
+    while hyperpy(root, "ps", "all1").stdout.count(b"sleep 1000") < 2:
+        assert time.monotonic() < deadline, "the container's children never appeared"
+        time.sleep(0.1)
     hyperpy(root, "kill", "--all", "all1", "TERM", check=True)
     assert wait_exit(pid) == 0
     hyperpy(root, "delete", "all1", check=True)

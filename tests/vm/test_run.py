@@ -129,3 +129,16 @@ def test_guest_clock_follows_the_host(root, bundle):
     res = hyperpy(root, "run", "--bundle", bundle(["date", "+%s"]), "clock1")
     assert res.returncode == 0, res.stderr.decode()
     assert abs(int(res.stdout) - time.time()) < 60
+
+
+def test_exec_failure_after_start_is_the_process_exit(root, bundle):
+    # args[0] is found at create (as runc's create does); an exec that still fails after the
+    # start gate (not a valid binary) is the process's: its stderr and exit status 127.
+    b = bundle(["/notexec"])
+    path = os.path.join(b, "rootfs", "notexec")
+    with open(path, "w") as f:
+        f.write("neither ELF nor a script\n")
+    os.chmod(path, 0o755)
+    res = hyperpy(root, "run", "--bundle", b, "noexec1")
+    assert res.returncode == 127, res
+    assert b"cannot execute '/notexec'" in res.stderr and b"Exec format error" in res.stderr
