@@ -280,9 +280,12 @@ class Monitor:
             log.warning("template %s failed to restore, removed; booting cold: %s", k, exc)
             if self.vm is not None:
                 await self.vm.shutdown()
+            if self.agent is not None:  # the transport first: its socket is closed next
+                self.agent.writer.close()
+                self.agent = None
             if self.chans is not None:
                 self.chans.close()
-            store.remove(k)
+            store.remove(k, keeper_pid=held.meta.get("pid"))
             return None
         finally:
             held.close()

@@ -203,10 +203,10 @@ class Qmp:
 @dataclass(frozen=True)
 class Memory:
     """Guest RAM in a VM template's memfd (``vm/template.py``), which QEMU opens through its
-        inherited ``fd``. ``shared``: the template VM itself, whose guest writes the file; else a
-        pod restored from it, mapped privately (copy-on-write: the pages no pod has written stay
-        one copy in the host's memory). QEMU 7.2 sets the ``x-ignore-shared`` migration capability,
-    which keeps that RAM out of the saved state, only over QMP (``vm/template.py``)."""
+    inherited ``fd``. ``shared``: the template VM itself, whose guest writes the file; else a
+    pod restored from it, mapped privately (copy-on-write: a page stays one copy on the host
+    until a pod writes it). QEMU 7.2 sets the ``x-ignore-shared`` migration capability, which
+    keeps that RAM out of the saved state, only over QMP (``vm/template.py``)."""
 
     fd: int
     size_mb: int

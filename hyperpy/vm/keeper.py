@@ -7,8 +7,7 @@ unix socket ``DIR/KEY/keeper.sock`` (root only) on which it answers each connect
 the two descriptors (SCM_RIGHTS) and the template's metadata as one JSON line, then closes
 it. A memfd lives as long as a process holds it: the keeper is that process (after Kata's
 template factory, which keeps its template on a tmpfs mount). It runs until SIGTERM
-(``hyperpy template rm``) or the host reboots; it is in a network namespace of its own, so
-it pins no pod's, and ``vm/template.py`` moves it out of the pod's cgroup.
+(``hyperpy template rm``) or the host reboots; :func:`settle` says what it does first.
 
 Started by ``vm/template.py`` as ``python -S -c BOOTSTRAP TOP DIR MEM_FD STATE_FD READY_FD
 META_JSON`` with the fds inherited; it reports ``ok`` on READY_FD once the socket is
@@ -27,6 +26,7 @@ import sys
 
 SOCKET = "keeper.sock"
 META = "meta.json"
+CGROUP = "hyperpy-templates"  # the host cgroup keepers (and template VMs) run in
 
 
 def seals() -> int:
@@ -72,14 +72,37 @@ def serve(directory: str, mem_fd: int, state_fd: int, meta: dict, ready_fd: int)
             conn.close()
 
 
+def settle(directory: str, mem_fd: int) -> None:
+    """Take the template over: one keeper per directory (a flock held for life), out of the
+    pod's network namespace and cgroup, and every page of the memory allocated.
+
+    The last is what keeps pods from growing the template: a write fault in a private
+    mapping of a file allocates the page in the file first (then copies it), seals or not;
+    with every page there, a pod's writes cost it only its own copies. It costs the VM's
+    memory size once per template, charged to the ``hyperpy-templates`` cgroup."""
+    import fcntl
+
+    from agent import linux
+    from hyperpy.hostcgroup import HostCgroup
+
+    lock = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)  # kept open: the flock lives
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise OSError(f"another keeper serves {directory}") from None
+    linux.unshare(linux.CLONE_NEWNET)  # let go of the pod's network namespace
+    cgroup = HostCgroup(CGROUP)
+    cgroup.create()
+    cgroup.add(os.getpid())
+    os.posix_fallocate(mem_fd, 0, os.fstat(mem_fd).st_size)
+
+
 def main(argv: list[str]) -> None:
     directory, mem_fd, state_fd, ready_fd, meta = argv
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        from agent import linux
-
-        linux.unshare(linux.CLONE_NEWNET)  # let go of the pod's network namespace
+        settle(directory, int(mem_fd))
         serve(directory, int(mem_fd), int(state_fd), json.loads(meta), int(ready_fd))
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - said on the ready pipe, in the builder's log
         os.write(int(ready_fd), f"error: {exc}\n".encode())
         raise SystemExit(1) from None

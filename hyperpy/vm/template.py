@@ -47,7 +47,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import NamedTuple
 
 from agent import protocol as P
-from hyperpy.errors import VMError
+from hyperpy.errors import UsageError, VMError
 from hyperpy.vm import keeper
 from hyperpy.vm.devices import Incoming, Memory
 from hyperpy.vm.qemu import QemuVM
@@ -55,8 +55,8 @@ from hyperpy.vm.qemu import QemuVM
 log = logging.getLogger(__name__)
 
 FORMAT = 1  # what a template is made of; bumped when that changes
-CGROUP = "hyperpy-templates"
 MIGRATION_TIMEOUT = 30.0
+QMP_TIMEOUT = 10.0
 FETCH_TIMEOUT = 2.0
 KEEPER_TIMEOUT = 10.0
 BOOTSTRAP = (
@@ -64,6 +64,7 @@ BOOTSTRAP = (
     "from hyperpy.vm.keeper import main; main(sys.argv[1:])"
 )
 _FD = re.compile(r"(fd[=:/])\d+")
+_KEY = re.compile(r"[0-9a-f]{32}")
 IGNORE_SHARED = {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}
 
 # Launches a VM of the pod's shape with this memory (and saved state): the monitor's.
@@ -102,6 +103,8 @@ class Store:
         self.dir = directory
 
     def path(self, k: str, *names: str) -> str:
+        if not _KEY.fullmatch(k):
+            raise UsageError(f"{k!r} is not a template key (see `hyperpy template ls`)")
         return os.path.join(self.dir, k, *names)
 
     def fetch(self, k: str) -> Held | None:
@@ -114,6 +117,9 @@ class Store:
             return None
         try:
             sock.connect(f"/proc/self/fd/{d}/{keeper.SOCKET}")  # fits sun_path
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+            if int.from_bytes(creds[4:8], sys.byteorder) != os.geteuid():
+                raise OSError(f"the keeper socket of {k} is served by another user")
             fds = array.array("i")
             data, ancdata, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(2 * fds.itemsize))
             for level, kind, payload in ancdata:
@@ -124,7 +130,8 @@ class Store:
         finally:
             sock.close()
             os.close(d)
-        if len(fds) != 2:
+        if len(fds) != 2 or not all(_sealed(fd) for fd in fds):
+            log.warning("template %s: its keeper did not hand over two sealed memfds", k)
             for fd in fds:
                 os.close(fd)
             return None
@@ -137,6 +144,10 @@ class Store:
     def try_lock(self, k: str) -> int | None:
         """The builder's lock of template ``k``, or None if another pod holds it."""
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        st = os.lstat(self.dir)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise OSError(f"{self.dir} must be a directory of this user's that no one else can "
+                          "write: set [template] dir to one")  # fmt: skip
         fd = os.open(os.path.join(self.dir, f"{k}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -149,6 +160,8 @@ class Store:
         out = []
         with contextlib.suppress(FileNotFoundError):
             for k in sorted(os.listdir(self.dir)):
+                if not _KEY.fullmatch(k):
+                    continue
                 try:
                     with open(self.path(k, keeper.META)) as f:
                         meta = json.load(f)
@@ -158,13 +171,16 @@ class Store:
                 out.append(meta)
         return out
 
-    def remove(self, k: str, timeout: float = 5.0) -> bool:
-        """Stop template ``k``'s keeper and remove its files; False if there was none."""
+    def remove(self, k: str, timeout: float = 5.0, keeper_pid: object = None) -> bool:
+        """Stop template ``k``'s keeper and remove its files; False if there was none, or
+        if its keeper is no longer ``keeper_pid`` (another pod built a new one since)."""
         directory = self.path(k)
         if not os.path.isdir(directory):
             return False  # its lock, if any, is sweep_locks's
         with contextlib.suppress(OSError, ValueError), open(self.path(k, keeper.META)) as f:
             pid = json.load(f).get("pid")
+            if keeper_pid is not None and pid != keeper_pid:
+                return False
             if _is_keeper(pid, directory):
                 _stop(pid, timeout)
         for name in (keeper.SOCKET, keeper.META, f"{keeper.SOCKET}.tmp", f"{keeper.META}.tmp"):
@@ -179,8 +195,9 @@ class Store:
         a second pod build the same template beside the first)."""
         with contextlib.suppress(FileNotFoundError):
             for name in os.listdir(self.dir):
-                if name.endswith(".lock") and not os.path.isdir(self.path(name[:-5])):
-                    lock = self.try_lock(name[:-5])
+                k = name[:-5]
+                if name.endswith(".lock") and _KEY.fullmatch(k) and not os.path.isdir(self.path(k)):
+                    lock = self.try_lock(k)
                     if lock is not None:
                         os.unlink(os.path.join(self.dir, name))
                         os.close(lock)
@@ -228,9 +245,10 @@ class Store:
         argv = [sys.executable, "-S", "-c", BOOTSTRAP, top, self.path(k), str(mem), str(state),
                 str(ready_w), json.dumps(meta)]  # fmt: skip
         try:
-            proc = subprocess.Popen(argv, pass_fds=(mem, state, ready_w), cwd="/",
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+            null, env = subprocess.DEVNULL, {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+            proc = subprocess.Popen(argv, pass_fds=(mem, state, ready_w), cwd="/", stdin=null,
+                                    stdout=null, stderr=null, start_new_session=True,
+                                    env=env)  # fmt: skip
         finally:
             os.close(ready_w)
         try:
@@ -241,19 +259,11 @@ class Store:
             if said != "ok":
                 proc.kill()
                 proc.wait()
-                raise VMError(f"the template keeper did not start within {KEEPER_TIMEOUT:.0f}s"
-                              + (f": {said}" if said else ""))  # fmt: skip
+                why = said or f"no answer within {KEEPER_TIMEOUT:.0f}s"
+                raise VMError(f"the template keeper did not start: {why}")
         finally:
             os.close(ready_r)
         proc.returncode = 0  # it outlives this process: keep Popen from warning about it
-        try:
-            from hyperpy.hostcgroup import HostCgroup
-
-            cgroup = HostCgroup(CGROUP)
-            cgroup.create()
-            cgroup.add(proc.pid)
-        except Exception as exc:  # noqa: BLE001 - accounting only: the template still works
-            log.warning("template keeper %d stays in the pod's cgroup: %s", proc.pid, exc)
 
 
 async def build(launch: Launcher, memory_mb: int, timeout: float) -> tuple[int, int]:
@@ -265,13 +275,14 @@ async def build(launch: Launcher, memory_mb: int, timeout: float) -> tuple[int, 
         os.ftruncate(mem, memory_mb << 20)
         vm = await launch(Memory(mem, memory_mb, shared=True), None)
         try:
-            await _agent_ready(vm, timeout)
+            _into_template_cgroup(vm)
+            await _guest_ready(vm, timeout)
             assert vm.qmp is not None
-            await vm.qmp.execute("stop")
-            await vm.qmp.execute("migrate-set-capabilities", IGNORE_SHARED)
+            await _qmp(vm, "stop")
+            await _qmp(vm, "migrate-set-capabilities", IGNORE_SHARED)
             vm.qmp.send_fd_scm(state)
-            await vm.qmp.execute("getfd", {"fdname": "template-state"})
-            await vm.qmp.execute("migrate", {"uri": "fd:template-state"})
+            await _qmp(vm, "getfd", {"fdname": "template-state"})
+            await _qmp(vm, "migrate", {"uri": "fd:template-state"})
             await _migrated(vm)
         except VMError:
             raise
@@ -300,10 +311,10 @@ async def restore(held: Held, launch: Launcher, memory_mb: int) -> QemuVM:
         os.close(state)
     try:
         assert vm.qmp is not None
-        await vm.qmp.execute("migrate-set-capabilities", IGNORE_SHARED)
-        await vm.qmp.execute("migrate-incoming", {"uri": f"fd:{state}"})
+        await _qmp(vm, "migrate-set-capabilities", IGNORE_SHARED)
+        await _qmp(vm, "migrate-incoming", {"uri": f"fd:{state}"})
         await _migrated(vm)
-        await vm.qmp.execute("cont")
+        await _qmp(vm, "cont")
     except BaseException as exc:
         await vm.shutdown()
         vm.chans.close()
@@ -315,23 +326,39 @@ async def restore(held: Held, launch: Launcher, memory_mb: int) -> QemuVM:
     return vm
 
 
-async def _agent_ready(vm: QemuVM, timeout: float) -> None:
+def _into_template_cgroup(vm: QemuVM) -> None:
+    """The template VM's memory is the template's, not the first pod's: charge it there."""
+    from hyperpy.hostcgroup import HostCgroup
+
+    try:
+        cgroup = HostCgroup(keeper.CGROUP)
+        cgroup.create()
+        if vm.proc is not None:
+            cgroup.add(vm.proc.pid)
+    except Exception as exc:  # noqa: BLE001 - accounting only
+        log.warning("the template VM stays in the pod's cgroup: %s", exc)
+
+
+async def _guest_ready(vm: QemuVM, timeout: float) -> None:
     """Wait for the template guest's ``ready`` event (its agent then waits for hello)."""
     assert vm.chans.agent is not None
-    reader, _ = await asyncio.open_connection(sock=vm.chans.agent)
+    reader, writer = await asyncio.open_connection(sock=vm.chans.agent)
     ready = asyncio.get_running_loop().create_future()
 
     async def read() -> None:
         decoder = P.Decoder()
-        while not ready.done():
-            data = await reader.read(65536)
-            if not data:
-                ready.set_exception(VMError("the template guest closed its agent channel"))
-                return
-            for item in decoder.feed(data):
-                if isinstance(item, P.Frame) and item.kind == P.MSG:
-                    if item.message().get("event") == P.EV_READY:
-                        ready.set_result(True)
+        try:
+            while not ready.done():
+                data = await reader.read(65536)
+                if not data:
+                    raise VMError("the template guest closed its agent channel")
+                for item in decoder.feed(data):
+                    if isinstance(item, P.Frame) and item.kind == P.MSG:
+                        if item.message().get("event") == P.EV_READY:
+                            ready.set_result(True)
+        except Exception as exc:  # noqa: BLE001 - the boot waiter says it
+            if not ready.done():
+                ready.set_exception(exc)
 
     task = asyncio.ensure_future(read())
     try:
@@ -339,6 +366,15 @@ async def _agent_ready(vm: QemuVM, timeout: float) -> None:
         ready.result()
     finally:
         task.cancel()
+        writer.close()  # the transport first: the socket is closed under it otherwise
+
+
+async def _qmp(vm: QemuVM, cmd: str, args: dict | None = None) -> object:
+    assert vm.qmp is not None
+    try:
+        return await asyncio.wait_for(vm.qmp.execute(cmd, args), QMP_TIMEOUT)
+    except TimeoutError:
+        raise vm.failure(f"QMP {cmd} got no answer within {QMP_TIMEOUT:.0f}s") from None
 
 
 async def _migrated(vm: QemuVM) -> None:
@@ -346,15 +382,24 @@ async def _migrated(vm: QemuVM) -> None:
     assert vm.qmp is not None
     deadline = time.monotonic() + MIGRATION_TIMEOUT
     while True:
-        info = await vm.qmp.execute("query-migrate")
+        info = await _qmp(vm, "query-migrate")
         status = info.get("status") if isinstance(info, dict) else None
         if status == "completed":
             return
         if status == "failed" or not vm.running:
-            raise vm.failure(f"the template migration ended as {status or 'QEMU exited'}")
+            why = info.get("error-desc", "") if isinstance(info, dict) else ""
+            raise vm.failure(f"the template migration ended as {status or 'QEMU exited'}"
+                             + (f": {why}" if why else ""))  # fmt: skip
         if time.monotonic() > deadline:
             raise vm.failure(f"the template migration took over {MIGRATION_TIMEOUT:.0f}s")
         await asyncio.sleep(0.005)
+
+
+def _sealed(fd: int) -> bool:
+    try:
+        return fcntl.fcntl(fd, fcntl.F_GET_SEALS) & keeper.seals() == keeper.seals()
+    except OSError:
+        return False
 
 
 def _is_keeper(pid: object, directory: str) -> bool:

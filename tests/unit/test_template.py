@@ -21,12 +21,40 @@ def test_key_ignores_fd_numbers_and_follows_every_input(tmp_path):
 
 def test_one_builder_and_locks_swept_only_when_free(tmp_path):
     store = template.Store(str(tmp_path / "t"))
-    lock = store.try_lock("abc")
+    K = "0123456789abcdef0123456789abcdef"
+    lock = store.try_lock(K)
     assert lock is not None
-    assert store.try_lock("abc") is None  # another pod: it boots cold
+    assert store.try_lock(K) is None  # another pod: it boots cold
     store.sweep_locks()
-    assert os.path.exists(tmp_path / "t" / "abc.lock")  # held: kept
+    assert os.path.exists(tmp_path / "t" / f"{K}.lock")  # held: kept
     os.close(lock)
     store.sweep_locks()
     assert not os.listdir(tmp_path / "t")
-    assert store.fetch("abc") is None and store.list() == [] and not store.remove("abc")
+    assert store.fetch(K) is None and store.list() == [] and not store.remove(K)
+
+
+def test_keys_are_checked_before_they_name_a_path(tmp_path):
+    import pytest
+
+    from hyperpy.errors import UsageError
+
+    with pytest.raises(UsageError, match="not a template key"):
+        template.Store(str(tmp_path)).remove("../../etc")
+
+
+def test_reseed_credits_host_entropy_then_reseeds(monkeypatch):
+    """Pods from one template share the guest RNG's state until this runs (at hello)."""
+    import struct
+
+    from agent import linux
+
+    calls = []
+    monkeypatch.setattr(os, "open", lambda path, flags: calls.append(("open", path)) or 99)
+    monkeypatch.setattr(os, "close", lambda fd: calls.append(("close", fd)))
+    import fcntl
+
+    monkeypatch.setattr(fcntl, "ioctl", lambda fd, req, arg=0: calls.append((fd, req, arg)))
+    linux.reseed_rng(b"\x01" * 64)
+    info = struct.pack("ii", 512, 64) + b"\x01" * 64  # rand_pool_info: bits, bytes, data
+    assert calls == [("open", "/dev/random"), (99, 0x40085203, info), (99, 0x5207, 0),
+                     ("close", 99)]  # fmt: skip
