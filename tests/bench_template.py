@@ -5,8 +5,8 @@
 * memory per idle pod: ten pods each running ``sleep``, the PSS of their QEMUs
   (``/proc/PID/smaps_rollup``) summed and divided by ten, with and without templates. PSS
   splits a page shared by N processes N ways: the template's pages that the pods have not
-  written are counted once over the ten. What the template's keeper holds resident beyond
-  what the pods map (``fincore`` of its memfd) is printed beside it.
+  written are counted once over the ten. What the template's keeper holds beyond what the
+  pods map (the memfd's allocated blocks: all of the VM's memory) is printed beside it.
 
 The templates are built in a directory of the bench's own and removed at the end.
 """
@@ -78,8 +78,8 @@ def idle_pods(work: str, bundle: str, env: dict, tag: str) -> tuple[float, float
                            timeout=60)  # fmt: skip
 
 
-def keeper_resident_mib(env: dict) -> float:
-    """Resident MiB of the templates' memory memfds (fincore), what the keepers hold."""
+def keeper_memory_mib(env: dict) -> float:
+    """MiB allocated to the templates' memory memfds (every page: the keeper fills them)."""
     res = subprocess.run([HYPERPY, "template", "ls", "--format", "json"], env=env,
                          capture_output=True, timeout=30, check=True)  # fmt: skip
     total = 0
@@ -87,9 +87,7 @@ def keeper_resident_mib(env: dict) -> float:
         pid = t.get("pid")
         for fd in os.listdir(f"/proc/{pid}/fd"):
             if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:hyperpy-template-ram"):
-                out = subprocess.run(["fincore", "-b", "-n", "-o", "RES", f"/proc/{pid}/fd/{fd}"],
-                                     capture_output=True, text=True, timeout=30)  # fmt: skip
-                total += int(out.stdout.split()[0]) if out.returncode == 0 else 0
+                total += os.stat(f"/proc/{pid}/fd/{fd}").st_blocks * 512
     return total / (1 << 20)
 
 
@@ -101,13 +99,13 @@ def report_memory(work: str, bundle: str, cold_env: dict, tmpl_env: dict) -> flo
     """Print memory per idle pod both ways; return the PSS MiB per pod with templates."""
     cold_pss, cold_rss = idle_pods(work, bundle, cold_env, "cold")
     tmpl_pss, tmpl_rss = idle_pods(work, bundle, tmpl_env, "tmpl")
-    held = keeper_resident_mib(tmpl_env)
+    held = keeper_memory_mib(tmpl_env)
     print(f"\nmemory per idle pod ({IDLE_PODS} pods running sleep; QEMU's PSS summed / "
           f"{IDLE_PODS})       PSS MiB   RSS MiB")  # fmt: skip
     for name, pss, rss in (("cold boots", cold_pss, cold_rss), ("from a template", tmpl_pss,
                                                                  tmpl_rss)):  # fmt: skip
         print(f"  {name:<55}{pss:7.1f}{rss:10.1f}")
     print(f"  ratio template/cold (PSS): {tmpl_pss / cold_pss:.2f}; the template's memory the "
-          f"keeper holds resident: {held:.1f} MiB (once per host, {held / IDLE_PODS:.1f} per pod "
-          f"over {IDLE_PODS})")  # fmt: skip
+          f"keeper holds: {held:.1f} MiB (once per host and shape, {held / IDLE_PODS:.1f} per "
+          f"pod over {IDLE_PODS})")  # fmt: skip
     return tmpl_pss
