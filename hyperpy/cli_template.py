@@ -1,18 +1,24 @@
-"""``hyperpy template ls|rm``: the VM templates of this host (``vm/template.py``), in click.
+"""``hyperpy template ls|rm|build``: the VM templates of this host (``vm/template.py``).
 
-Templates are made by the first pod of each VM shape; these commands list them and remove
-them (stopping their keeper processes). A template in use by running pods can be removed:
-their VMs keep their own mappings; the next pod of that shape builds a new one.
+Templates are made by the first pod of each VM shape; these commands list them, remove
+them (stopping their keeper processes; running pods keep their own mappings, and the next
+pod of that shape builds a new one) and build the default shape's ahead of any pod, by
+running a throwaway busybox container (a pod with the default spec: no resource limits,
+its own network namespace).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 
 import click
 
-from hyperpy.errors import UsageError
+from hyperpy.errors import UsageError, VMError
 
 
 def _store():  # noqa: ANN202
@@ -57,3 +63,24 @@ def rm(all_: bool, keys: tuple[str, ...]) -> None:
     store.sweep_locks()
     if missing:
         raise UsageError(f"template rm: no template {', '.join(missing)} in {store.dir}")
+
+
+@template.command(name="build")
+def build() -> None:
+    """Build the template of the default VM shape now (pre-warm a node)."""
+    from hyperpy.bundle import make_bundle
+
+    before = {t.get("key") for t in _store().list()}
+    with tempfile.TemporaryDirectory(prefix="hyperpy-template-") as work:
+        bundle = os.path.join(work, "bundle")
+        os.makedirs(bundle)
+        make_bundle(bundle, ["true"])
+        argv = [sys.executable, "-m", "hyperpy.cli", "--root", os.path.join(work, "root"),
+                "run", "--bundle", bundle, f"template-build-{os.getpid()}"]  # fmt: skip
+        res = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=600)
+        if res.returncode != 0:
+            raise VMError(f"template build: the throwaway pod failed: "
+                             f"{res.stderr.decode(errors='replace').strip()}")  # fmt: skip
+    for t in _store().list():
+        if t.get("alive"):
+            click.echo(f"{t['key']} {'built' if t['key'] not in before else 'exists'}")

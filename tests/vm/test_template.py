@@ -208,3 +208,15 @@ def test_cold_boot_when_templates_are_off(root, bundle, templates, tmp_path):
     assert "-incoming" not in qemu_argv(root, "cold1")
     hyperpy(root, "delete", "--force", "cold1", check=True)
     assert listed(env) == []
+
+
+def test_template_build_prewarms_the_default_shape(root, bundle, templates):
+    res = subprocess.run([HYPERPY, "template", "build"], env=templates, capture_output=True,
+                         timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr.decode()
+    (key, word) = res.stdout.decode().split()
+    assert word == "built" and [t["key"] for t in listed(templates)] == [key]
+    create(root, bundle(["sh", "-c", "sleep 1000"]), "pre1", templates)
+    assert "-incoming" in qemu_argv(root, "pre1")  # the first pod found it built
+    assert "built in" not in monitor_log(root, "pre1")
+    hyperpy(root, "delete", "--force", "pre1", check=True)
