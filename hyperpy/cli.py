@@ -331,7 +331,7 @@ def ps(ctx: click.Context, fmt: str, container_id: str, ps_args: tuple[str, ...]
     for the container's processes on the host.  The table lists the processes inside the
     guest (their guest pids); ps options are not applied.
     """
-    host, guest = _runtime(ctx).ps(container_id)
+    host, guest = _runtime(ctx).ps(container_id, guest=fmt != "json")
     if fmt == "json":
         click.echo(json.dumps(host))
     else:

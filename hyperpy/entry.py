@@ -132,7 +132,7 @@ def _dispatch(hot, verb: str, root: str, cid: str, call: dict) -> str | None:  #
     elif verb == "delete":
         hot.delete_verb(root, cid, call.get("force", False))
     elif verb == "ps":
-        return json.dumps(hot.ps(root, cid)[0])
+        return json.dumps(hot.ps(root, cid, guest=False)[0])
     elif verb == "events":
         return json.dumps({"type": "stats", "id": cid, "data": hot.stats(root, cid)["stats"]})
     return None

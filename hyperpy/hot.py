@@ -96,18 +96,19 @@ def kill(root: str, cid: str, sig: int, all_: bool = False) -> None:
             _log().debug("kill --all of stopped %s: %s", cid, exc)
 
 
-def ps(root: str, cid: str) -> tuple[list[int], list[dict]]:
+def ps(root: str, cid: str, guest: bool = True) -> tuple[list[int], list[dict]]:
     """(host pids, guest processes) of a container.
 
     The host pids are the process proxies, one per container process hyperpy started
     (init and each exec): callers of ``ps --format json`` (containerd's Pids, docker
     top) look them up on the host, where the guest's own pids mean nothing.  The guest
-    processes (pid, ppid, uid, state, cmd in the guest) are what the table shows.
+    processes (pid, ppid, uid, state, cmd in the guest) are what the table shows; without
+    ``guest`` (``--format json``, which prints only the host pids) the guest is not asked.
     """
     raw, d = _check(root, cid, "ps")
     if _status(d, raw) == Status.STOPPED:
         return [], []
-    guest = MonitorClient(d).request(P.OP_PS, cid=cid).get("processes", [])
+    procs = MonitorClient(d).request(P.OP_PS, cid=cid).get("processes", []) if guest else []
     marker = f"hyperpy.proxy\0{d}\0".encode()
     host = []
     for pid in cgroup(raw["host_cgroup"]).pids() if raw.get("host_cgroup") else [raw.get("pid", 0)]:
@@ -117,7 +118,7 @@ def ps(root: str, cid: str) -> tuple[list[int], list[dict]]:
                     host.append(pid)
         except OSError:
             continue
-    return host, guest
+    return host, procs
 
 
 def stats(root: str, cid: str) -> dict:

@@ -416,9 +416,9 @@ class Runtime:
             return 0
         return _wait_pid(pid)
 
-    def ps(self, cid: str) -> tuple[builtins.list[int], builtins.list[dict]]:
+    def ps(self, cid: str, guest: bool = True) -> tuple[builtins.list[int], builtins.list[dict]]:
         """(host pids, guest processes): :func:`hyperpy.hot.ps`."""
-        return hot.ps(self.store.root, cid)
+        return hot.ps(self.store.root, cid, guest)
 
     def pause(self, cid: str, resume: bool = False) -> None:
         op = "resume" if resume else "pause"
