@@ -8,7 +8,8 @@ listing and removing templates.
   vCPUs, memory, kernel command line, every device, fds and the pod's name left out), the
   identity (device, inode, size, mtime) of the QEMU binary, kernel and initrd, and the agent
   protocol version. A change to any of them makes a new template.
-- **Build** (the first pod of a shape): boot a VM whose RAM is a memfd QEMU maps shared, to
+- **Build** (the first pod of a shape; after a failed build, pods of that shape boot cold
+  for ten minutes, ``KEY.failed``): boot a VM whose RAM is a memfd QEMU maps shared, to
   the agent's ``ready`` event (before ``hello``: the guest has mounted nothing from the host,
   so 9p does not block migration, and no pod's data is in it), ``stop`` it, save its device
   state with the ``x-ignore-shared`` capability (RAM stays in the memfd) into a second
@@ -59,6 +60,7 @@ MIGRATION_TIMEOUT = 30.0
 QMP_TIMEOUT = 10.0
 FETCH_TIMEOUT = 2.0
 KEEPER_TIMEOUT = 10.0
+FAILED_FOR = 600.0  # a shape whose template failed to build boots cold this long
 BOOTSTRAP = (
     "import sys; sys.path.append(sys.argv.pop(1)); "
     "from hyperpy.vm.keeper import main; main(sys.argv[1:])"
@@ -190,11 +192,32 @@ class Store:
             os.rmdir(directory)
         return True
 
+    def mark_failed(self, k: str, error: str) -> None:
+        """Remember that building ``k`` failed: pods of that shape boot cold for a while."""
+        with contextlib.suppress(OSError), open(self._failed(k), "w") as f:
+            json.dump({"time": time.time(), "error": error[:500]}, f)
+
+    def failed_recently(self, k: str) -> str:
+        try:
+            with open(self._failed(k)) as f:
+                failed = json.load(f)
+            if time.time() - float(failed["time"]) < FAILED_FOR:
+                return str(failed.get("error", "?"))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return ""
+
+    def _failed(self, k: str) -> str:
+        return os.path.join(os.path.dirname(self.path(k)), f"{k}.failed")
+
     def sweep_locks(self) -> None:
-        """Remove the build locks no pod holds (a lock in use stays: unlinking it would let
-        a second pod build the same template beside the first)."""
+        """Remove the failed-build marks, and the build locks no pod holds (a lock in use
+        stays: unlinking it would let a second pod build the same template beside the
+        first)."""
         with contextlib.suppress(FileNotFoundError):
             for name in os.listdir(self.dir):
+                if name.endswith(".failed") and _KEY.fullmatch(name[:-7]):
+                    os.unlink(os.path.join(self.dir, name))
                 k = name[:-5]
                 if name.endswith(".lock") and _KEY.fullmatch(k) and not os.path.isdir(self.path(k)):
                     lock = self.try_lock(k)
@@ -208,7 +231,15 @@ class Store:
         held = self.fetch(k)
         if held is not None:
             return held
-        lock = self.try_lock(k)
+        why = self.failed_recently(k)
+        if why:  # a shape whose build fails (QEMU, kernel) would cost every pod two boots
+            log.info("template %s failed to build lately (%s): booting cold", k, why)
+            return None
+        try:
+            lock = self.try_lock(k)
+        except OSError as exc:
+            log.warning("no template (%s): booting cold", exc)
+            return None
         if lock is None:
             log.info("template %s is being built by another pod: booting cold", k)
             return None
@@ -231,6 +262,7 @@ class Store:
         except (VMError, OSError) as exc:
             log.warning("template %s could not be built (%s): booting cold", k, exc)
             self.remove(k)
+            self.mark_failed(k, str(exc).splitlines()[0])
             return None
         finally:
             os.close(lock)

@@ -58,3 +58,16 @@ def test_reseed_credits_host_entropy_then_reseeds(monkeypatch):
     info = struct.pack("ii", 512, 64) + b"\x01" * 64  # rand_pool_info: bits, bytes, data
     assert calls == [("open", "/dev/random"), (99, 0x40085203, info), (99, 0x5207, 0),
                      ("close", 99)]  # fmt: skip
+
+
+def test_a_failed_build_is_remembered_until_rm(tmp_path, monkeypatch):
+    store = template.Store(str(tmp_path / "t"))
+    k = "0123456789abcdef0123456789abcdef"
+    os.makedirs(store.dir)
+    assert store.failed_recently(k) == ""
+    store.mark_failed(k, "QEMU said no")
+    assert store.failed_recently(k) == "QEMU said no"
+    monkeypatch.setattr(template, "FAILED_FOR", 0.0)  # the mark has aged
+    assert store.failed_recently(k) == ""
+    store.sweep_locks()  # template rm
+    assert not os.listdir(store.dir)
