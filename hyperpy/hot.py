@@ -178,7 +178,7 @@ def destroy(d: str, raw: dict) -> None:
                     "removing %s from sandbox %s failed: %s", raw["id"], raw["sandbox"], exc
                 )
         if pid and record.pid_alive(pid):
-            wait_gone(pid, 3)
+            record.wait_gone(pid, 3)
             kill_hard(pid, d)
         _remove_cgroup(raw)
         return
@@ -189,12 +189,12 @@ def destroy(d: str, raw: dict) -> None:
             if not os.path.exists(os.path.join(d, record.EXIT)):
                 _log().warning("monitor shutdown request failed: %s", exc)
             # else it is stopping by itself: every process of its VM has exited
-        wait_gone(monitor_pid, 8)
+        record.wait_gone(monitor_pid, 8)
     # A stopped monitor or QEMU is killed at once: SIGKILL reaches stopped processes.
     for p in (monitor_pid, raw.get("qemu_pid", 0)):
         kill_hard(p, d)
     if pid and record.pid_alive(pid) and not os.path.exists(os.path.join(d, record.EXIT)):
-        wait_gone(pid, 5)
+        record.wait_gone(pid, 5)
     if os.path.exists(os.path.join(d, record.SHARE)):  # the monitor released it otherwise
         _log()
         from hyperpy import share
@@ -233,30 +233,6 @@ def cgroup(rel: str) -> HostCgroup:
     return HostCgroup(rel)
 
 
-def wait_gone(pid: int, timeout: float) -> None:
-    """Until ``pid`` is gone or ``timeout``: on its pidfd, without polling, where it can."""
-    if not record.pid_alive(pid):
-        return
-    try:
-        fd = os.pidfd_open(pid)
-    except OSError:
-        fd = -1
-    if fd >= 0:
-        import select
-
-        try:
-            poller = select.poll()
-            poller.register(fd, select.POLLIN)
-            poller.poll(timeout * 1000)
-        finally:
-            os.close(fd)
-        if not record.pid_alive(pid):
-            return
-    deadline = time.monotonic() + timeout
-    while record.pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-
 def kill_hard(pid: int, state_dir: str) -> None:
     """SIGKILL ``pid`` if it is still ours: its command line names ``state_dir`` (the
     monitor's and the proxies' arguments, QEMU's -name), so a reused pid is never hit."""
@@ -265,7 +241,7 @@ def kill_hard(pid: int, state_dir: str) -> None:
             os.kill(pid, 9)
         except ProcessLookupError:
             return
-        wait_gone(pid, 5)
+        record.wait_gone(pid, 5)
 
 
 def parse_signal(value: str) -> int:

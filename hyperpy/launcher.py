@@ -30,10 +30,31 @@ def render(python: str, packages: str) -> str:
     return TEMPLATE.format(python=python, packages=packages)
 
 
-def write(target: str, python: str = sys.executable) -> None:
+def packages_dir() -> str:
+    """The directory holding the ``hyperpy`` and ``agent`` packages."""
     import hyperpy
 
-    packages = os.path.dirname(os.path.dirname(os.path.abspath(hyperpy.__file__)))
+    return os.path.dirname(os.path.dirname(os.path.abspath(hyperpy.__file__)))
+
+
+def bootstrap(module: str) -> str:
+    """``python -S -c`` code running ``module.main(argv)``: the packages' directory comes as
+    argv[1] and is appended to sys.path, after the standard library (nothing there can
+    shadow it)."""
+    return (
+        "import sys; sys.path.append(sys.argv.pop(1)); "
+        f"from {module} import main; main(sys.argv[1:])"
+    )
+
+
+def lean_argv(module: str, *args: str) -> list[str]:
+    """The command that runs ``module.main(args)`` under ``python -S`` (no site: the
+    processes hyperpy starts on a pod's path, the jailer and a template's keeper)."""
+    return [sys.executable, "-S", "-c", bootstrap(module), packages_dir(), *args]
+
+
+def write(target: str, python: str = sys.executable) -> None:
+    packages = packages_dir()
     tmp = f"{target}.tmp.{os.getpid()}"
     with open(tmp, "w") as f:
         f.write(render(python, packages))

@@ -38,6 +38,7 @@ from typing import Any
 
 from agent import protocol as P
 from hyperpy import network, share
+from hyperpy.config import VMConfig
 from hyperpy.config import load as load_config
 from hyperpy.errors import AgentError, HyperpyError, SpecError, VMError
 from hyperpy.sandbox.store import write_json_atomic
@@ -258,7 +259,9 @@ class Monitor:
             "template": self.template,
         }
 
-    async def _from_template(self, cfg: Any, accel: str, shape: dict, launch: Any) -> dict | None:
+    async def _from_template(
+        self, cfg: VMConfig, accel: str, shape: dict, launch: template.Launcher
+    ) -> dict | None:
         """The agent's hello from a VM restored from this shape's template (built first if
         this is the shape's first pod), or None: boot cold (the reason is logged)."""
         memory_mb = shape["memory_mb"] or cfg.memory_mb
@@ -393,7 +396,9 @@ class Monitor:
             )
         if att.writer is not None and not att.writer.is_closing():
             att.finish(att.writer)
-        if self.inits and all(self._attachment(p).exit is not None for p in self.procs):
+        if self.inits and all(
+            p in self.attachments and self.attachments[p].exit is not None for p in self.procs
+        ):
             # Every process of every container in this VM has exited, and a stopped container
             # can only be deleted: the VM goes now (its memory is the host's again at once,
             # and delete has no VM to wait for). The proxies get their exits first.

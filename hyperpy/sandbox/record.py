@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 from hyperpy.errors import ContainerNotFound, HyperpyError, UsageError
 
@@ -180,3 +181,27 @@ def pid_alive(pid: int) -> bool:
         return True
     state = proc_state(pid)
     return state not in ("", "Z")  # a zombie counts as dead
+
+
+def wait_gone(pid: int, timeout: float) -> None:
+    """Until ``pid`` is gone or ``timeout``: on its pidfd, without polling, where it can."""
+    if not pid_alive(pid):
+        return
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        fd = -1
+    if fd >= 0:
+        import select
+
+        try:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            poller.poll(timeout * 1000)
+        finally:
+            os.close(fd)
+        if not pid_alive(pid):
+            return
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)

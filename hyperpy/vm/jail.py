@@ -34,9 +34,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from dataclasses import asdict, dataclass, field
 
+from hyperpy import launcher
 from hyperpy.errors import VMError
 
 KERNEL = "/boot/vmlinux"
@@ -44,10 +44,7 @@ INITRD = "/boot/initrd.img"
 SHARE = "/share"
 IMAGE = "/image"
 KEEP_CAPS = ("CAP_DAC_OVERRIDE",)
-BOOTSTRAP = (
-    "import sys; sys.path.append(sys.argv.pop(1)); "
-    "from hyperpy.vm.jailer import main; main(sys.argv[1:])"
-)
+BOOTSTRAP = launcher.bootstrap("hyperpy.vm.jailer")
 BASE_DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom")
 
 
@@ -73,16 +70,12 @@ class Jail:
     caps: tuple[str, ...] = KEEP_CAPS
 
     def wrap(self, argv: list[str]) -> list[str]:
-        """The command that enters the jail and execs ``argv`` (QEMU's) inside it: ``-S``
-        skips site-packages (startup time), so where hyperpy lives is appended to the
-        module path, after the standard library (nothing there can shadow it)."""
-        import hyperpy
-
+        """The command that enters the jail and execs ``argv`` (QEMU's) inside it, under
+        ``python -S`` (startup time: :func:`hyperpy.launcher.lean_argv`)."""
         doc = asdict(self)
         doc["binds"] = [asdict(b) for b in self.binds]
-        top = os.path.dirname(os.path.dirname(os.path.abspath(hyperpy.__file__)))
-        return [sys.executable, "-S", "-c", BOOTSTRAP, top, json.dumps(doc), "--",
-                self.binary, *argv[1:]]  # fmt: skip
+        return launcher.lean_argv("hyperpy.vm.jailer", json.dumps(doc), "--", self.binary,
+                                  *argv[1:])  # fmt: skip
 
 
 def plan(

@@ -9,10 +9,10 @@ it. A memfd lives as long as a process holds it: the keeper is that process (aft
 template factory, which keeps its template on a tmpfs mount). It runs until SIGTERM
 (``hyperpy template rm``) or the host reboots; :func:`settle` says what it does first.
 
-Started by ``vm/template.py`` as ``python -S -c BOOTSTRAP TOP DIR MEM_FD STATE_FD READY_FD
-META_JSON`` with the fds inherited; it reports ``ok`` on READY_FD once the socket is
-listening. Standard library only; the socket path is made by a rename, so a client either
-finds a complete keeper or none.
+Started by ``vm/template.py`` under ``python -S`` (``launcher.lean_argv``) with ``DIR MEM_FD
+STATE_FD READY_FD META_JSON``, the fds inherited; it reports ``ok`` on READY_FD once the
+socket is listening (or ``error: ...``). The socket path is made by a rename, so a client
+either finds a complete keeper or none.
 """
 
 from __future__ import annotations

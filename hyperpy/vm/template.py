@@ -48,7 +48,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import NamedTuple
 
 from agent import protocol as P
+from hyperpy import launcher
 from hyperpy.errors import UsageError, VMError
+from hyperpy.sandbox import record
 from hyperpy.vm import keeper
 from hyperpy.vm.devices import Incoming, Memory
 from hyperpy.vm.qemu import QemuVM
@@ -61,10 +63,6 @@ QMP_TIMEOUT = 10.0
 FETCH_TIMEOUT = 2.0
 KEEPER_TIMEOUT = 10.0
 FAILED_FOR = 600.0  # a shape whose template failed to build boots cold this long
-BOOTSTRAP = (
-    "import sys; sys.path.append(sys.argv.pop(1)); "
-    "from hyperpy.vm.keeper import main; main(sys.argv[1:])"
-)
 _FD = re.compile(r"(fd[=:/])\d+")
 _KEY = re.compile(r"[0-9a-f]{32}")
 IGNORE_SHARED = {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}
@@ -269,13 +267,10 @@ class Store:
         return held
 
     def start_keeper(self, k: str, mem: int, state: int, meta: dict) -> None:
-        import hyperpy
-
         os.makedirs(self.path(k), mode=0o700, exist_ok=True)
-        top = os.path.dirname(os.path.dirname(os.path.abspath(hyperpy.__file__)))
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
-        argv = [sys.executable, "-S", "-c", BOOTSTRAP, top, self.path(k), str(mem), str(state),
-                str(ready_w), json.dumps(meta)]  # fmt: skip
+        argv = launcher.lean_argv("hyperpy.vm.keeper", self.path(k), str(mem), str(state),
+                                  str(ready_w), json.dumps(meta))  # fmt: skip
         try:
             null, env = subprocess.DEVNULL, {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
             proc = subprocess.Popen(argv, pass_fds=(mem, state, ready_w), cwd="/", stdin=null,
@@ -436,28 +431,18 @@ def _sealed(fd: int) -> bool:
 
 def _is_keeper(pid: object, directory: str) -> bool:
     """Whether ``pid`` is still the keeper of ``directory`` (pids are reused)."""
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            args = f.read().split(b"\0")
-    except OSError:
-        return False
-    return b"hyperpy.vm.keeper" in b" ".join(args) and directory.encode() in args
+    return (
+        isinstance(pid, int)
+        and record.pid_alive(pid)
+        and record.cmdline_names(pid, "hyperpy.vm.keeper")
+        and record.cmdline_names(pid, f"\0{directory}\0")
+    )
 
 
 def _stop(pid: int, timeout: float) -> None:
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:
-        return
-    try:
-        import select
-
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError):
-                signal.pidfd_send_signal(pidfd, sig)
-            if select.select([pidfd], [], [], timeout)[0]:
-                return
-    finally:
-        os.close(pidfd)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        record.wait_gone(pid, timeout)
+        if not record.pid_alive(pid):
+            return
