@@ -24,6 +24,9 @@ def artifacts_dir() -> str:
 
 @dataclass(frozen=True)
 class VMConfig:
+    # who starts QEMU: "qemu" (hyperpy itself, jailed: vm/qemu.py) or "libvirt" (a
+    # transient libvirt domain, QEMU as libvirt's unprivileged user: vm/libvirt.py)
+    driver: str = "qemu"
     qemu: str = "qemu-system-x86_64"
     kernel: str = field(default_factory=lambda: os.path.join(artifacts_dir(), "vmlinux"))
     initrd: str = field(default_factory=lambda: os.path.join(artifacts_dir(), "initrd.img"))
@@ -76,11 +79,21 @@ class TemplateConfig:
 
 
 @dataclass(frozen=True)
+class LibvirtConfig:
+    """The libvirt driver (hyperpy/vm/libvirt.py), used when [vm] driver = "libvirt"."""
+
+    uri: str = "qemu:///system"
+    # libvirt has no microvm: q35 (PCIe; NICs on reserved root ports) or pc (i440fx)
+    machine: str = "q35"
+
+
+@dataclass(frozen=True)
 class Config:
     vm: VMConfig = field(default_factory=VMConfig)
     jail: JailConfig = field(default_factory=JailConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     template: TemplateConfig = field(default_factory=TemplateConfig)
+    libvirt: LibvirtConfig = field(default_factory=LibvirtConfig)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -108,6 +121,7 @@ def from_dict(raw: dict[str, Any], path: str = "<config>") -> Config:
         "jail": JailConfig,
         "network": NetworkConfig,
         "template": TemplateConfig,
+        "libvirt": LibvirtConfig,
     }
     values: dict[str, Any] = {}
     for name, value in raw.items():
@@ -133,7 +147,8 @@ def _section(cls: type, raw: dict[str, Any], where: str) -> Any:
                 f"{where}: {key} must be {expected.__name__}, got {type(value).__name__}"
             )
     choices = {
-        "machine": ("microvm", "q35"),
+        "driver": ("qemu", "libvirt"),
+        "machine": ("microvm", "q35") if cls is VMConfig else ("q35", "pc"),
         "accel": ("auto", "kvm", "tcg"),
         "channel": ("auto", "serial", "vsock"),
     }

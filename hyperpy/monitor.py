@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -38,13 +37,11 @@ from typing import Any
 
 from agent import protocol as P
 from hyperpy import network, share
-from hyperpy.config import VMConfig
 from hyperpy.config import load as load_config
 from hyperpy.errors import AgentError, HyperpyError, SpecError, VMError
 from hyperpy.sandbox.store import write_json_atomic
-from hyperpy.vm import jail as J
-from hyperpy.vm import qemu, template
-from hyperpy.vm.devices import Incoming, Memory, VMSpec
+from hyperpy.vm import hypervisor, qemu, template
+from hyperpy.vm.devices import Incoming, Memory
 
 log = logging.getLogger("hyperpy.monitor")
 
@@ -175,12 +172,12 @@ class Monitor:
     def __init__(self, state_dir: str) -> None:
         self.dir = state_dir
         config = load_config()
+        self.config = config
         self.cfg = config.vm
         self.jail_cfg = config.jail
         self.template_cfg = config.template
         self.template: str | None = None  # the key of the template this VM came from
-        self.chans: qemu.Channels | None = None
-        self.vm: qemu.QemuVM | None = None
+        self.vm: hypervisor.VM | None = None
         self.agent: AgentLink | None = None
         self.attachments: dict[int, Attachment] = {}
         self.procs: dict[int, str] = {}  # proc -> cid
@@ -206,44 +203,25 @@ class Monitor:
         vsock_cid = None
         if cfg.channel == "vsock" or (cfg.channel == "auto" and qemu.vsock_usable()):
             vsock_cid = 3 + (os.getpid() % 0x7FFFFFF0)
-        jail = None
-        if self.jail_cfg.enabled:
-            devices: tuple[str, ...] = ("/dev/kvm",) if accel == "kvm" else ()
-            if vsock_cid is not None:
-                devices += ("/dev/vhost-vsock",)
-            jail = J.plan(
-                root=os.path.join(self.dir, "jail"),
-                uid=self.jail_cfg.uid_base + os.getpid(),
-                parent=os.getpid(),
-                qemu=cfg.qemu,
-                kernel=cfg.kernel,
-                initrd=cfg.initrd,
-                share=exports[share.SHARED],
-                image=exports[share.IMAGE],
-                devices=devices,
-            )
+        driver = hypervisor.Driver(self.config, self.dir, accel, vsock_cid, exports)
         if request.get("network") is not None:
             self.taps = network.make_taps(int(request["network"].get("interfaces", 1)))
         shape: dict[str, Any] = dict(share=exports[share.SHARED], image=exports[share.IMAGE],
-                     vsock_cid=vsock_cid, memory_mb=request.get("memory_mb") or None,
+                     memory_mb=request.get("memory_mb") or None,
                      vcpus=request.get("vcpus") or None,
                      nics=tuple((t.fd, t.mac) for t in self.taps))  # fmt: skip
 
         async def launch(memory: Memory | None = None, incoming: Incoming | None = None):
-            self.chans = qemu.Channels(self.dir, serial=vsock_cid is None)
-            spec = qemu.build_spec(
-                cfg, accel, self.chans, jailed=jail is not None, name=self.dir, **shape
-            )
-            spec = dataclasses.replace(spec, memory=memory, incoming=incoming)
-            self.vm = qemu.QemuVM(spec, self.dir, self.chans, jail)
+            self.vm = driver.make(shape, memory, incoming)
             await self.vm.launch()
             return self.vm
 
         self.timings["launch"] = time.monotonic()
         hello = None
         try:
-            if self.template_cfg.enabled and vsock_cid is None:
-                hello = await self._from_template(cfg, accel, shape, launch)
+            templates = driver.caps.templates and driver.vsock_cid is None
+            if self.template_cfg.enabled and templates:
+                hello = await self._from_template(driver, shape, launch)
             if hello is None:
                 await launch()
                 hello = await self._agent_ready(cfg.boot_timeout)
@@ -254,18 +232,19 @@ class Monitor:
         return {
             "accel": accel,
             "hello": hello,
-            "qemu_pid": self.vm.proc.pid if self.vm.proc else 0,
-            "jail": {"uid": jail.uid, "root": jail.root} if jail else None,
+            "qemu_pid": self.vm.pid,
+            **driver.report(),
             "template": self.template,
         }
 
     async def _from_template(
-        self, cfg: VMConfig, accel: str, shape: dict, launch: template.Launcher
+        self, driver: hypervisor.Driver, shape: dict, launch: template.Launcher
     ) -> dict | None:
         """The agent's hello from a VM restored from this shape's template (built first if
         this is the shape's first pod), or None: boot cold (the reason is logged)."""
+        cfg = self.cfg
         memory_mb = shape["memory_mb"] or cfg.memory_mb
-        keyspec = qemu.build_spec(cfg, accel, qemu.Placeholder(), jailed=True, **shape)
+        keyspec = qemu.build_spec(cfg, driver.accel, qemu.Placeholder(), jailed=True, **shape)
         try:
             binary = shutil.which(keyspec.binary) or keyspec.binary
             k = template.key(keyspec.argv(), (binary, cfg.kernel, cfg.initrd))
@@ -286,8 +265,8 @@ class Monitor:
             if self.agent is not None:  # the transport first: its socket is closed next
                 self.agent.writer.close()
                 self.agent = None
-            if self.chans is not None:
-                self.chans.close()
+            if self.vm is not None:
+                self.vm.close()
             store.remove(k, keeper_pid=held.meta.get("pid"))
             return None
         finally:
@@ -300,7 +279,7 @@ class Monitor:
         """Connect the agent channel and say hello, failing fast if the guest dies."""
         assert self.vm is not None
         ready = asyncio.get_running_loop().create_future()
-        connect = asyncio.ensure_future(self._connect_agent(self.vm.spec, ready))
+        connect = asyncio.ensure_future(self._connect_agent(self.vm, ready))
         try:
             await self.vm.watch_boot(ready, timeout)
         finally:
@@ -308,23 +287,11 @@ class Monitor:
                 connect.cancel()
         return ready.result()
 
-    async def _connect_agent(self, spec: VMSpec, ready: asyncio.Future) -> None:
+    async def _connect_agent(self, vm: hypervisor.VM, ready: asyncio.Future) -> None:
         try:
-            channel = spec.channel
             while True:
                 try:
-                    if isinstance(channel, qemu.VsockChannel):
-                        import socket
-
-                        sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
-                        sock.setblocking(False)
-                        await asyncio.get_running_loop().sock_connect(
-                            sock, (channel.guest_cid, channel.port)
-                        )
-                        reader, writer = await asyncio.open_connection(sock=sock)
-                    else:
-                        assert self.chans is not None and self.chans.agent is not None
-                        reader, writer = await asyncio.open_connection(sock=self.chans.agent)
+                    reader, writer = await vm.open_agent()
                     break
                 except OSError:
                     await asyncio.sleep(0.02)
@@ -586,7 +553,7 @@ class Monitor:
         if op == "info":
             return {
                 "pid": os.getpid(),
-                "qemu_pid": self.vm.proc.pid if self.vm and self.vm.proc else 0,
+                "qemu_pid": self.vm.pid if self.vm else 0,
                 "timings": self.timings,
                 "guest": self.guest,
             }
@@ -601,6 +568,8 @@ class Monitor:
             raise P.ProtocolError("create: field 'bundle' is missing")
         cid = msg["cid"]
         plan = share.plan(msg["spec"], msg["bundle"], cid)
+        assert self.vm is not None
+        self.vm.check_binds(plan.binds)
         share.apply(plan, self.dir)
         try:
             reply = await self.agent.request(
@@ -685,7 +654,7 @@ class Monitor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, self.stop.set)
-        vm_wait = asyncio.ensure_future(self.vm.wait())
+        vm_wait = asyncio.ensure_future(self.vm.ended())
         stop_wait = asyncio.ensure_future(self.stop.wait())
         await asyncio.wait(
             {vm_wait, stop_wait, asyncio.ensure_future(asyncio.shield(self.agent.closed))},
@@ -696,9 +665,7 @@ class Monitor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(vm_wait), 1.0)
         if vm_wait.done():
-            rc = vm_wait.result()
-            how = f"killed by signal {-rc}" if rc < 0 else f"exit status {rc}"
-            self._vm_gone(f"the VM exited (QEMU {how})")
+            self._vm_gone(f"the VM exited ({vm_wait.result()})")
         elif self.agent.closed.done() and not stop_wait.done():
             self._vm_gone("the guest agent closed its channel (the VM is still running)")
         else:
@@ -724,8 +691,8 @@ class Monitor:
                 if self.vm is not None:
                     await self.vm.shutdown()
             finally:
-                if self.chans is not None:
-                    self.chans.close()
+                if self.vm is not None:
+                    self.vm.close()
                 with contextlib.suppress(Exception):
                     network.unwire(self.wired or [])
                 share.release(self.dir)

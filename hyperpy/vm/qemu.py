@@ -22,7 +22,7 @@ import signal
 import socket
 import subprocess
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agent.protocol import IMAGE_TAG
 from hyperpy.config import VMConfig
@@ -320,37 +320,64 @@ class QemuVM:
         )
 
     async def watch_boot(self, ready: asyncio.Future, timeout: float) -> None:
-        """Wait for ``ready`` while failing fast on a panic or on QEMU exiting."""
-        deadline = time.monotonic() + timeout
-        pos = 0
-        while not ready.done():
-            if self.proc is not None and self.proc.returncode is not None:
-                raise self.failure(f"QEMU exited with {self.proc.returncode} during boot")
-            pos, panicked = _scan_for_panic(self.spec.console.log_path, pos)
-            if panicked:
-                raise self.failure("the guest kernel panicked during boot", KernelPanic)
-            if time.monotonic() > deadline:
-                raise self.failure(
-                    f"the guest agent did not answer within {timeout:.0f}s", BootTimeout
-                )
-            await asyncio.wait({ready}, timeout=0.05)
-        if ready.exception() is not None and self.proc is not None:
-            # The channel failing during boot usually means QEMU went away (a panic reboots
-            # it, and -no-reboot ends it): say why from the console rather than the socket.
+        await watch_boot(self, ready, timeout)
+
+    @property
+    def console_path(self) -> str:
+        return self.spec.console.log_path
+
+    def exited(self) -> str | None:
+        """Why QEMU is gone, or None while it runs."""
+        if self.proc is None or self.proc.returncode is None:
+            return None
+        rc = self.proc.returncode
+        return f"QEMU killed by signal {-rc}" if rc < 0 else f"QEMU exit status {rc}"
+
+    async def wait_exit(self, timeout: float) -> None:
+        if self.proc is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.proc.wait(), 2.0)
-            if _scan_for_panic(self.spec.console.log_path, 0)[1]:
-                raise self.failure("the guest kernel panicked during boot", KernelPanic)
-            if self.proc.returncode is not None:
-                raise self.failure(f"QEMU exited with {self.proc.returncode} during boot")
+                await asyncio.wait_for(self.proc.wait(), timeout)
 
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
 
+    @property
+    def pid(self) -> int:
+        return self.proc.pid if self.proc is not None else 0
+
     async def wait(self) -> int:
         assert self.proc is not None
         return await self.proc.wait()
+
+    async def ended(self) -> str:
+        """Why the VM ended, once it has."""
+        await self.wait()
+        return self.exited() or "QEMU exited"
+
+    async def open_agent(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection to the agent channel (OSError while vsock does not answer yet)."""
+        channel = self.spec.channel
+        if isinstance(channel, VsockChannel):
+            sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                await asyncio.get_running_loop().sock_connect(
+                    sock, (channel.guest_cid, channel.port)
+                )
+            except OSError:
+                sock.close()
+                raise
+            return await asyncio.open_connection(sock=sock)
+        assert self.chans.agent is not None
+        return await asyncio.open_connection(sock=self.chans.agent)
+
+    def close(self) -> None:
+        """Close the monitor's ends of the channels (after :meth:`shutdown`)."""
+        self.chans.close()
+
+    def check_binds(self, binds: list) -> None:
+        """Nothing to refuse: the jailed QEMU reads and writes with CAP_DAC_OVERRIDE."""
 
     async def shutdown(self, grace: float = 3.0) -> None:
         """QMP quit, then SIGTERM, then SIGKILL; always disconnects QMP."""
@@ -372,6 +399,33 @@ class QemuVM:
                     proc.send_signal(sig)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(proc.wait(), grace)
+
+
+async def watch_boot(vm: Any, ready: asyncio.Future, timeout: float) -> None:
+    """Wait for ``ready`` while failing fast on a panic on ``vm``'s console or on the VM
+    ending (either driver: ``vm`` has ``exited()``, ``wait_exit()``, ``console_path`` and
+    ``failure()``)."""
+    deadline = time.monotonic() + timeout
+    pos = 0
+    while not ready.done():
+        gone = vm.exited()
+        if gone is not None:
+            raise vm.failure(f"the VM ended during boot ({gone})")
+        pos, panicked = _scan_for_panic(vm.console_path, pos)
+        if panicked:
+            raise vm.failure("the guest kernel panicked during boot", KernelPanic)
+        if time.monotonic() > deadline:
+            raise vm.failure(f"the guest agent did not answer within {timeout:.0f}s", BootTimeout)
+        await asyncio.wait({ready}, timeout=0.05)
+    if ready.exception() is not None:
+        # The channel failing during boot usually means the VM went away (a panic reboots
+        # it, and -no-reboot ends it): say why from the console rather than the socket.
+        await vm.wait_exit(2.0)
+        if _scan_for_panic(vm.console_path, 0)[1]:
+            raise vm.failure("the guest kernel panicked during boot", KernelPanic)
+        gone = vm.exited()
+        if gone is not None:
+            raise vm.failure(f"the VM ended during boot ({gone})")
 
 
 def _die_with_parent() -> None:

@@ -1,0 +1,397 @@
+"""The libvirt driver: a pod's VM as a transient libvirt domain (``[vm] driver = "libvirt"``).
+
+Owns the connection to libvirtd (``[libvirt] uri``; libvirt-python's blocking calls run in
+threads, its events in a thread of their own), the domain ``hyperpy-<id>-<root hash>``
+(the id is unique only under one ``--root``: containerd keeps a root per namespace), and
+what libvirt needs on the host: the pod's view (``vm/view.py``). The domain XML comes from
+the same device plan as the direct driver's argv (``vm/domain.py``).
+
+Lifetime: the domain is created with ``AUTODESTROY``: libvirtd destroys it when this
+monitor's connection closes, so a monitor that dies leaves nothing running; nothing is ever
+defined. A domain that stops (QEMU killed, crashed, the guest powered off) reaches the
+monitor as a lifecycle event, which ends the pod as a dead QEMU does (status 255).
+
+NICs: the pod's taps are made in its network namespace on the host, which libvirtd is not
+in, so the domain starts paused, each tap goes to QEMU over libvirt's QEMU monitor
+passthrough (``getfd`` with the descriptor attached: libvirt marks the domain as tainted
+by it), is added as a netdev and a virtio-net device on a root port the XML reserved,
+and the domain resumes: the guest boots with its NICs, as under the direct driver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import hashlib
+import json
+import logging
+import os
+import pwd
+import shutil
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from agent.protocol import IMAGE_TAG, SHARE_TAG
+from hyperpy import share
+from hyperpy.errors import SpecError, VMError
+from hyperpy.vm import domain, view
+from hyperpy.vm.devices import Nic, Share9p
+from hyperpy.vm.qemu import console_tail, watch_boot
+
+if TYPE_CHECKING:
+    from hyperpy.config import LibvirtConfig
+    from hyperpy.vm.devices import VMSpec
+
+log = logging.getLogger(__name__)
+
+CALL_TIMEOUT = 30.0  # any one libvirt call (createXML boots nothing yet: ~0.4 s here)
+STOPPED_REASONS = {0: "shut down", 1: "destroyed", 2: "crashed", 3: "migrated", 4: "saved",
+                   5: "failed (its QEMU died)", 6: "restored from a snapshot"}  # fmt: skip
+
+_events_lock = threading.Lock()
+_events_started = False
+
+
+def domain_name(state_dir: str) -> str:
+    state_dir = os.path.abspath(state_dir)
+    root = hashlib.sha256(os.path.dirname(state_dir).encode()).hexdigest()[:8]
+    return f"hyperpy-{os.path.basename(state_dir)}-{root}"
+
+
+def is_local(uri: str) -> bool:
+    return urlsplit(uri).hostname is None
+
+
+def _start_events() -> None:
+    """libvirt's default event loop, in a daemon thread: once per process, before the
+    first connection (lifecycle events and keepalives need it)."""
+    global _events_started
+    import libvirt
+
+    with _events_lock:
+        if _events_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+        _events_started = True
+
+
+async def _call(what: str, fn: Any, *args: Any, timeout: float = CALL_TIMEOUT) -> Any:
+    """``fn(*args)`` in a thread, within ``timeout``; libvirt's error becomes a VMError."""
+    import libvirt
+
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(fn, *args), timeout)
+    except TimeoutError:
+        raise VMError(f"libvirt did not answer {what} within {timeout:.0f}s") from None
+    except libvirt.libvirtError as exc:
+        raise VMError(f"libvirt: {what} failed: {exc}") from None
+
+
+async def connect(uri: str) -> Any:
+    """A connection to ``uri``, with keepalives; the error names the URI and the fix."""
+    import libvirt
+
+    _start_events()
+    try:
+        conn = await _call(f"connecting to {uri}", libvirt.open, uri, timeout=10.0)
+    except VMError as exc:
+        raise VMError(
+            f"{exc}; is libvirtd running and [libvirt] uri right? "
+            '(with [vm] driver = "libvirt" hyperpy needs a libvirtd; '
+            "`hyperpy check` tells what it reaches)"
+        ) from None
+    with contextlib.suppress(libvirt.libvirtError):
+        conn.setKeepAlive(5, 3)
+    return conn
+
+
+def qemu_label(caps_xml: str, domain_type: str) -> tuple[int, int]:
+    """The uid and gid libvirt's DAC driver runs a domain's QEMU as (its capabilities'
+    ``baselabel``); (0, 0) without the DAC driver."""
+    import xml.etree.ElementTree as ET
+
+    for model in ET.fromstring(caps_xml).iter("secmodel"):
+        if model.findtext("model") != "dac":
+            continue
+        for base in model.findall("baselabel"):
+            if base.get("type") == domain_type and base.text:
+                user, _, group = base.text.partition(":")
+                return int(user.lstrip("+")), int(group.lstrip("+"))
+    return 0, 0
+
+
+class LibvirtVM:
+    """A running pod VM as a libvirt domain; the same surface as ``qemu.QemuVM``."""
+
+    def __init__(self, spec: VMSpec, workdir: str, cfg: LibvirtConfig, kernel: str,
+                 initrd: str) -> None:  # fmt: skip
+        self.spec = spec
+        self.workdir = workdir
+        self.cfg = cfg
+        self.kernel, self.initrd = kernel, initrd
+        self.name = domain_name(workdir)
+        self.view = view.View(self.name)
+        self.conn: Any = None
+        self.dom: Any = None
+        self.callback: int | None = None
+        self.uid = self.gid = 0
+        self.stopped: asyncio.Future[str] | None = None
+        self.console_path = os.path.join(workdir, "console.log")
+
+    async def __aenter__(self) -> LibvirtVM:
+        await self.launch()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()
+
+    # --- start ----------------------------------------------------------------------
+    async def launch(self) -> None:
+        import libvirt
+
+        loop = asyncio.get_running_loop()
+        self.stopped = loop.create_future()
+        self.conn = await connect(self.cfg.uri)
+        kvm = self.spec.machine.accel == "kvm"
+        caps = await _call("getCapabilities", self.conn.getCapabilities)
+        self.uid, self.gid = qemu_label(caps, "kvm" if kvm else "qemu")
+        entries = {"shared" if d.tag == SHARE_TAG else "image": d.path
+                   for d in self.spec.devices if isinstance(d, Share9p)}  # fmt: skip
+        self.view.make(self.kernel, self.initrd, entries, self.gid)
+        nics = [d for d in self.spec.devices if isinstance(d, Nic)]
+        paths = domain.Paths(
+            kernel=self.view.path("vmlinux"),
+            initrd=self.view.path("initrd.img"),
+            agent_socket=self.view.path(view.AGENT_SOCKET),
+            console_log=self.console_path,
+            exports={SHARE_TAG: self.view.path("shared"), IMAGE_TAG: self.view.path("image")},
+        )
+        xml = domain.render(
+            self.spec, name=self.name, machine=self.cfg.machine, paths=paths,
+            state_dir=self.workdir, emulator=shutil.which(self.spec.binary) or self.spec.binary,
+            nics=len(nics) if self.cfg.machine == "q35" else 0,
+        )  # fmt: skip
+        log.info("creating libvirt domain %s on %s:\n%s", self.name, self.cfg.uri, xml)
+        flags = libvirt.VIR_DOMAIN_START_AUTODESTROY
+        if nics:
+            flags |= libvirt.VIR_DOMAIN_START_PAUSED
+        try:
+            self.dom = await _call(f"creating domain {self.name}", self.conn.createXML, xml, flags)
+        except VMError as exc:
+            await self.shutdown()
+            raise self.failure(str(exc)) from None
+
+        def on_lifecycle(_conn: Any, _dom: Any, event: int, detail: int, _opaque: Any) -> None:
+            if event == libvirt.VIR_DOMAIN_EVENT_STOPPED:
+                how = STOPPED_REASONS.get(detail, f"stopped ({detail})")
+                loop.call_soon_threadsafe(self._set_stopped, f"libvirt domain {self.name} {how}")
+
+        self.callback = self.conn.domainEventRegisterAny(
+            self.dom, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, on_lifecycle, None
+        )
+        self.conn.registerCloseCallback(
+            lambda _c, reason, _o: loop.call_soon_threadsafe(
+                self._set_stopped, f"the connection to libvirt closed (reason {reason})"
+            ),
+            None,
+        )
+        if not await _call("isActive", self.dom.isActive):  # stopped before the callback
+            self._set_stopped(f"libvirt domain {self.name} stopped during start-up")
+        try:
+            for i, nic in enumerate(nics):
+                await self._hand_nic(i, nic)
+            if nics:
+                await _call("resuming the domain", self.dom.resume)
+        except VMError as exc:
+            await self.shutdown()
+            raise self.failure(str(exc)) from None
+
+    async def _hand_nic(self, i: int, nic: Nic) -> None:
+        import libvirt_qemu
+
+        bus = domain.nic_port(i) if self.cfg.machine == "q35" else "pci.0"
+        cmds = [
+            ("getfd", {"fdname": f"hptap{i}"}, [nic.fd]),
+            (
+                "netdev_add",
+                {"type": "tap", "id": f"hpnet{i}", "fd": f"hptap{i}", "vhost": False},
+                [],
+            ),  # fmt: skip
+            (
+                "device_add",
+                {
+                    "driver": "virtio-net-pci",
+                    "id": f"hpnic{i}",
+                    "netdev": f"hpnet{i}",
+                    "mac": nic.mac,
+                    "bus": bus,
+                },
+                [],
+            ),  # fmt: skip
+        ]
+        for cmd, args, files in cmds:
+            text = json.dumps({"execute": cmd, "arguments": args})
+            out, _ = await _call(f"QMP {cmd} for NIC {i}", libvirt_qemu.qemuMonitorCommandWithFiles,
+                                 self.dom, text, files)  # fmt: skip
+            if "error" in json.loads(out):
+                raise VMError(f"QMP {cmd} for NIC {i} failed: {out}")
+
+    def _set_stopped(self, why: str) -> None:
+        if self.stopped is not None and not self.stopped.done():
+            self.stopped.set_result(why)
+
+    # --- the surface the monitor uses -------------------------------------------------
+    async def open_agent(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_unix_connection(self.view.path(view.AGENT_SOCKET))
+
+    async def watch_boot(self, ready: asyncio.Future, timeout: float) -> None:
+        await watch_boot(self, ready, timeout)
+
+    def exited(self) -> str | None:
+        """Why the VM is gone, or None while it runs."""
+        return self.stopped.result() if self.stopped is not None and self.stopped.done() else None
+
+    async def wait_exit(self, timeout: float) -> None:
+        if self.stopped is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.stopped), timeout)
+
+    @property
+    def running(self) -> bool:
+        return self.dom is not None and self.exited() is None
+
+    @property
+    def pid(self) -> int:
+        """QEMU's host pid (libvirt's pid file), or 0 when the domain is not on this host."""
+        if not is_local(self.cfg.uri):
+            return 0
+        try:
+            with open(f"/run/libvirt/qemu/{self.name}.pid") as f:
+                return int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    async def ended(self) -> str:
+        assert self.stopped is not None
+        return await asyncio.shield(self.stopped)
+
+    def failure(self, what: str, cls: type[VMError] = VMError) -> VMError:
+        qemu_log = f"/var/log/libvirt/qemu/{self.name}.log"
+        tail = "(not on this host)"
+        if is_local(self.cfg.uri):
+            tail = console_tail(qemu_log, 10)
+        return cls(
+            f"{what}.\nlibvirt domain {self.name} on {self.cfg.uri}; "
+            f"libvirt's QEMU log ({qemu_log}), last lines:\n{tail}\n"
+            f"console log ({self.console_path}), last lines:\n{console_tail(self.console_path)}"
+        )
+
+    async def shutdown(self, grace: float = 10.0) -> None:
+        """Destroy the domain (libvirt: SIGTERM, then SIGKILL), close the connection,
+        remove the view: each step even if one fails."""
+        import libvirt
+
+        try:
+            dom, self.dom = self.dom, None
+            if dom is not None:
+                with contextlib.suppress(VMError):
+                    if await _call("isActive", dom.isActive, timeout=grace):
+                        await _call(f"destroying {self.name}", dom.destroy, timeout=grace)
+            conn, self.conn = self.conn, None
+            if conn is not None:
+                with contextlib.suppress(libvirt.libvirtError):
+                    if self.callback is not None:
+                        conn.domainEventDeregisterAny(self.callback)
+                    conn.unregisterCloseCallback()
+                with contextlib.suppress(VMError):
+                    await _call("closing the connection", conn.close, timeout=grace)
+            self._set_stopped(f"libvirt domain {self.name} destroyed")
+        finally:
+            self.view.remove()
+
+    def close(self) -> None:
+        """Nothing of the monitor's to close: the channel is a socket by path."""
+
+    def check_binds(self, binds: list[share.Bind]) -> None:
+        """Refuse what QEMU, as libvirt's unprivileged user, could not serve: a read-write
+        source it may not write, or a source it may not read (``SpecError`` naming the
+        mount, before the container is made)."""
+        check_access(binds, self.uid, self.gid)
+
+
+def check_access(binds: list[share.Bind], uid: int, gid: int) -> None:
+    if uid == 0:
+        return
+    groups = {gid, *(g.gr_gid for g in grp.getgrall() if _user(uid) in g.gr_mem)}
+    for b in binds:
+        try:
+            st = os.stat(b.source)
+        except OSError:
+            continue  # share.apply says why
+        need = (4 | (0 if b.readonly else 2)) | (1 if b.is_dir else 0)
+        if _may(st, uid, groups, need) or _has_acl(b.source):
+            continue
+        where = b.target.split("/")
+        pointer = f"/mounts/{where[2]}/source" if where[1:2] == ["mounts"] else "/root/path"
+        what = "read and write" if need & 2 else "read"
+        raise SpecError(
+            f"{b.source} is not something libvirt's QEMU user (uid {uid}, gid {gid}) may "
+            f'{what}: with [vm] driver = "libvirt" QEMU runs unprivileged and the 9p share '
+            f"acts as it. Give that user access (e.g. setfacl -m u:{uid}:rwX), mount it "
+            'read-only if it only needs reading, or use [vm] driver = "qemu"',
+            pointer=pointer,
+        )
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return ""
+
+
+def _may(st: os.stat_result, uid: int, groups: set[int], need: int) -> bool:
+    if st.st_uid == uid:
+        bits = (st.st_mode >> 6) & 7
+    elif st.st_gid in groups:
+        bits = (st.st_mode >> 3) & 7
+    else:
+        bits = st.st_mode & 7
+    return bits & need == need
+
+
+def _has_acl(path: str) -> bool:
+    try:
+        return bool(os.getxattr(path, "system.posix_acl_access"))
+    except OSError:
+        return False
+
+
+def leftover_domains(uri: str, prefix: str = "hyperpy-") -> list[str]:
+    """Names of the domains on ``uri`` whose name starts with ``prefix`` (tests, check)."""
+    import libvirt
+
+    conn = libvirt.open(uri)
+    try:
+        return sorted(d.name() for d in conn.listAllDomains() if d.name().startswith(prefix))
+    finally:
+        conn.close()
+
+
+def wait_gone(uri: str, name: str, timeout: float = 10.0) -> bool:
+    """True once no domain ``name`` exists on ``uri`` (within ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if name not in leftover_domains(uri, name):
+            return True
+        time.sleep(0.1)
+    return False
