@@ -109,12 +109,46 @@ def host_tools(cfg: VMConfig) -> Result:
     return Result(OK, "host tools", "mount, umount; running as root")
 
 
+def driver(cfg: VMConfig) -> Result:
+    """Who starts QEMU; for libvirt, the connection tried and the user QEMU will run as."""
+    if cfg.driver != "libvirt":
+        return Result(OK, "hypervisor driver", "qemu: hyperpy starts QEMU itself, jailed")
+    from hyperpy.config import load
+
+    uri = load().libvirt.uri
+    try:
+        import libvirt
+
+        from hyperpy.vm.libvirt import qemu_label
+
+        conn = libvirt.open(uri)
+    except ImportError:
+        return Result(FAIL, "hypervisor driver", "libvirt: libvirt-python is not installed",
+                      "make deps")  # fmt: skip
+    except libvirt.libvirtError as exc:
+        return Result(FAIL, "hypervisor driver", f"libvirt: cannot connect to {uri}: {exc}",
+                      "start libvirtd, or set [libvirt] uri")  # fmt: skip
+    try:
+        version = conn.getLibVersion()
+        uid, gid = qemu_label(conn.getCapabilities(), "qemu")
+    finally:
+        conn.close()
+    v = f"{version // 1000000}.{version // 1000 % 1000}.{version % 1000}"
+    user = f"uid {uid}, gid {gid}" if uid else "root (libvirt's DAC driver is off)"
+    return Result(OK if uid else WARN, "hypervisor driver",
+                  f"libvirt {v} at {uri}: QEMU runs as {user}; no VM templates",
+                  "" if uid else "turn on libvirt's DAC driver (qemu.conf)")  # fmt: skip
+
+
 def confinement(cfg: VMConfig) -> Result:
     """QEMU's jail as configured, tried where cheap: the fd mount API, QEMU's seccomp."""
     from agent import linux
     from hyperpy.config import load
     from hyperpy.vm import devices, jail
 
+    if cfg.driver == "libvirt":
+        return Result(OK, "confinement", "libvirt's: its DAC label, namespaces, cgroups and "
+                      "seccomp sandbox (hyperpy's jail is the qemu driver's)")  # fmt: skip
     jcfg = load().jail
     if not jcfg.enabled:
         return Result(WARN, "confinement", "QEMU runs as root, unconfined ([jail] enabled = "
@@ -154,7 +188,8 @@ def python_deps(cfg: VMConfig) -> Result:
 
 
 CHECKS: list[Callable[[VMConfig], Result]] = [
-    qemu, artifacts, accelerator, channel, cgroups, host_tools, confinement, python_deps,
+    driver, qemu, artifacts, accelerator, channel, cgroups, host_tools, confinement,
+    python_deps,
 ]  # fmt: skip
 
 

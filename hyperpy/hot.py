@@ -200,6 +200,9 @@ def destroy(d: str, raw: dict) -> None:
         from hyperpy import share
 
         share.release(d)
+    from hyperpy.vm import view
+
+    view.remove_for(d)  # the libvirt driver's, if its monitor was killed
     _remove_cgroup(raw)
 
 

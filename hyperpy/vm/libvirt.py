@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import grp
-import hashlib
 import json
 import logging
 import os
@@ -53,12 +52,6 @@ STOPPED_REASONS = {0: "shut down", 1: "destroyed", 2: "crashed", 3: "migrated", 
 
 _events_lock = threading.Lock()
 _events_started = False
-
-
-def domain_name(state_dir: str) -> str:
-    state_dir = os.path.abspath(state_dir)
-    root = hashlib.sha256(os.path.dirname(state_dir).encode()).hexdigest()[:8]
-    return f"hyperpy-{os.path.basename(state_dir)}-{root}"
 
 
 def is_local(uri: str) -> bool:
@@ -138,7 +131,7 @@ class LibvirtVM:
         self.workdir = workdir
         self.cfg = cfg
         self.kernel, self.initrd = kernel, initrd
-        self.name = domain_name(workdir)
+        self.name = view.domain_name(workdir)
         self.view = view.View(self.name)
         self.conn: Any = None
         self.dom: Any = None

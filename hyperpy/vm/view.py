@@ -22,10 +22,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import logging
 import os
 
-from agent import linux
 from hyperpy.errors import VMError
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,25 @@ FILES = ("vmlinux", "initrd.img")
 AGENT_SOCKET = "agent.sock"
 
 
+def domain_name(state_dir: str) -> str:
+    """The libvirt domain (and view) of the pod in ``state_dir``: ``hyperpy-<id>-<hash of
+    the root>``, since an id is unique only under one ``--root``."""
+    state_dir = os.path.abspath(state_dir)
+    root = hashlib.sha256(os.path.dirname(state_dir).encode()).hexdigest()[:8]
+    return f"hyperpy-{os.path.basename(state_dir)}-{root}"
+
+
+def remove_for(state_dir: str) -> None:
+    """Remove the view of the pod in ``state_dir`` if one is left (its monitor was killed)."""
+    v = View(domain_name(state_dir))
+    if os.path.isdir(v.dir):
+        v.remove()
+
+
 def ensure_root(root: str = VIEW_ROOT) -> None:
     """Make ``root`` (0711) a mount point with a shared peer group of its own, once."""
+    from agent import linux
+
     os.makedirs(root, 0o711, exist_ok=True)
     lock = os.open(os.path.dirname(root), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -58,6 +75,8 @@ def _is_mount_point(path: str) -> bool:
 def _bind_readonly(source: str, target: str) -> None:
     """A read-only bind of ``source`` on ``target``, read-only from the moment it is attached
     (a remount would not reach the copies propagated to a libvirtd in another namespace)."""
+    from agent import linux
+
     tree = linux.open_tree(AT_FDCWD, source, linux.OPEN_TREE_CLONE | linux.OPEN_TREE_CLOEXEC)
     try:
         attrs = linux.MOUNT_ATTR_RDONLY | linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV
@@ -82,6 +101,8 @@ class View:
 
     def make(self, kernel: str, initrd: str, exports: dict[str, str], gid: int) -> None:
         """The view of a pod: ``exports`` maps an entry name to a 9p export directory."""
+        from agent import linux
+
         ensure_root(self.root)
         try:
             os.mkdir(self.dir, 0o700)
@@ -105,6 +126,8 @@ class View:
 
     def remove(self) -> None:
         """Unmount and remove every entry, then the directory; what is gone is skipped."""
+        from agent import linux
+
         try:
             entries = os.listdir(self.dir)
         except FileNotFoundError:

@@ -16,10 +16,11 @@ import time
 import pytest
 
 from agent import protocol as P
-from tests.conftest import hyperpy, needs_artifacts
+from tests.conftest import hyperpy, needs_artifacts, qemu_may_write
 from tests.vm.test_lifecycle import create, status_of, subreaper, wait_exit  # noqa: F401
 
-pytestmark = [pytest.mark.vm, needs_artifacts]
+# on both hypervisor drivers (tests/vm/conftest.py)
+pytestmark = [pytest.mark.vm, needs_artifacts, pytest.mark.usefixtures("driver")]
 
 
 def running(root, bundle, cid, args=("sleep", "1000")):
@@ -101,6 +102,7 @@ def test_a_stopped_sandbox_is_diagnosed_and_delete_force_ends_it(root, bundle, w
 def test_a_bind_mount_root_keeps_the_source_name(root, bundle, tmp_path):
     src = tmp_path / "mydata"
     src.mkdir()
+    qemu_may_write(str(src))
     b = bundle(["sh", "-c", "awk '$5 == \"/data\" || $5 == \"/ro\" {print $5, $4}' "
                 "/proc/self/mountinfo"])  # fmt: skip
     with open(f"{b}/config.json") as f:

@@ -9,9 +9,10 @@ import os
 import pytest
 
 from hyperpy.oci.spec import default_spec
-from tests.conftest import hyperpy, needs_artifacts
+from tests.conftest import hyperpy, needs_artifacts, qemu_may_write
 
-pytestmark = [pytest.mark.vm, needs_artifacts]
+# on both hypervisor drivers (tests/vm/conftest.py)
+pytestmark = [pytest.mark.vm, needs_artifacts, pytest.mark.usefixtures("driver")]
 
 
 def run_spec(root, bundle, cid, script, edit, input=None, flags=()):
@@ -249,6 +250,7 @@ def test_bind_mounts_from_the_host(root, bundle, tmp_path):
     (vol / "hello.txt").write_text("from the host\n")
     out = tmp_path / "out"
     out.mkdir()
+    qemu_may_write(str(out))
 
     def edit(spec):
         spec["mounts"] += [

@@ -102,6 +102,7 @@ HTTPD = (
 )
 
 
+@pytest.mark.usefixtures("driver")  # libvirt: taps handed to the paused domain
 def test_a_namespace_path_brings_its_network_into_the_guest(root, bundle, net):
     n = net()
     b = netns_bundle(bundle, ["sh", "-c", HTTPD], n.path)

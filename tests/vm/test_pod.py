@@ -7,10 +7,11 @@ import os
 
 import pytest
 
-from tests.conftest import hyperpy, needs_artifacts, processes_under
+from tests.conftest import hyperpy, needs_artifacts, vms_under
 from tests.vm.test_lifecycle import create, subreaper  # noqa: F401 - fixture
 
-pytestmark = [pytest.mark.vm, needs_artifacts]
+# on both hypervisor drivers (tests/vm/conftest.py)
+pytestmark = [pytest.mark.vm, needs_artifacts, pytest.mark.usefixtures("driver")]
 
 
 def with_spec(bundle, args, annotations=None, join=None):
@@ -43,8 +44,8 @@ def test_containers_of_a_pod_share_one_vm_and_only_the_namespaces_they_join(root
     )
     hyperpy(root, "start", "app1", check=True)
     hyperpy(root, "start", "app2", check=True)
-    qemus = [p for p in processes_under(root) if "qemu-system" in p.split()[1]]
-    assert len(qemus) == 1, qemus  # one QEMU for all
+    vms = vms_under(root)
+    assert len(vms) == 1, vms  # one VM for all
     assert not os.path.exists(f"{root}/app1/console.log")
 
     def run(cid, *cmd):

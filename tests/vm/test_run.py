@@ -11,7 +11,8 @@ import pytest
 
 from tests.conftest import HYPERPY, hyperpy, needs_artifacts
 
-pytestmark = [pytest.mark.vm, needs_artifacts]
+# on both hypervisor drivers (tests/vm/conftest.py)
+pytestmark = [pytest.mark.vm, needs_artifacts, pytest.mark.usefixtures("driver")]
 
 
 def test_echo_runs_in_our_kernel(root, bundle):
@@ -82,10 +83,9 @@ def test_sigterm_to_run_reaches_the_container(root, bundle):
     assert p.returncode == 3
 
 
-def test_kernel_panic_fails_fast_with_console_tail(root, bundle, tmp_path):
-    cfg = tmp_path / "config.toml"
-    cfg.write_text('[vm]\nkernel_params = "rdinit=/does-not-exist"\nverbose_console = true\n')
-    env = dict(os.environ, HYPERPY_CONFIG=str(cfg))
+def test_kernel_panic_fails_fast_with_console_tail(root, bundle, vm_config):
+    cfg = vm_config(kernel_params="rdinit=/does-not-exist", verbose_console=True)
+    env = dict(os.environ, HYPERPY_CONFIG=cfg)
     start = time.monotonic()
     res = hyperpy(root, "run", "--bundle", bundle(["true"]), "panic1", env=env)
     assert res.returncode == 7
@@ -94,10 +94,9 @@ def test_kernel_panic_fails_fast_with_console_tail(root, bundle, tmp_path):
     assert time.monotonic() - start < 50  # failed on the panic, not the 60 s boot timeout
 
 
-def test_boot_timeout_names_console_tail(root, bundle, tmp_path):
-    cfg = tmp_path / "config.toml"
-    cfg.write_text("[vm]\nboot_timeout = 0.3\nverbose_console = true\n")
-    env = dict(os.environ, HYPERPY_CONFIG=str(cfg))
+def test_boot_timeout_names_console_tail(root, bundle, vm_config):
+    cfg = vm_config(boot_timeout=0.3, verbose_console=True)
+    env = dict(os.environ, HYPERPY_CONFIG=cfg)
     res = hyperpy(root, "run", "--bundle", bundle(["true"]), "timeout1", env=env)
     assert res.returncode == 7
     err = res.stderr.decode()
