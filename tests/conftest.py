@@ -60,6 +60,16 @@ def libvirt_leftovers(root: str) -> list[str]:
     return domains("-" + suffix) + [f"{VIEW_ROOT}/{v}" for v in views if v.endswith(suffix)]
 
 
+def settled(probe, timeout: float = 20) -> list:
+    """``probe()`` once it returns nothing, or what it still returns after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    left = probe()
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = probe()
+    return left
+
+
 def vms_under(root: str) -> list[str]:
     """The VMs of the pods under ``root``: QEMUs the direct driver started, libvirt
     domains."""

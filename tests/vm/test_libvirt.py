@@ -10,12 +10,18 @@ import os
 import signal
 import stat
 import subprocess
-import time
 
 import pytest
 
 from hyperpy.vm.view import VIEW_ROOT, domain_name
-from tests.conftest import ARTIFACTS, HYPERPY, hyperpy, libvirt_leftovers, needs_artifacts
+from tests.conftest import (
+    ARTIFACTS,
+    HYPERPY,
+    hyperpy,
+    libvirt_leftovers,
+    needs_artifacts,
+    settled,
+)
 from tests.libvirtd import URI
 from tests.vm.test_lifecycle import create, subreaper, wait_exit  # noqa: F401 - fixture
 
@@ -43,15 +49,6 @@ def status(path: str) -> dict[str, str]:
 def mounts_below(path: str) -> list[str]:
     with open("/proc/self/mountinfo") as f:
         return [line.split()[4] for line in f if line.split()[4].startswith(path)]
-
-
-def settled(probe, timeout: float = 15):
-    deadline = time.monotonic() + timeout
-    left = probe()
-    while left and time.monotonic() < deadline:
-        time.sleep(0.2)
-        left = probe()
-    return left
 
 
 @pytest.mark.usefixtures("on_libvirt")

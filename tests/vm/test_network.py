@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.conftest import http_get_in, hyperpy, needs_artifacts
+from tests.conftest import http_get_in, hyperpy, needs_artifacts, settled
 from tests.vm.test_lifecycle import create, subreaper  # noqa: F401 - fixture
 
 pytestmark = [pytest.mark.vm, needs_artifacts, pytest.mark.usefixtures("subreaper")]
@@ -128,16 +128,7 @@ def test_a_namespace_path_brings_its_network_into_the_guest(root, bundle, net):
     assert n.leftovers(), "no tap or redirect in the pod's namespace while it runs"
     hyperpy(root, "kill", "web", "KILL", check=True)
     hyperpy(root, "delete", "--force", "web", check=True)
-    assert _settled(n.leftovers) == []
-
-
-def _settled(probe, timeout: float = 20) -> list:
-    deadline = time.monotonic() + timeout
-    left = probe()
-    while left and time.monotonic() < deadline:
-        time.sleep(0.2)
-        left = probe()
-    return left
+    assert settled(n.leftovers) == []
 
 
 def test_pod_members_share_the_network_and_localhost(root, bundle, net):
@@ -159,7 +150,7 @@ def test_pod_members_share_the_network_and_localhost(root, bundle, net):
     assert res.stdout == b"served-by-the-guest\n", res.stderr
     for cid in ("side", "pod"):
         hyperpy(root, "delete", "--force", cid, check=True)
-    assert _settled(n.leftovers) == []
+    assert settled(n.leftovers) == []
 
 
 def test_a_new_namespace_without_hooks_has_only_loopback(root, bundle):
@@ -198,7 +189,7 @@ def test_more_interfaces_than_nics_fail_naming_the_interface(root, bundle, net):
     err = res.stderr.decode()
     assert "extra" in err and "[network] interfaces" in err and "Traceback" not in err, err
     assert os.listdir(root) == []
-    assert _settled(n.leftovers) == []
+    assert settled(n.leftovers) == []
 
 
 def test_an_interface_that_cannot_be_redirected_is_named(root, bundle, net):
@@ -209,7 +200,7 @@ def test_an_interface_that_cannot_be_redirected_is_named(root, bundle, net):
     err = res.stderr.decode()
     assert "l3tun" in err and "not an Ethernet device" in err, err
     assert os.listdir(root) == []
-    assert _settled(n.leftovers) == []
+    assert settled(n.leftovers) == []
 
 
 def test_killing_the_vm_releases_its_tap_and_redirects(root, bundle, net):
@@ -219,5 +210,5 @@ def test_killing_the_vm_releases_its_tap_and_redirects(root, bundle, net):
     assert n.leftovers()
     st = json.loads(open(os.path.join(root, "victim", "state.json")).read())
     os.kill(st["qemu_pid"], signal.SIGKILL)
-    assert _settled(n.leftovers) == []
+    assert settled(n.leftovers) == []
     hyperpy(root, "delete", "--force", "victim", check=True)
