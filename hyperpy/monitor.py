@@ -569,7 +569,7 @@ class Monitor:
         cid = msg["cid"]
         plan = share.plan(msg["spec"], msg["bundle"], cid)
         assert self.vm is not None
-        self.vm.check_binds(plan.binds)
+        plan.binds = self.vm.check_binds(plan.binds)
         share.apply(plan, self.dir)
         try:
             reply = await self.agent.request(

@@ -50,14 +50,14 @@ def libvirtd(tmp_path_factory):
 
 
 def libvirt_leftovers(root: str) -> list[str]:
-    """The libvirt domains and views of the pods under ``root`` (their names end with the
-    hash of the root: vm/libvirt.py's domain_name)."""
-    from hyperpy.vm.view import VIEW_ROOT, domain_name
+    """The libvirt domains and views of the pods under ``root`` (their names carry its
+    tag: vm/view.py)."""
+    from hyperpy.vm.view import VIEW_ROOT, root_tag
     from tests.libvirtd import domains
 
-    suffix = domain_name(os.path.join(root, "x")).rsplit("-", 1)[1]
+    tag = root_tag(root)
     views = os.listdir(VIEW_ROOT) if os.path.isdir(VIEW_ROOT) else []
-    return domains("-" + suffix) + [f"{VIEW_ROOT}/{v}" for v in views if v.endswith(suffix)]
+    return domains("-" + tag) + [f"{VIEW_ROOT}/{v}" for v in views if v.startswith(tag + "-")]
 
 
 def settled(probe, timeout: float = 20) -> list:

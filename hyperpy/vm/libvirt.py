@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import grp
 import json
 import logging
@@ -132,7 +133,7 @@ class LibvirtVM:
         self.cfg = cfg
         self.kernel, self.initrd = kernel, initrd
         self.name = view.domain_name(workdir)
-        self.view = view.View(self.name)
+        self.view = view.View(view.view_name(workdir))
         self.conn: Any = None
         self.dom: Any = None
         self.callback: int | None = None
@@ -314,28 +315,40 @@ class LibvirtVM:
     def close(self) -> None:
         """Nothing of the monitor's to close: the channel is a socket by path."""
 
-    def check_binds(self, binds: list[share.Bind]) -> None:
-        """Refuse what QEMU, as libvirt's unprivileged user, could not serve: a read-write
-        source it may not write, or a source it may not read (``SpecError`` naming the
-        mount, before the container is made)."""
-        check_access(binds, self.uid, self.gid)
+    def check_binds(self, binds: list[share.Bind]) -> list[share.Bind]:
+        """What QEMU, as libvirt's unprivileged user, can serve of ``binds`` (see
+        :func:`check_access`)."""
+        return check_access(binds, self.uid, self.gid)
 
 
-def check_access(binds: list[share.Bind], uid: int, gid: int) -> None:
+def check_access(binds: list[share.Bind], uid: int, gid: int) -> list[share.Bind]:
+    """``binds`` as QEMU running as ``uid``/``gid`` can serve them. A read-write file it may
+    read but not write (docker's resolv.conf, hosts, hostname) is served read-only, with a
+    warning: the container cannot edit it, and still sees the host's changes. Any other
+    source it may not read, or write when read-write, is refused (``SpecError`` naming the
+    mount, before the container is made). A source with an ACL is taken as granted."""
     if uid == 0:
-        return
+        return binds
     groups = {gid, *(g.gr_gid for g in grp.getgrall() if _user(uid) in g.gr_mem)}
+    out = []
     for b in binds:
         try:
             st = os.stat(b.source)
         except OSError:
-            continue  # share.apply says why
-        need = (4 | (0 if b.readonly else 2)) | (1 if b.is_dir else 0)
-        if _may(st, uid, groups, need) or _has_acl(b.source):
+            out.append(b)  # share.apply says why
+            continue
+        x = 1 if b.is_dir else 0
+        if _has_acl(b.source) or _may(st, uid, groups, 4 | x | (0 if b.readonly else 2)):
+            out.append(b)
+            continue
+        if not b.readonly and not b.is_dir and _may(st, uid, groups, 4):
+            log.warning("%s: served read-only: libvirt's QEMU user (uid %d) may not write it",
+                        b.source, uid)  # fmt: skip
+            out.append(dataclasses.replace(b, readonly=True))
             continue
         where = b.target.split("/")
         pointer = f"/mounts/{where[2]}/source" if where[1:2] == ["mounts"] else "/root/path"
-        what = "read and write" if need & 2 else "read"
+        what = "read" if b.readonly else "read and write"
         raise SpecError(
             f"{b.source} is not something libvirt's QEMU user (uid {uid}, gid {gid}) may "
             f'{what}: with [vm] driver = "libvirt" QEMU runs unprivileged and the 9p share '
@@ -343,6 +356,7 @@ def check_access(binds: list[share.Bind], uid: int, gid: int) -> None:
             'read-only if it only needs reading, or use [vm] driver = "qemu"',
             pointer=pointer,
         )
+    return out
 
 
 def _user(uid: int) -> str:

@@ -36,17 +36,32 @@ FILES = ("vmlinux", "initrd.img")
 AGENT_SOCKET = "agent.sock"
 
 
+def _hash(text: str, n: int) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def root_tag(root: str) -> str:
+    """What the names of a ``--root``'s domains and views carry (tests find theirs by it)."""
+    return _hash(os.path.abspath(root), 8)
+
+
 def domain_name(state_dir: str) -> str:
-    """The libvirt domain (and view) of the pod in ``state_dir``: ``hyperpy-<id>-<hash of
-    the root>``, since an id is unique only under one ``--root``."""
+    """The libvirt domain of the pod in ``state_dir``: ``hyperpy-<id>-<hash of the root>``,
+    since an id is unique only under one ``--root``."""
     state_dir = os.path.abspath(state_dir)
-    root = hashlib.sha256(os.path.dirname(state_dir).encode()).hexdigest()[:8]
-    return f"hyperpy-{os.path.basename(state_dir)}-{root}"
+    return f"hyperpy-{os.path.basename(state_dir)}-{root_tag(os.path.dirname(state_dir))}"
+
+
+def view_name(state_dir: str) -> str:
+    """The view's directory name: short (the agent socket's path must fit sun_path, and
+    ids are up to 64 characters long), the root's tag first."""
+    state_dir = os.path.abspath(state_dir)
+    return f"{root_tag(os.path.dirname(state_dir))}-{_hash(state_dir, 12)}"
 
 
 def remove_for(state_dir: str) -> None:
     """Remove the view of the pod in ``state_dir`` if one is left (its monitor was killed)."""
-    v = View(domain_name(state_dir))
+    v = View(view_name(state_dir))
     if os.path.isdir(v.dir):
         v.remove()
 

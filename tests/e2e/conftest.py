@@ -21,7 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import HAVE_ARTIFACTS, HYPERPY, kill_processes_under, processes_under
+from tests.conftest import (
+    HAVE_ARTIFACTS,
+    HYPERPY,
+    kill_processes_under,
+    libvirt_leftovers,
+    processes_under,
+    settled,
+)
 
 IMAGE = "docker.io/hyperpy/busybox:latest"
 DOCKER_IMAGE = "hyperpy/busybox:latest"
@@ -80,13 +87,15 @@ class Daemons:
     with nsenter --net: `ip netns exec` would remount /sys and hide the cgroup v1 mounts),
     dockerd with its default bridge, iptables and published ports, all inside it."""
 
-    def __init__(self, base: Path, netns: str = "", ns: str = NS) -> None:
+    def __init__(self, base: Path, netns: str = "", ns: str = NS, env: dict | None = None) -> None:
         self.base = base
         self.netns = netns
         self.ns = ns  # containerd namespace: the shim keeps hyperpy's root under it
+        self.env = env  # the daemons' (their shims and hyperpy inherit it)
         self.ctd_sock = str(base / "containerd.sock")
         self.docker_sock = str(base / "docker.sock")
         self.procs: list[subprocess.Popen] = []
+        self.driver = "qemu"
 
     def _in_ns(self, argv: list[str]) -> list[str]:
         return ["nsenter", f"--net=/run/netns/{self.netns}", *argv] if self.netns else argv
@@ -134,6 +143,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                env=self.env,
             )
         )
         _wait_for(self.ctd_sock, self.procs[-1], log)
@@ -173,6 +183,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                env=self.env,
             )
         )
         _wait_for(self.docker_sock, self.procs[-1], dlog)
@@ -204,23 +215,32 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         _umount_below(str(self.base))
 
 
-@pytest.fixture(scope="session")
-def daemons():
+@pytest.fixture(scope="session", params=("qemu", "libvirt"))
+def daemons(request):
+    """containerd and dockerd, once with hyperpy on each hypervisor driver ([vm] driver in
+    the daemons' HYPERPY_CONFIG, which their shims pass on to hyperpy)."""
     if not (HAVE_ARTIFACTS and shutil.which("containerd") and shutil.which("dockerd")):
         pytest.skip("needs the kernel and initrd, containerd and docker.io")
     from hyperpy.image import build
 
     base = Path(tempfile.mkdtemp(prefix="hyperpy-e2e-"))
-    d = Daemons(base)
+    env, ns = None, NS
+    if request.param == "libvirt":
+        request.getfixturevalue("libvirtd")
+        (base / "hyperpy.toml").write_text('[vm]\ndriver = "libvirt"\n')
+        env, ns = dict(os.environ, HYPERPY_CONFIG=str(base / "hyperpy.toml")), f"{NS}-lv"
+    d = Daemons(base, ns=ns, env=env)
+    d.driver = request.param
+    ctd_root = "/run/containerd/runc/" + ns
     try:
         build(str(base / "busybox.tar"))
         d.start(str(base / "busybox.tar"))
         yield d
     finally:
         d.stop()
-        kill_processes_under(CONTAINERD_ROOT, str(base))
+        kill_processes_under(ctd_root, str(base))
         try:
-            os.rmdir(CONTAINERD_ROOT)  # the shim's root for our namespace, empty by now
+            os.rmdir(ctd_root)  # the shim's root for our namespace, empty by now
         except OSError:
             pass
         shutil.rmtree(base, ignore_errors=True)
@@ -238,6 +258,8 @@ def no_leftovers(daemons):
             break
         time.sleep(0.2)
     assert not left, f"left behind: {left}"
+    left = [x for r in runtime_roots(daemons) for x in settled(lambda r=r: libvirt_leftovers(r))]
+    assert not left, f"libvirt domains or views left behind: {left}"
     left = state_left(runtime_roots(daemons))
     assert not left, f"state or mounts left behind: {left}"
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import IMAGE, NS, run_in_pty, state_left
+from tests.e2e.conftest import IMAGE, run_in_pty, runtime_roots, state_left
 
 pytestmark = pytest.mark.e2e
 
@@ -65,7 +65,7 @@ def test_exec_with_and_without_tty(daemons, no_leftovers):
     try:
         r = daemons.ctr("task", "exec", "--exec-id", "e1", "exec1", "sh", "-c", "echo in; exit 5")
         assert r.returncode == 5 and r.stdout == b"in\n", r.stderr.decode()
-        argv = ["ctr", "-a", daemons.ctd_sock, "-n", NS, "task", "exec", "-t",
+        argv = ["ctr", "-a", daemons.ctd_sock, "-n", daemons.ns, "task", "exec", "-t",
                 "--exec-id", "e2", "exec1", "sh", "-c", "tty"]  # fmt: skip
         rc, out = run_in_pty(argv)
         assert rc == 0 and b"/dev/pts/" in out, out
@@ -116,7 +116,9 @@ def test_ps_pause_resume_metrics(daemons, no_leftovers):
         assert ticks[-1] - ticks[0] > 1.8  # and it ran again after resume
         m = daemons.ctr("task", "metrics", "pp1").stdout.decode()
         usage = re.search(r"memory\.(?:usage_in_bytes|usage\.usage)\s+(\d+)", m)
-        assert usage and int(usage.group(1)) > 32 << 20, m  # the VM's memory, charged
+        # the VM's memory, charged to the pod; libvirt keeps its QEMU in its own cgroup
+        least = 32 << 20 if daemons.driver == "qemu" else 1
+        assert usage and int(usage.group(1)) > least, m
     finally:
         cleanup(daemons, "pp1")
 
@@ -125,7 +127,7 @@ def test_back_to_back_runs_leave_nothing(daemons, no_leftovers):
     for i in range(20):
         res = ctr_run(daemons, f"loop{i}", "true")
         assert res.returncode == 0, (i, res.stderr.decode())
-    assert not state_left()
+    assert not state_left(runtime_roots(daemons))
 
 
 def test_systemd_cgroup_form(daemons, no_leftovers):
@@ -140,7 +142,8 @@ def test_systemd_cgroup_form(daemons, no_leftovers):
          else f"{root}/memory/system.slice/e2e-sd1.scope")  # fmt: skip
     try:
         with open(f"{d}/cgroup.procs") as f:
-            assert len(f.read().split()) >= 3  # monitor, QEMU, proxy
+            # monitor, proxy and QEMU (libvirt keeps its QEMU in its own cgroup)
+            assert len(f.read().split()) >= (3 if daemons.driver == "qemu" else 2)
     finally:
         cleanup(daemons, "sd1")
     assert not os.path.exists(d)

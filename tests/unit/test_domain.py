@@ -135,6 +135,17 @@ def test_sources_qemu_could_not_serve_are_refused_by_mount(tmp_path):
     check_access([Bind(str(private), "c/rootfs", True)], 0, 0)  # QEMU as root: anything
 
 
+def test_a_file_qemu_may_only_read_is_served_read_only(tmp_path):
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n")
+    os.chmod(hosts, 0o644)  # root's, as docker's /etc/hosts
+    (b,) = check_access([Bind(str(hosts), "c/mounts/7/hosts", False)], 64055, 64055)
+    assert b.readonly and b.source == str(hosts)
+    os.chmod(hosts, 0o600)
+    with pytest.raises(SpecError, match="may read and write"):
+        check_access([Bind(str(hosts), "c/mounts/7/hosts", False)], 64055, 64055)
+
+
 def test_driver_and_libvirt_config_are_checked():
     assert from_dict({"vm": {"driver": "libvirt"}}).vm.driver == "libvirt"
     assert from_dict({"libvirt": {"uri": "qemu+ssh://h/system"}}).libvirt.machine == "q35"

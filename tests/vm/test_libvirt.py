@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from hyperpy.vm.view import VIEW_ROOT, domain_name
+from hyperpy.vm.view import VIEW_ROOT, domain_name, view_name
 from tests.conftest import (
     ARTIFACTS,
     HYPERPY,
@@ -74,7 +74,7 @@ def test_a_pod_is_a_transient_domain_whose_qemu_is_unprivileged(root, bundle):
         now = os.stat(os.path.join(ARTIFACTS, f))
         assert (now.st_uid, now.st_gid, now.st_mode) == (
             before.st_uid, before.st_gid, before.st_mode), f  # fmt: skip
-    view = os.path.join(VIEW_ROOT, name)
+    view = os.path.join(VIEW_ROOT, view_name(os.path.join(root, "lv1")))
     vst = os.stat(view)
     assert vst.st_uid == 0 and stat.S_IMODE(vst.st_mode) == 0o750  # QEMU reads, never writes
     assert stat.S_IMODE(os.stat(os.path.join(root, "lv1")).st_mode) == 0o700  # still root's
