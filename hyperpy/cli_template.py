@@ -69,6 +69,13 @@ def rm(all_: bool, keys: tuple[str, ...]) -> None:
 def build() -> None:
     """Build the template of the default VM shape now (pre-warm a node)."""
     from hyperpy.bundle import make_bundle
+    from hyperpy.config import load
+
+    if load().vm.driver != "qemu":
+        raise UsageError(
+            f'VM templates are the qemu driver\'s: with [vm] driver = "{load().vm.driver}" '
+            "every pod boots cold, so there is nothing to build"
+        )
 
     before = {t.get("key") for t in _store().list()}
     with tempfile.TemporaryDirectory(prefix="hyperpy-template-") as work:

@@ -17,7 +17,9 @@ jitters.  Medians of ``--runs`` (default 5) runs.
 
 Then the network (``bench_network.py``), memory per idle pod with and without templates
 (``bench_template.py``) and the hot verbs beside runc (``bench_verbs.py``); the output ends
-with four ``summary NAME X`` lines for scripts.
+with ``summary NAME X`` lines for scripts. The libvirt driver's cold start and QEMU memory
+are measured beside the direct driver's (``bench_libvirt.py``, a libvirtd of its own when
+none runs).
 
     python -m tests.bench [--runs N]
 """
@@ -34,7 +36,8 @@ import sys
 import tempfile
 import time
 
-from tests import bench_template
+from tests import bench_libvirt, bench_template
+from tests.libvirtd import Daemon
 
 HYPERPY = os.path.join(os.path.dirname(sys.executable), "hyperpy")
 
@@ -153,7 +156,9 @@ def main() -> int:
     from hyperpy.vm import qemu
 
     work = tempfile.mkdtemp(prefix="hyperpy-bench-")
+    libvirtd = Daemon(work)
     try:
+        libvirtd.__enter__()
         bundle = os.path.join(work, "bundle")
         os.makedirs(bundle)
         make_bundle(bundle, ["true"])
@@ -170,18 +175,21 @@ def main() -> int:
         unjailed_env = dict(os.environ, HYPERPY_CONFIG=unjailed_path)
         os.environ["HYPERPY_TEMPLATES"] = os.path.join(work, "tpl")  # the bench's own
         cold_env, tmpl_env = bench_template.envs(work)
+        q35_env, lv_env = bench_libvirt.envs(work)
         cold_run(root, bundle, 999, env=tmpl_env)  # builds the template of this shape
         accel = qemu.choose_accel(load_config().vm)
         print(
             f"accelerator: {accel}; {args.runs} runs each ({args.icount_runs} under -icount), "
             "interleaved; medians"
         )
-        bare, run, tmpl, unjailed, ph, ph_icount = [], [], [], [], [], []
+        bare, run, tmpl, unjailed, ph, ph_icount, q35, lv = [], [], [], [], [], [], [], []
         for n in range(args.runs):
             bare.append(bare_boot(work, icount=False))
             run.append(cold_run(root, bundle, n, env=cold_env))
             tmpl.append(cold_run(root, bundle, 300 + n, env=tmpl_env))
             unjailed.append(cold_run(root, bundle, 200 + n, env=unjailed_env))
+            q35.append(cold_run(root, bundle, 400 + n, env=q35_env))
+            lv.append(cold_run(root, bundle, 500 + n, env=lv_env))
             ph.append(phases(root, bundle, n, env=cold_env))
             if n < args.icount_runs:
                 ph_icount.append(phases(root, bundle, 100 + n, env=icount_env))
@@ -209,6 +217,7 @@ def main() -> int:
             "  (under -icount,sleep=off guest time jumps while the guest idles waiting for the\n"
             "   host, so only the phases that run without the host are deterministic)"
         )
+        lv_ratio = bench_libvirt.report_start(run, q35, lv)
         from tests.bench_network import report
 
         report(work)
@@ -216,12 +225,16 @@ def main() -> int:
         os.makedirs(busy)
         make_bundle(busy, ["sleep", "100000"])
         pss = bench_template.report_memory(work, busy, cold_env, tmpl_env)
+        lv_pss = bench_libvirt.report_memory(work, busy, cold_env, lv_env)
         worst = report_verbs(work, args.verb_calls)
         print(f"\nsummary cold/bare {r / b:.2f}")
         print(f"summary template/cold {t / r:.2f}")
         print(f"summary pss-mib-per-pod {pss:.1f}")
         print(f"summary hot-verbs/runc {worst:.1f}")
+        print(f"summary libvirt/direct-cold {lv_ratio:.2f}")
+        print(f"summary libvirt-pss-mib-per-pod {lv_pss:.1f}")
     finally:
+        libvirtd.__exit__()
         bench_template.remove_templates(bench_template.envs(work)[1])
         subprocess.run(["umount", "-R", "-l", os.path.join(work, "root")], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)

@@ -129,3 +129,11 @@ def test_check_and_env_report_the_driver(libvirtd, tmp_path):
     res = subprocess.run([HYPERPY, "check"], capture_output=True, timeout=120, env=env)
     out = res.stdout.decode()
     assert "libvirt" in out and URI in out, out
+
+
+def test_template_build_says_templates_are_the_qemu_drivers(tmp_path):
+    cfg = tmp_path / "libvirt.toml"
+    cfg.write_text('[vm]\ndriver = "libvirt"\n')
+    env = dict(os.environ, HYPERPY_CONFIG=str(cfg))
+    res = subprocess.run([HYPERPY, "template", "build"], capture_output=True, timeout=60, env=env)
+    assert res.returncode == 2 and b"qemu driver" in res.stderr, res.stderr
