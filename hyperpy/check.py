@@ -117,27 +117,34 @@ def driver(cfg: VMConfig) -> Result:
 
     uri = load().libvirt.uri
     try:
-        import libvirt
+        from hyperpy.errors import VMError
+        from hyperpy.vm.libvirt import mac_models, open_within, qemu_label
 
-        from hyperpy.vm.libvirt import qemu_label
-
-        conn = libvirt.open(uri)
+        conn = open_within(uri, 10.0)
     except ImportError:
         return Result(FAIL, "hypervisor driver", "libvirt: libvirt-python is not installed",
                       "make deps")  # fmt: skip
-    except libvirt.libvirtError as exc:
-        return Result(FAIL, "hypervisor driver", f"libvirt: cannot connect to {uri}: {exc}",
+    except VMError as exc:
+        return Result(FAIL, "hypervisor driver", f"libvirt: {exc}",
                       "start libvirtd, or set [libvirt] uri")  # fmt: skip
     try:
         version = conn.getLibVersion()
-        uid, gid = qemu_label(conn.getCapabilities(), "qemu")
+        caps = conn.getCapabilities()
     finally:
         conn.close()
+    uid, gid = qemu_label(caps, "qemu")
+    mac = mac_models(caps)
     v = f"{version // 1000000}.{version // 1000 % 1000}.{version % 1000}"
     user = f"uid {uid}, gid {gid}" if uid else "root (libvirt's DAC driver is off)"
-    return Result(OK if uid else WARN, "hypervisor driver",
-                  f"libvirt {v} at {uri}: QEMU runs as {user}; no VM templates",
-                  "" if uid else "turn on libvirt's DAC driver (qemu.conf)")  # fmt: skip
+    detail = f"libvirt {v} at {uri}: QEMU runs as {user}, {'/'.join(mac) or 'no MAC driver'}"
+    if not uid:
+        return Result(WARN, "hypervisor driver", detail, "turn on libvirt's DAC driver")
+    if not mac:
+        return Result(WARN, "hypervisor driver", detail + ": every pod's QEMU runs as that "
+                      "one user, unseparated: a guest that takes over its QEMU reaches the "
+                      "other pods' QEMUs and views",
+                      "enable AppArmor or SELinux for libvirt (its security_driver)")  # fmt: skip
+    return Result(OK, "hypervisor driver", detail)
 
 
 def confinement(cfg: VMConfig) -> Result:
@@ -147,8 +154,9 @@ def confinement(cfg: VMConfig) -> Result:
     from hyperpy.vm import devices, jail
 
     if cfg.driver == "libvirt":
-        return Result(OK, "confinement", "libvirt's: its DAC label, namespaces, cgroups and "
-                      "seccomp sandbox (hyperpy's jail is the qemu driver's)")  # fmt: skip
+        return Result(OK, "confinement", "libvirt's (see the hypervisor driver line): its DAC "
+                      "user, MAC labels if any, mount namespace for /dev, cgroups and seccomp "
+                      "sandbox; hyperpy's jail is the qemu driver's")  # fmt: skip
     jcfg = load().jail
     if not jcfg.enabled:
         return Result(WARN, "confinement", "QEMU runs as root, unconfined ([jail] enabled = "

@@ -405,7 +405,7 @@ def update(
     container_id: str,
 ) -> None:
     """Change a container's resource limits (its cgroup in the guest; CPU ones also the
-    pod's cgroup on the host, where the VM's vCPUs run)."""
+    pod's cgroup on the host, where the direct driver's vCPUs run)."""
     res: dict = {}
     if resources:
         from hyperpy.oci import document

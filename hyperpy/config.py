@@ -155,6 +155,9 @@ def _section(cls: type, raw: dict[str, Any], where: str) -> Any:
     for key, allowed in choices.items():
         if key in raw and raw[key] not in allowed:
             raise ConfigError(f"{where}: {key} must be one of {allowed}, got {raw[key]!r}")
+    if cls is VMConfig and raw.get("driver") == "libvirt" and raw.get("channel") == "vsock":
+        raise ConfigError(f"{where}: channel = \"vsock\" is the qemu driver's; with driver = "
+                          "\"libvirt\" the agent channel is virtio-serial")  # fmt: skip
     if cls is NetworkConfig and not 1 <= raw.get("interfaces", 1) <= 8:
         raise ConfigError(f"{where}: interfaces must be from 1 to 8, got {raw['interfaces']}")
     return cls(**raw)

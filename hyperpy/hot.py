@@ -202,7 +202,11 @@ def destroy(d: str, raw: dict) -> None:
         share.release(d)
     from hyperpy.vm import view
 
-    view.remove_for(d)  # the libvirt driver's, if its monitor was killed
+    if view.remove_for(d):  # the libvirt driver's monitor was killed: its domain too?
+        from hyperpy.config import load
+        from hyperpy.vm.libvirt import destroy_by_name
+
+        destroy_by_name(load().libvirt.uri, view.domain_name(d))
     _remove_cgroup(raw)
 
 

@@ -21,6 +21,7 @@ and the domain resumes: the guest boots with its NICs, as under the direct drive
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import grp
@@ -30,7 +31,6 @@ import os
 import pwd
 import shutil
 import threading
-import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -53,6 +53,10 @@ STOPPED_REASONS = {0: "shut down", 1: "destroyed", 2: "crashed", 3: "migrated", 
 
 _events_lock = threading.Lock()
 _events_started = False
+# libvirt's blocking calls run here, not in asyncio's default executor, which asyncio.run
+# joins without a limit at exit: a call stuck on a hung libvirtd must not hold the monitor
+# (it ends with os._exit).
+_POOL = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="libvirt")
 
 
 def is_local(uri: str) -> bool:
@@ -82,8 +86,9 @@ async def _call(what: str, fn: Any, *args: Any, timeout: float = CALL_TIMEOUT) -
     """``fn(*args)`` in a thread, within ``timeout``; libvirt's error becomes a VMError."""
     import libvirt
 
+    loop = asyncio.get_running_loop()
     try:
-        return await asyncio.wait_for(asyncio.to_thread(fn, *args), timeout)
+        return await asyncio.wait_for(loop.run_in_executor(_POOL, fn, *args), timeout)
     except TimeoutError:
         raise VMError(f"libvirt did not answer {what} within {timeout:.0f}s") from None
     except libvirt.libvirtError as exc:
@@ -121,6 +126,14 @@ def qemu_label(caps_xml: str, domain_type: str) -> tuple[int, int]:
                 user, _, group = base.text.partition(":")
                 return int(user.lstrip("+")), int(group.lstrip("+"))
     return 0, 0
+
+
+def mac_models(caps_xml: str) -> list[str]:
+    """libvirt's mandatory access control drivers (apparmor, selinux) on this host."""
+    import xml.etree.ElementTree as ET
+
+    models = (m.findtext("model") for m in ET.fromstring(caps_xml).iter("secmodel"))
+    return [m for m in models if m and m not in ("dac", "none")]
 
 
 class LibvirtVM:
@@ -189,23 +202,24 @@ class LibvirtVM:
                 how = STOPPED_REASONS.get(detail, f"stopped ({detail})")
                 loop.call_soon_threadsafe(self._set_stopped, f"libvirt domain {self.name} {how}")
 
-        self.callback = self.conn.domainEventRegisterAny(
-            self.dom, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, on_lifecycle, None
-        )
-        self.conn.registerCloseCallback(
-            lambda _c, reason, _o: loop.call_soon_threadsafe(
-                self._set_stopped, f"the connection to libvirt closed (reason {reason})"
-            ),
-            None,
-        )
-        if not await _call("isActive", self.dom.isActive):  # stopped before the callback
-            self._set_stopped(f"libvirt domain {self.name} stopped during start-up")
+        def on_close(_conn: Any, reason: int, _opaque: Any) -> None:
+            why = f"the connection to libvirt closed (reason {reason})"
+            loop.call_soon_threadsafe(self._set_stopped, why)
+
         try:
+            self.callback = await _call(
+                "registering for domain events", self.conn.domainEventRegisterAny,
+                self.dom, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, on_lifecycle, None,
+            )  # fmt: skip
+            await _call("registering for the connection's close", self.conn.registerCloseCallback,
+                        on_close, None)  # fmt: skip
+            if not await _call("isActive", self.dom.isActive):  # stopped before the callback
+                self._set_stopped(f"libvirt domain {self.name} stopped during start-up")
             for i, nic in enumerate(nics):
                 await self._hand_nic(i, nic)
             if nics:
                 await _call("resuming the domain", self.dom.resume)
-        except VMError as exc:
+        except (VMError, ValueError) as exc:
             await self.shutdown()
             raise self.failure(str(exc)) from None
 
@@ -291,21 +305,26 @@ class LibvirtVM:
 
     async def shutdown(self, grace: float = 10.0) -> None:
         """Destroy the domain (libvirt: SIGTERM, then SIGKILL), close the connection,
-        remove the view: each step even if one fails."""
-        import libvirt
-
+        remove the view: each step even if one fails. On a connection that died (libvirtd
+        restarted: AUTODESTROY did not fire), destroy it through a new one."""
         try:
             dom, self.dom = self.dom, None
+            conn, self.conn = self.conn, None
             if dom is not None:
-                with contextlib.suppress(VMError):
+                try:
                     if await _call("isActive", dom.isActive, timeout=grace):
                         await _call(f"destroying {self.name}", dom.destroy, timeout=grace)
-            conn, self.conn = self.conn, None
+                except VMError as exc:
+                    log.warning("%s; destroying %s through a new connection", exc, self.name)
+                    await asyncio.get_running_loop().run_in_executor(
+                        _POOL, destroy_by_name, self.cfg.uri, self.name, grace
+                    )
             if conn is not None:
-                with contextlib.suppress(libvirt.libvirtError):
+                with contextlib.suppress(VMError):
                     if self.callback is not None:
-                        conn.domainEventDeregisterAny(self.callback)
-                    conn.unregisterCloseCallback()
+                        await _call("deregistering", conn.domainEventDeregisterAny,
+                                    self.callback, timeout=grace)  # fmt: skip
+                    await _call("deregistering", conn.unregisterCloseCallback, timeout=grace)
                 with contextlib.suppress(VMError):
                     await _call("closing the connection", conn.close, timeout=grace)
             self._set_stopped(f"libvirt domain {self.name} destroyed")
@@ -383,22 +402,45 @@ def _has_acl(path: str) -> bool:
         return False
 
 
-def leftover_domains(uri: str, prefix: str = "hyperpy-") -> list[str]:
-    """Names of the domains on ``uri`` whose name starts with ``prefix`` (tests, check)."""
+def open_within(uri: str, timeout: float) -> Any:
+    """A connection to ``uri`` from a synchronous caller (delete, check), or VMError after
+    ``timeout`` (the attempt goes on in a daemon thread)."""
     import libvirt
 
-    conn = libvirt.open(uri)
+    out: list[Any] = []
+
+    def attempt() -> None:
+        try:
+            out.append(libvirt.open(uri))
+        except libvirt.libvirtError as exc:
+            out.append(exc)
+
+    t = threading.Thread(target=attempt, name="libvirt-open", daemon=True)
+    t.start()
+    t.join(timeout)
+    if not out:
+        raise VMError(f"libvirt at {uri} did not answer within {timeout:.0f}s")
+    if isinstance(out[0], Exception):
+        raise VMError(f"cannot connect to libvirt at {uri}: {out[0]}")
+    return out[0]
+
+
+def destroy_by_name(uri: str, name: str, timeout: float = 10.0) -> None:
+    """Destroy domain ``name`` if it still runs (a pod whose monitor or connection died);
+    a warning, not an error, when libvirt cannot be reached."""
+    import libvirt
+
     try:
-        return sorted(d.name() for d in conn.listAllDomains() if d.name().startswith(prefix))
+        conn = open_within(uri, timeout)
+    except VMError as exc:
+        log.warning("cannot make sure domain %s is gone: %s", name, exc)
+        return
+    try:
+        dom = conn.lookupByName(name)
+        if dom.isActive():
+            dom.destroy()
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+            log.warning("cannot destroy domain %s: %s", name, exc)
     finally:
         conn.close()
-
-
-def wait_gone(uri: str, name: str, timeout: float = 10.0) -> bool:
-    """True once no domain ``name`` exists on ``uri`` (within ``timeout``)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if name not in leftover_domains(uri, name):
-            return True
-        time.sleep(0.1)
-    return False

@@ -59,11 +59,14 @@ def view_name(state_dir: str) -> str:
     return f"{root_tag(os.path.dirname(state_dir))}-{_hash(state_dir, 12)}"
 
 
-def remove_for(state_dir: str) -> None:
-    """Remove the view of the pod in ``state_dir`` if one is left (its monitor was killed)."""
+def remove_for(state_dir: str) -> bool:
+    """Remove the view of the pod in ``state_dir`` if one is left (its monitor was killed);
+    whether there was one."""
     v = View(view_name(state_dir))
-    if os.path.isdir(v.dir):
-        v.remove()
+    if not os.path.isdir(v.dir):
+        return False
+    v.remove()
+    return True
 
 
 def ensure_root(root: str = VIEW_ROOT) -> None:
@@ -95,7 +98,7 @@ def _bind_readonly(source: str, target: str) -> None:
     tree = linux.open_tree(AT_FDCWD, source, linux.OPEN_TREE_CLONE | linux.OPEN_TREE_CLOEXEC)
     try:
         attrs = linux.MOUNT_ATTR_RDONLY | linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV
-        linux.mount_setattr(tree, 0, attrs | linux.MOUNT_ATTR_NOEXEC)
+        linux.mount_setattr(tree, 0, attrs | linux.MOUNT_ATTR_NOEXEC, linux.MS_PRIVATE)
         to = os.open(target, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             flags = linux.MOVE_MOUNT_F_EMPTY_PATH | linux.MOVE_MOUNT_T_EMPTY_PATH
@@ -150,6 +153,9 @@ class View:
         for entry in entries:
             target = self.path(entry)
             with contextlib.suppress(OSError):
+                # a slave first: unmounting a peer of an export would unmount the
+                # container binds below it in the export as well
+                linux.mount(None, target, None, linux.MS_REC | linux.MS_SLAVE)
                 linux.umount2(target, linux.MNT_DETACH)
             try:
                 if os.path.isdir(target) and not os.path.islink(target):

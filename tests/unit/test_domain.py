@@ -12,7 +12,7 @@ from hyperpy.config import ConfigError, VMConfig, from_dict
 from hyperpy.errors import SpecError
 from hyperpy.share import Bind
 from hyperpy.vm import domain
-from hyperpy.vm.libvirt import check_access, qemu_label
+from hyperpy.vm.libvirt import check_access, mac_models, qemu_label
 from hyperpy.vm.qemu import Placeholder, build_spec
 from hyperpy.vm.view import domain_name
 
@@ -114,6 +114,9 @@ def test_qemu_label_is_read_from_the_capabilities():
     assert qemu_label(CAPS, "qemu") == (64055, 64055)
     assert qemu_label(CAPS, "kvm") == (64055, 108)
     assert qemu_label("<capabilities><host/></capabilities>", "qemu") == (0, 0)
+    assert mac_models(CAPS) == []
+    apparmor = CAPS.replace("<model>none</model>", "<model>apparmor</model>")
+    assert mac_models(apparmor) == ["apparmor"]
 
 
 def test_sources_qemu_could_not_serve_are_refused_by_mount(tmp_path):
@@ -147,6 +150,8 @@ def test_a_file_qemu_may_only_read_is_served_read_only(tmp_path):
 
 
 def test_driver_and_libvirt_config_are_checked():
+    with pytest.raises(ConfigError, match="vsock"):
+        from_dict({"vm": {"driver": "libvirt", "channel": "vsock"}})
     assert from_dict({"vm": {"driver": "libvirt"}}).vm.driver == "libvirt"
     assert from_dict({"libvirt": {"uri": "qemu+ssh://h/system"}}).libvirt.machine == "q35"
     with pytest.raises(ConfigError, match="driver"):
