@@ -200,13 +200,14 @@ def destroy(d: str, raw: dict) -> None:
         from hyperpy import share
 
         share.release(d)
-    from hyperpy.vm import view
+    if raw.get("driver") == "libvirt":
+        from hyperpy.vm import view
 
-    if view.remove_for(d):  # the libvirt driver's monitor was killed: its domain too?
-        from hyperpy.config import load
-        from hyperpy.vm.libvirt import destroy_by_name
+        if view.remove_for(d):  # its monitor was killed: is its domain gone too?
+            from hyperpy.config import load
+            from hyperpy.vm.libvirt import destroy_by_name
 
-        destroy_by_name(load().libvirt.uri, view.domain_name(d))
+            destroy_by_name(load().libvirt.uri, view.domain_name(d))
     _remove_cgroup(raw)
 
 

@@ -312,7 +312,7 @@ class Runtime:
             )
         finally:
             os.close(w)
-        st.monitor_pid = mon.pid
+        st.monitor_pid, st.driver = mon.pid, cfg.driver
         self.store.save(st)
         # Into the pod's cgroup before the monitor starts QEMU, so that the guest's memory
         # is charged there from its first page (v1 does not move charges with a process).

@@ -57,6 +57,7 @@ class State:
     host_cgroup: str = ""  # below each hierarchy's root; empty: not placed
     hooks: dict = field(default_factory=dict)  # config.json's hooks, for start and delete
     sandbox: str = ""  # the id whose VM this container joined; empty: it owns its VM
+    driver: str = "qemu"  # [vm] driver the VM was started with (delete cleans up after it)
     schema: int = SCHEMA_VERSION
 
 
