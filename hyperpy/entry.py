@@ -140,10 +140,9 @@ def _dispatch(hot, verb: str, root: str, cid: str, call: dict) -> str | None:  #
 
 def fallback() -> None:
     """The click CLI, with site set up first when the launcher started Python without it."""
-    if sys.flags.no_site and "site" not in sys.modules:
-        import site
+    from hyperpy.launcher import with_site
 
-        site.main()
+    with_site()
     from hyperpy.cli import main as cli_main
 
     cli_main()

@@ -205,6 +205,9 @@ def destroy(d: str, raw: dict) -> None:
 
         if view.remove_for(d):  # its monitor was killed: is its domain gone too?
             from hyperpy.config import load
+            from hyperpy.launcher import with_site
+
+            with_site()  # libvirt-python is in site-packages
             from hyperpy.vm.libvirt import destroy_by_name
 
             destroy_by_name(load().libvirt.uri, view.domain_name(d))

@@ -26,6 +26,15 @@ main()
 """
 
 
+def with_site() -> None:
+    """Set site up now if the launcher started Python without it: the caller needs a
+    third-party package after all (click, libvirt-python)."""
+    if sys.flags.no_site and "site" not in sys.modules:
+        import site
+
+        site.main()
+
+
 def render(python: str, packages: str) -> str:
     return TEMPLATE.format(python=python, packages=packages)
 

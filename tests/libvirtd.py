@@ -67,7 +67,26 @@ class Daemon:
             return self
         view.ensure_root()
         subprocess.run(["ip", "netns", "add", self.netns], check=True, timeout=10)
-        log = open(os.path.join(self.logdir, "libvirtd.log"), "wb")
+        self._start()
+        return self
+
+    @property
+    def ours(self) -> bool:
+        """Whether the tests started it (and may stop and restart it)."""
+        return self.proc is not None
+
+    def stop(self) -> None:
+        """Stop our libvirtd and virtlogd (domains keep running, as with a restart)."""
+        assert self.proc is not None
+        self._signal_group()
+        self.proc = None
+
+    def start(self) -> None:
+        """Start our libvirtd again after :meth:`stop`."""
+        self._start()
+
+    def _start(self) -> None:
+        log = open(os.path.join(self.logdir, "libvirtd.log"), "ab")
         env = dict(os.environ, LIBVIRT_LOG_OUTPUTS=f"3:file:{self.logdir}/libvirtd-debug.log")
         self.proc = subprocess.Popen(
             ["nsenter", f"--net=/run/netns/{self.netns}", "unshare", "-m",
@@ -83,26 +102,31 @@ class Daemon:
             time.sleep(0.1)
         # the first call probes QEMU's capabilities (seconds): not inside a test's timing
         subprocess.run(["virsh", "-c", URI, "capabilities"], capture_output=True, timeout=120)
-        return self
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None:
-            with_group = -self.proc.pid
-            for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-                try:
-                    os.kill(with_group, sig)
-                    self.proc.wait(wait)
-                    break
-                except ProcessLookupError:
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-            try:
-                os.kill(with_group, signal.SIGKILL)  # virtlogd, anything tini left
-            except ProcessLookupError:
-                pass
+            self._signal_group()
             self.proc = None
             subprocess.run(["ip", "netns", "del", self.netns], capture_output=True, timeout=10)
+
+    def _signal_group(self) -> None:
+        """SIGTERM tini's process group (libvirtd, virtlogd), then SIGKILL what is left;
+        the domains' QEMUs have sessions of their own and keep running."""
+        assert self.proc is not None
+        group = -self.proc.pid
+        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+            try:
+                os.kill(group, sig)
+                self.proc.wait(wait)
+                break
+            except ProcessLookupError:
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        try:
+            os.kill(group, signal.SIGKILL)  # virtlogd, anything tini left
+        except ProcessLookupError:
+            pass
 
 
 def domains(suffix: str = "") -> list[str]:

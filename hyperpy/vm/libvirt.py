@@ -31,6 +31,7 @@ import os
 import pwd
 import shutil
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -426,15 +427,21 @@ def open_within(uri: str, timeout: float) -> Any:
 
 
 def destroy_by_name(uri: str, name: str, timeout: float = 10.0) -> None:
-    """Destroy domain ``name`` if it still runs (a pod whose monitor or connection died);
-    a warning, not an error, when libvirt cannot be reached."""
+    """Destroy domain ``name`` if it still runs (a pod whose monitor or connection died),
+    trying to connect for ``timeout`` (libvirtd may be restarting); a warning, not an
+    error, when libvirt cannot be reached."""
     import libvirt
 
-    try:
-        conn = open_within(uri, timeout)
-    except VMError as exc:
-        log.warning("cannot make sure domain %s is gone: %s", name, exc)
-        return
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn = open_within(uri, max(0.1, deadline - time.monotonic()))
+            break
+        except VMError as exc:
+            if time.monotonic() >= deadline:
+                log.warning("cannot make sure domain %s is gone: %s", name, exc)
+                return
+            time.sleep(0.5)
     try:
         dom = conn.lookupByName(name)
         if dom.isActive():

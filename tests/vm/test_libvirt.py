@@ -100,6 +100,23 @@ def test_a_killed_monitor_takes_its_domain_with_it(root, bundle):
 
 
 @pytest.mark.usefixtures("on_libvirt")
+def test_a_libvirtd_restart_ends_the_pod_and_leaves_no_domain(root, bundle, libvirtd):
+    if not libvirtd.ours:
+        pytest.skip("the machine's own libvirtd: only one the tests started is restarted")
+    pid = create(root, bundle(["sleep", "1000"]), "lv4")
+    hyperpy(root, "start", "lv4", check=True)
+    libvirtd.stop()  # the domain keeps running; the monitor's connection closes
+    try:
+        assert wait_exit(pid, timeout=30) == 255  # the VM is unreachable: never 0
+    finally:
+        libvirtd.start()
+    # AUTODESTROY did not fire (libvirtd went away, not the connection): the monitor
+    # destroys the domain through a new connection once libvirtd answers again
+    assert settled(lambda: libvirt_leftovers(root), timeout=30) == []
+    hyperpy(root, "delete", "--force", "lv4", check=True)
+
+
+@pytest.mark.usefixtures("on_libvirt")
 def test_a_mount_qemu_may_not_write_is_refused_naming_it(root, bundle, tmp_path):
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
