@@ -111,6 +111,15 @@ def host_tools(cfg: VMConfig) -> Result:
 
 def driver(cfg: VMConfig) -> Result:
     """Who starts QEMU; for libvirt, the connection tried and the user QEMU will run as."""
+    if cfg.driver == "remote":
+        from hyperpy.config import load
+        from hyperpy.errors import VMError
+        from hyperpy.vm.remote import probe
+
+        try:
+            return Result(OK, "hypervisor driver", "remote: " + probe(cfg, load().remote))
+        except VMError as exc:
+            return Result(FAIL, "hypervisor driver", f"remote: {exc}")
     if cfg.driver != "libvirt":
         return Result(OK, "hypervisor driver", "qemu: hyperpy starts QEMU itself, jailed")
     from hyperpy.config import load

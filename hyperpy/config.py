@@ -88,12 +88,30 @@ class LibvirtConfig:
 
 
 @dataclass(frozen=True)
+class RemoteConfig:
+    """The remote driver (hyperpy/vm/remote.py), used when [vm] driver = "remote": the
+    pod's VM runs on this host, reached over SSH."""
+
+    host: str = ""
+    port: int = 22
+    user: str = "root"
+    key_file: str = "/etc/hyperpy/remote_key"
+    # strict host-key checking against this file: an unknown or changed key is refused
+    known_hosts: str = "/etc/hyperpy/known_hosts"
+    workdir: str = "/var/lib/hyperpy-remote"  # hyperpy's files on the remote host
+    # the remote host stops a VM whose node has not been heard from for this long
+    watchdog_s: float = 30.0
+    connect_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
 class Config:
     vm: VMConfig = field(default_factory=VMConfig)
     jail: JailConfig = field(default_factory=JailConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     template: TemplateConfig = field(default_factory=TemplateConfig)
     libvirt: LibvirtConfig = field(default_factory=LibvirtConfig)
+    remote: RemoteConfig = field(default_factory=RemoteConfig)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -122,6 +140,7 @@ def from_dict(raw: dict[str, Any], path: str = "<config>") -> Config:
         "network": NetworkConfig,
         "template": TemplateConfig,
         "libvirt": LibvirtConfig,
+        "remote": RemoteConfig,
     }
     values: dict[str, Any] = {}
     for name, value in raw.items():
@@ -147,7 +166,7 @@ def _section(cls: type, raw: dict[str, Any], where: str) -> Any:
                 f"{where}: {key} must be {expected.__name__}, got {type(value).__name__}"
             )
     choices = {
-        "driver": ("qemu", "libvirt"),
+        "driver": ("qemu", "libvirt", "remote"),
         "machine": ("microvm", "q35") if cls is VMConfig else ("q35", "pc"),
         "accel": ("auto", "kvm", "tcg"),
         "channel": ("auto", "serial", "vsock"),
@@ -155,9 +174,9 @@ def _section(cls: type, raw: dict[str, Any], where: str) -> Any:
     for key, allowed in choices.items():
         if key in raw and raw[key] not in allowed:
             raise ConfigError(f"{where}: {key} must be one of {allowed}, got {raw[key]!r}")
-    if cls is VMConfig and raw.get("driver") == "libvirt" and raw.get("channel") == "vsock":
+    if cls is VMConfig and raw.get("driver", "qemu") != "qemu" and raw.get("channel") == "vsock":
         raise ConfigError(f"{where}: channel = \"vsock\" is the qemu driver's; with driver = "
-                          "\"libvirt\" the agent channel is virtio-serial")  # fmt: skip
+                          f"\"{raw['driver']}\" the agent channel is virtio-serial")  # fmt: skip
     if cls is NetworkConfig and not 1 <= raw.get("interfaces", 1) <= 8:
         raise ConfigError(f"{where}: interfaces must be from 1 to 8, got {raw['interfaces']}")
     return cls(**raw)

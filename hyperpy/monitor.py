@@ -169,8 +169,10 @@ class AgentLink:
 
 
 class Monitor:
-    def __init__(self, state_dir: str) -> None:
+    def __init__(self, state_dir: str, sock: Any = None) -> None:
         self.dir = state_dir
+        self.sock = sock  # the remote driver's connection to its host (made in main())
+        self.nics = True
         config = load_config()
         self.config = config
         self.cfg = config.vm
@@ -203,8 +205,10 @@ class Monitor:
         vsock_cid = None
         if cfg.channel == "vsock" or (cfg.channel == "auto" and qemu.vsock_usable()):
             vsock_cid = 3 + (os.getpid() % 0x7FFFFFF0)
-        driver = hypervisor.Driver(self.config, self.dir, accel, vsock_cid, exports)
-        if request.get("network") is not None:
+        driver = hypervisor.Driver(self.config, self.dir, accel, vsock_cid, exports, self.sock)
+        self.sock = None
+        self.nics = driver.caps.nics
+        if request.get("network") is not None and self.nics:
             self.taps = network.make_taps(int(request["network"].get("interfaces", 1)))
         shape: dict[str, Any] = dict(share=exports[share.SHARED], image=exports[share.IMAGE],
                      memory_mb=request.get("memory_mb") or None,
@@ -570,7 +574,7 @@ class Monitor:
         plan = share.plan(msg["spec"], msg["bundle"], cid)
         assert self.vm is not None
         plan.binds = self.vm.check_binds(plan.binds)
-        share.apply(plan, self.dir)
+        await self.vm.share(plan, self.dir)
         try:
             reply = await self.agent.request(
                 P.OP_CREATE,
@@ -580,7 +584,7 @@ class Monitor:
                 no_pivot=bool(msg.get("no_pivot")),
             )
         except BaseException:
-            share.release(self.dir, cid)
+            await self.vm.unshare(cid, self.dir)
             raise
         self.inits[cid] = reply["proc"]  # self.procs has it already (AgentLink.on_new_proc)
         self.state_dirs[cid] = msg.get("state_dir") or self.dir
@@ -592,6 +596,13 @@ class Monitor:
         queries to ``dns`` (resolvers on the pod's loopback) from there."""
         agent = self.agent
         assert agent is not None
+        if not self.nics and network.interfaces():
+            raise network.NetworkError(
+                f"the pod's network namespace has {', '.join(network.interfaces())}, but with "
+                f"[vm] driver = \"{self.config.vm.driver}\" the VM runs on another host, which "
+                "the pod's network does not reach: run it without a network (docker "
+                "--network none), or use the qemu or libvirt driver"
+            )
         if self.wired is not None or not self.taps:
             return {"interfaces": []}
         t0 = time.monotonic()
@@ -631,7 +642,8 @@ class Monitor:
         # The agent reaps after it answers: say now how they ended, or their proxies would
         # wait for exits that come after the host forgot the processes.
         self._end(procs, 128 + signal.SIGKILL, signal.SIGKILL, "the container was deleted")
-        share.release(self.dir, cid)
+        assert self.vm is not None
+        await self.vm.unshare(cid, self.dir)
         self.inits.pop(cid, None)
         self.state_dirs.pop(cid, None)
         for proc in procs:
@@ -700,6 +712,21 @@ class Monitor:
                     os.unlink(os.path.join(self.dir, "monitor.sock"))
 
 
+def _remote_connection() -> Any:
+    """With [vm] driver = "remote", a TCP connection to the remote host, or None."""
+    config = load_config()
+    if config.vm.driver != "remote":
+        return None
+    import socket
+
+    cfg = config.remote
+    try:
+        return socket.create_connection((cfg.host, cfg.port), timeout=cfg.connect_timeout)
+    except OSError as exc:
+        raise VMError(f"cannot reach the remote host {cfg.host}:{cfg.port} ([remote] host, "
+                      f"port): {exc}") from None  # fmt: skip
+
+
 def _report(fd: int, obj: dict) -> None:
     if fd < 0:
         return
@@ -717,9 +744,10 @@ def main() -> None:
     )
     request = json.loads(os.environ.get("HYPERPY_MONITOR_REQUEST", "{}"))
     try:
+        sock = _remote_connection()  # before the pod's namespace: the host's network
         if request.get("network") is not None:  # first: every thread is then in it
             network.enter(request["network"].get("netns", ""))
-        code = asyncio.run(Monitor(state_dir).main(ready_fd))
+        code = asyncio.run(Monitor(state_dir, sock).main(ready_fd))
     except Exception as exc:  # noqa: BLE001 - last resort: say why in the log and to create
         log.exception("monitor failed")
         _report(ready_fd, {"ok": False, "error": f"monitor failed: {exc}", "kind": "VMError"})

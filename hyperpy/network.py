@@ -170,6 +170,11 @@ def _kind(link) -> str:  # noqa: ANN001
     return (info.get_attr("IFLA_INFO_KIND") if info is not None else None) or "?"
 
 
+def interfaces() -> list[str]:
+    """The names of the current network namespace's interfaces but loopback."""
+    return [name for _, name in socket.if_nameindex() if name != "lo"]
+
+
 def wire(taps: list[Tap]) -> tuple[list[str], dict]:
     """Join each of the namespace's interfaces to a tap; return the wired interfaces' names
     and the guest's configuration (``agent/network.py``'s input)."""

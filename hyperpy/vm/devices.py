@@ -150,18 +150,21 @@ class Nic:
 
 @dataclass(frozen=True)
 class SerialChannel:
-    """The agent channel as a named virtio-serial port on ``fd``, one end of a socketpair."""
+    """The agent channel as a named virtio-serial port on ``fd``, one end of a socketpair
+    (or, on a remote host, on a unix socket QEMU listens on at ``path``)."""
 
     fd: int
     name: str = "agent"
     bus: str = "mmio"
+    path: str = ""
 
     def args(self) -> list[str]:
+        backend = f"path={self.path},server=on,wait=off" if self.path else f"fd={self.fd}"
         return [
             "-device",
             f"{_virtio('virtio-serial', self.bus)},id=vser0",
             "-chardev",
-            f"socket,id=agentch,fd={self.fd}",
+            f"socket,id=agentch,{backend}",
             "-device",
             f"virtserialport,chardev=agentch,name={self.name},bus=vser0.0",
         ]

@@ -14,6 +14,7 @@ A :class:`VM` (``qemu.QemuVM`` or ``libvirt.LibvirtVM``) is what the monitor hol
     pid, running        QEMU's host pid (0 if not on this host), and whether it runs
     shutdown(); close() stop it in stages, then release the monitor's ends
     check_binds(b)      the share binds as this driver's QEMU can serve them (or SpecError)
+    share(p), unshare(c) make a container's files reach the guest, and take them back
 
 :class:`Capabilities` says what else a driver can do (templates need QMP on an fd and the
 jail; vsock needs a host device QEMU opens itself).
@@ -51,6 +52,8 @@ class VM(Protocol):
     async def shutdown(self) -> None: ...
     def close(self) -> None: ...
     def check_binds(self, binds: list) -> list: ...
+    async def share(self, plan: Any, state_dir: str) -> None: ...
+    async def unshare(self, cid: str, state_dir: str) -> None: ...
 
     @property
     def console_path(self) -> str: ...
@@ -67,11 +70,13 @@ class Capabilities:
     templates: bool  # boot from a VM template (vm/template.py)
     vsock: bool  # the agent channel over vhost-vsock
     jail: bool  # QEMU in hyperpy's jail (vm/jail.py)
+    nics: bool = True  # the pod's network namespace reaches the VM (taps on this host)
 
 
 CAPABILITIES = {
     "qemu": Capabilities(templates=True, vsock=True, jail=True),
     "libvirt": Capabilities(templates=False, vsock=False, jail=False),
+    "remote": Capabilities(templates=False, vsock=False, jail=False, nics=False),
 }
 
 
@@ -79,8 +84,9 @@ class Driver:
     """Makes a pod's VM from its shape (share, image, NICs, size), one driver's way."""
 
     def __init__(self, config: Config, state_dir: str, accel: str, vsock_cid: int | None,
-                 exports: dict[str, str]) -> None:  # fmt: skip
+                 exports: dict[str, str], sock: Any = None) -> None:  # fmt: skip
         self.config = config
+        self.sock = sock  # the remote driver's TCP connection, made before the pod's netns
         self.name = config.vm.driver
         self.caps = CAPABILITIES[self.name]
         self.dir = state_dir
@@ -110,6 +116,14 @@ class Driver:
 
     def make(self, shape: dict[str, Any], memory: Memory | None = None,
              incoming: Incoming | None = None) -> VM:  # fmt: skip
+        if self.name == "remote":
+            from hyperpy.vm.remote import RemoteVM
+
+            vcfg = self.config.vm
+            placeholder = qemu.Placeholder()
+            placeholder.console_path = os.path.join(self.dir, "console.log")
+            spec = qemu.build_spec(vcfg, self.accel, placeholder, name=self.dir, **shape)
+            return RemoteVM(spec, self.dir, self.config.remote, vcfg, self.sock)
         if self.name == "libvirt":
             from hyperpy.vm.libvirt import LibvirtVM
 

@@ -41,6 +41,7 @@ from hyperpy.errors import SpecError, VMError
 from hyperpy.vm import domain, view
 from hyperpy.vm.devices import Nic, Share9p
 from hyperpy.vm.qemu import console_tail, watch_boot
+from hyperpy.vm.share_local import LocalShare
 
 if TYPE_CHECKING:
     from hyperpy.config import LibvirtConfig
@@ -137,7 +138,7 @@ def mac_models(caps_xml: str) -> list[str]:
     return [m for m in models if m and m not in ("dac", "none")]
 
 
-class LibvirtVM:
+class LibvirtVM(LocalShare):
     """A running pod VM as a libvirt domain; the same surface as ``qemu.QemuVM``."""
 
     def __init__(self, spec: VMSpec, workdir: str, cfg: LibvirtConfig, kernel: str,

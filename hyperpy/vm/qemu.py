@@ -41,6 +41,7 @@ from hyperpy.vm.devices import (
     VMSpec,
     VsockChannel,
 )
+from hyperpy.vm.share_local import LocalShare
 
 if TYPE_CHECKING:
     from qemu.qmp import QMPClient
@@ -241,7 +242,7 @@ def vsock_usable() -> bool:
     return True
 
 
-class QemuVM:
+class QemuVM(LocalShare):
     """A running guest. ``async with QemuVM(spec, workdir, chans) as vm:`` launches QEMU."""
 
     def __init__(

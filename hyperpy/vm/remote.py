@@ -1,0 +1,325 @@
+"""The remote driver: a pod's VM runs on another host, reached over SSH (``[vm] driver =
+"remote"``, ``[remote]``), as Kata's peer pods do for nodes without usable KVM.
+
+The node keeps the OCI CLI, the monitor and the proxies; the remote host needs only sshd,
+``python3`` and QEMU. Owns, per pod:
+
+- the SSH connection (``vm/ssh.py``), whose TCP socket the monitor opens before it enters
+  the pod's network namespace;
+- the artifacts in the remote cache, and hyperpy's remote side (``vm/remote_side.py``);
+- ``WORKDIR/pods/<name>/`` there: ``image/`` (containers' rootfs and read-only mounts,
+  copied as tar streams when each container is created) and ``shared/`` (empty: a
+  read-write bind mount cannot be kept in step with the node, and is refused);
+- two exec channels: *control* runs ``remote_side.py run`` (QEMU's console comes back on
+  its stdout into the local console.log, QEMU's stderr into qemu.log; the node writes
+  ``ping`` every ``PING_EVERY`` seconds and ``stop`` to end it; the remote side stops QEMU
+  when the pings stop for ``[remote] watchdog_s`` and removes the pod's directory), and
+  *agent* runs ``remote_side.py relay`` to QEMU's agent socket, bridged here to a
+  socketpair, so the monitor talks to the agent exactly as it does locally.
+
+The VM has no NIC: the pod's network is on the node. A connection that drops ends the pod
+as a dead VM does (status 255).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import socket
+import threading
+from typing import TYPE_CHECKING, Any
+
+from hyperpy.errors import SpecError, VMError
+from hyperpy.vm import ssh
+from hyperpy.vm.devices import BASE_ARGS, SANDBOX, Machine, Rng, SerialChannel, Share9p
+from hyperpy.vm.qemu import BASE_CMDLINE, console_tail, watch_boot
+from hyperpy.vm.view import domain_name
+
+if TYPE_CHECKING:
+    from hyperpy import share
+    from hyperpy.config import RemoteConfig, VMConfig
+    from hyperpy.vm.devices import VMSpec
+
+log = logging.getLogger(__name__)
+
+PING_EVERY = 2.0
+SIDE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "remote_side.py")
+
+
+def remote_argv(spec: VMSpec, poddir: str, kernel: str, initrd: str) -> list[str]:
+    """QEMU's argv on the remote host: the device plan with remote paths, the console on
+    stdout (relayed to the node), the agent channel on a unix socket in the pod's
+    directory, no QMP (the remote side stops QEMU) and no NIC."""
+    out = [spec.binary, *BASE_ARGS, *SANDBOX]
+    out += spec.machine.args() + spec.resources.args()
+    out += ["-kernel", kernel, "-initrd", initrd, "-append", spec.kernel.cmdline]
+    out += ["-serial", "stdio"]
+    for dev in spec.devices:
+        if isinstance(dev, Share9p):
+            sub = "shared" if dev.tag == "hyperpy" else "image"
+            out += dataclasses.replace(dev, path=f"{poddir}/{sub}").args()
+        elif isinstance(dev, Rng):
+            out += dev.args()
+    assert isinstance(spec.channel, SerialChannel)
+    out += dataclasses.replace(spec.channel, path=f"{poddir}/agent.sock").args()
+    return out
+
+
+def remote_accel(client: Any, workdir: str, vcfg: VMConfig, kernel: str) -> str:
+    """The accelerator the remote host would use: ``[vm] accel``, or with ``auto`` KVM only
+    if a probe guest (the bare initrd) boots on it there, asked once per kernel and the
+    answer kept in the remote work directory."""
+    if vcfg.accel != "auto":
+        return vcfg.accel
+    answer = f"{workdir}/cache/kvm-probe-{os.path.basename(kernel)}"
+    try:
+        return ssh.run(client, ["cat", answer]).decode().strip() or "tcg"
+    except ssh.RemoteError:
+        pass
+    bare = os.path.join(os.path.dirname(vcfg.initrd), "initrd-bare.img")
+    accel = "tcg"
+    if os.path.exists(bare):
+        initrd = ssh.cached(client, workdir, bare)
+        probe = [vcfg.qemu, *BASE_ARGS, *Machine(vcfg.machine, "kvm").args(), "-m", "128M",
+                 "-kernel", kernel, "-initrd", initrd, "-append", BASE_CMDLINE + " quiet",
+                 "-serial", "none"]  # fmt: skip
+        script = f"test -w /dev/kvm && timeout 10 {ssh.shlex.join(probe)}"
+        try:
+            ssh.run(client, ["sh", "-c", script], timeout=30)
+            accel = "kvm"
+        except ssh.RemoteError:
+            pass
+    ssh.run(client, ["sh", "-c", f"echo {accel} > {ssh.shlex.quote(answer)}"])
+    return accel
+
+
+class RemoteVM:
+    """A pod VM on the remote host; the same surface as ``qemu.QemuVM``."""
+
+    def __init__(self, spec: VMSpec, workdir: str, cfg: RemoteConfig, vcfg: VMConfig,
+                 sock: socket.socket | None) -> None:  # fmt: skip
+        self.spec = spec
+        self.workdir = workdir
+        self.cfg = cfg
+        self.vcfg = vcfg
+        self.kernel, self.initrd = vcfg.kernel, vcfg.initrd
+        self.sock = sock
+        self.name = domain_name(workdir)
+        self.poddir = f"{cfg.workdir}/pods/{self.name}"
+        self.client: Any = None
+        self._side = ""  # the remote side's path in the remote cache
+        self.control: Any = None
+        self.agent_ends: tuple[socket.socket, socket.socket] | None = None
+        self.stopped: asyncio.Future[str] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.console_path = os.path.join(workdir, "console.log")
+        self.stderr_path = os.path.join(workdir, "qemu.log")
+        self.pid = 0  # QEMU is not on this host
+
+    # --- start ----------------------------------------------------------------------
+    async def launch(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.stopped = self.loop.create_future()
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self._start), self.cfg.connect_timeout * 6)
+        except TimeoutError:
+            await self.shutdown()
+            raise self.failure(f"starting the VM on {ssh.where(self.cfg)} took too long") from None
+        except VMError as exc:
+            await self.shutdown()
+            raise self.failure(str(exc)) from None
+
+    def _start(self) -> None:
+        self.client = ssh.connect(self.cfg, self.sock)
+        self.sock = None  # paramiko's now
+        kernel = ssh.cached(self.client, self.cfg.workdir, self.kernel)
+        initrd = ssh.cached(self.client, self.cfg.workdir, self.initrd)
+        side = ssh.cached(self.client, self.cfg.workdir, SIDE, ".py")
+        self._side = side
+        accel = remote_accel(self.client, self.cfg.workdir, self.vcfg, kernel)
+        self.spec = dataclasses.replace(
+            self.spec, machine=dataclasses.replace(self.spec.machine, accel=accel)
+        )
+        ssh.run(self.client, ["mkdir", "-p", "-m", "0700", f"{self.cfg.workdir}/pods"])
+        ssh.run(self.client, ["mkdir", "-m", "0700", self.poddir])
+        ssh.run(self.client, ["mkdir", "-m", "0755", f"{self.poddir}/image",
+                              f"{self.poddir}/shared"])  # fmt: skip
+        argv = remote_argv(self.spec, self.poddir, kernel, initrd)
+        log.info("starting QEMU on %s: %s", ssh.where(self.cfg), " ".join(argv))
+        chan = self.client.get_transport().open_session(timeout=self.cfg.connect_timeout)
+        watchdog = str(self.cfg.watchdog_s)
+        chan.exec_command(ssh.shlex.join(["python3", side, "run", self.poddir, watchdog, "--",
+                                          *argv]))  # fmt: skip
+        self.control = chan
+        for target in (self._console, self._stderr, self._wait, self._ping):
+            threading.Thread(target=target, name=target.__name__, daemon=True).start()
+
+    def _console(self) -> None:
+        with open(self.console_path, "ab") as f:
+            while data := self.control.recv(65536):
+                f.write(data)
+                f.flush()
+
+    def _stderr(self) -> None:
+        with open(self.stderr_path, "ab") as f:
+            while data := self.control.recv_stderr(65536):
+                f.write(data)
+                f.flush()
+
+    def _wait(self) -> None:
+        rc = self.control.recv_exit_status()  # -1: the connection went away
+        why = (f"the SSH connection to {ssh.where(self.cfg)} dropped" if rc == -1
+               else f"QEMU on {self.cfg.host} exited with status {rc}")  # fmt: skip
+        self._gone(why)
+
+    def _ping(self) -> None:
+        while self.stopped is not None and not self.stopped.done():
+            try:
+                self.control.sendall(b"ping\n")
+            except (OSError, EOFError):
+                self._gone(f"the SSH connection to {ssh.where(self.cfg)} dropped")
+                return
+            transport = self.client.get_transport() if self.client else None
+            if transport is None or not transport.is_active():
+                self._gone(f"the SSH connection to {ssh.where(self.cfg)} dropped")
+                return
+            threading.Event().wait(PING_EVERY)
+
+    def _gone(self, why: str) -> None:
+        if self.loop is not None and self.stopped is not None:
+            self.loop.call_soon_threadsafe(self._set_stopped, why)
+
+    def _set_stopped(self, why: str) -> None:
+        if self.stopped is not None and not self.stopped.done():
+            self.stopped.set_result(why)
+
+    # --- the surface the monitor uses -------------------------------------------------
+    async def open_agent(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self.agent_ends is None:
+            self.agent_ends = await asyncio.to_thread(self._open_agent)
+        return await asyncio.open_connection(sock=self.agent_ends[0])
+
+    def _open_agent(self) -> tuple[socket.socket, socket.socket]:
+        chan = self.client.get_transport().open_session(timeout=self.cfg.connect_timeout)
+        chan.exec_command(ssh.shlex.join(["python3", self._side, "relay",
+                                          f"{self.poddir}/agent.sock"]))  # fmt: skip
+        mine, theirs = socket.socketpair()
+
+        def up() -> None:  # monitor -> agent
+            with contextlib.suppress(OSError, EOFError):
+                while data := theirs.recv(65536):
+                    chan.sendall(data)
+            with contextlib.suppress(OSError, EOFError):
+                chan.shutdown_write()
+
+        def down() -> None:  # agent -> monitor
+            with contextlib.suppress(OSError, EOFError):
+                while data := chan.recv(65536):
+                    theirs.sendall(data)
+            with contextlib.suppress(OSError):
+                theirs.shutdown(socket.SHUT_WR)
+
+        for target in (up, down):
+            threading.Thread(target=target, name=f"agent-{target.__name__}", daemon=True).start()
+        return mine, theirs
+
+    async def watch_boot(self, ready: asyncio.Future, timeout: float) -> None:
+        await watch_boot(self, ready, timeout)
+
+    def exited(self) -> str | None:
+        return self.stopped.result() if self.stopped is not None and self.stopped.done() else None
+
+    async def wait_exit(self, timeout: float) -> None:
+        if self.stopped is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.stopped), timeout)
+
+    @property
+    def running(self) -> bool:
+        return self.control is not None and self.exited() is None
+
+    async def ended(self) -> str:
+        assert self.stopped is not None
+        return await asyncio.shield(self.stopped)
+
+    def failure(self, what: str, cls: type[VMError] = VMError) -> VMError:
+        return cls(
+            f"{what}.\nremote host {ssh.where(self.cfg)}, pod directory {self.poddir}\n"
+            f"QEMU stderr ({self.stderr_path}): {console_tail(self.stderr_path, 10)}\n"
+            f"console log ({self.console_path}), last lines:\n{console_tail(self.console_path)}"
+        )
+
+    async def shutdown(self, grace: float = 10.0) -> None:
+        """``stop`` to the remote side (it stops QEMU and removes the pod's directory), then
+        close the connection. If the connection is gone, the remote watchdog does it."""
+        if self.control is not None and self.exited() is None:
+            with contextlib.suppress(OSError, EOFError):
+                self.control.sendall(b"stop\n")
+            await self.wait_exit(grace)
+        elif self.control is None and self.client is not None:  # failed before QEMU ran
+            with contextlib.suppress(VMError, TimeoutError):
+                await asyncio.wait_for(asyncio.to_thread(
+                    ssh.run, self.client, ["rm", "-rf", self.poddir]), grace)  # fmt: skip
+        for end in self.agent_ends or ():
+            end.close()
+        self.agent_ends = None
+        if self.client is not None:
+            await asyncio.to_thread(self.client.close)
+            self.client = None
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        self._set_stopped(f"the VM on {self.cfg.host} was stopped")
+
+    def close(self) -> None:
+        """Nothing more: :meth:`shutdown` closed the channels."""
+
+    # --- files ------------------------------------------------------------------------
+    def check_binds(self, binds: list[share.Bind]) -> list[share.Bind]:
+        """Read-only binds are copied; a read-write file (docker's resolv.conf, hosts,
+        hostname) is copied read-only; a read-write directory cannot be kept in step with
+        the node and is refused."""
+        out = []
+        for b in binds:
+            if b.readonly:
+                out.append(b)
+            elif not b.is_dir:
+                log.warning("%s: copied to the remote host read-only", b.source)
+                out.append(dataclasses.replace(b, readonly=True))
+            else:
+                where = b.target.split("/")
+                pointer = f"/mounts/{where[2]}/source" if where[1:2] == ["mounts"] else ""
+                raise SpecError(
+                    f'read-write bind mount of {b.source}: with [vm] driver = "remote" the '
+                    "VM runs on another host, where changes could not come back to this one; "
+                    "mount it read-only (it is copied), or use a memory volume (tmpfs)",
+                    pointer=pointer,
+                )
+        return out
+
+    async def share(self, plan: share.Plan, state_dir: str) -> None:
+        """Copy the container's rootfs and read-only mounts into the pod's directory there."""
+        for b in plan.binds:  # the exports' layout, as the guest's spec names it
+            dest = f"{self.poddir}/{b.export}/{b.target}"
+            await asyncio.to_thread(ssh.put_tree, self.client, b.source, dest)
+
+    async def unshare(self, cid: str, state_dir: str) -> None:
+        await asyncio.to_thread(ssh.run, self.client, ["rm", "-rf", f"{self.poddir}/image/{cid}",
+                                                        f"{self.poddir}/shared/{cid}"])  # fmt: skip
+
+
+def probe(vcfg: VMConfig, cfg: RemoteConfig) -> str:
+    """``hyperpy check``'s line: the connection, the remote QEMU and python3, and the
+    accelerator the remote host would use (RemoteError says what failed)."""
+    client = ssh.connect(cfg)
+    try:
+        qemu_version = ssh.run(client, [vcfg.qemu, "--version"]).decode().splitlines()[0]
+        python = ssh.run(client, ["python3", "--version"]).decode().strip()
+        kernel = ssh.cached(client, cfg.workdir, vcfg.kernel)
+        accel = remote_accel(client, cfg.workdir, vcfg, kernel)
+    finally:
+        client.close()
+    return f"{ssh.where(cfg)}: {qemu_version}; {python}; accelerator there: {accel}"

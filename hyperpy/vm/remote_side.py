@@ -1,0 +1,138 @@
+"""What runs on a remote hypervisor host (``[vm] driver = "remote"``): standard library only.
+
+The node copies this file into the remote host's work directory (named by its hash, once)
+and runs it over SSH exec channels with the remote host's ``python3``:
+
+``run PODDIR WATCHDOG_S -- QEMU_ARGV...``
+    starts QEMU (dying with this process: PDEATHSIG), relays QEMU's serial console (its
+    stdout) to this process's stdout and QEMU's stderr to its stderr, and reads the node's
+    control lines on stdin: ``ping`` (the node is there), ``stop`` (stop QEMU now). If
+    stdin ends (the SSH connection closed) or no ``ping`` came for WATCHDOG_S seconds (the
+    connection is silently gone), it stops QEMU: a VM never outlives its node's connection
+    by more than that. Once QEMU is gone it removes PODDIR, all of it (the pod's files on
+    this host), and exits with QEMU's status (128+N if killed by signal N).
+``relay SOCKET``
+    the agent channel: connects to QEMU's unix socket (waiting for it to appear) and copies
+    bytes both ways between it and stdin/stdout until either side ends.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+STOP_GRACE = 3.0
+
+
+def _die_with_parent() -> None:
+    import ctypes
+
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _copy(read, write) -> None:  # noqa: ANN001 - file-like pairs of either kind
+    try:
+        while True:
+            data = read(65536)
+            if not data:
+                break
+            write(data)
+    except OSError:
+        pass
+
+
+def run(poddir: str, watchdog: float, argv: list[str]) -> int:
+    out = sys.stdout.buffer
+    qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            preexec_fn=_die_with_parent)  # fmt: skip
+    assert qemu.stdout is not None
+
+    def console() -> None:
+        def write(data: bytes) -> None:
+            out.write(data)
+            out.flush()
+
+        _copy(qemu.stdout.read1, write)  # type: ignore[union-attr]
+
+    last = [time.monotonic()]
+    stop = threading.Event()
+
+    def control() -> None:
+        for line in sys.stdin.buffer:
+            word = line.strip()
+            if word == b"ping":
+                last[0] = time.monotonic()
+            elif word == b"stop":
+                break
+        stop.set()  # "stop", or stdin ended: the node's connection is gone
+
+    threading.Thread(target=console, daemon=True).start()
+    threading.Thread(target=control, daemon=True).start()
+    why = ""
+    while qemu.poll() is None:
+        if stop.is_set():
+            why = "the node stopped it, or its connection closed"
+        elif time.monotonic() - last[0] > watchdog:
+            why = f"no word from the node for {watchdog:.0f}s"
+        if why:
+            sys.stderr.write(f"hyperpy-remote: {why}: stopping QEMU\n")
+            qemu.terminate()
+            try:
+                qemu.wait(STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                qemu.kill()
+            break
+        time.sleep(0.2)
+    rc = qemu.wait()
+    shutil.rmtree(poddir, ignore_errors=True)
+    return 128 - rc if rc < 0 else rc
+
+
+def relay(path: str, timeout: float = 30.0) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = socket.socket(socket.AF_UNIX)
+        try:
+            sock.connect(path)
+            break
+        except OSError:
+            sock.close()
+            if time.monotonic() > deadline:
+                sys.stderr.write(f"hyperpy-remote: {path} did not appear within {timeout}s\n")
+                return 1
+            time.sleep(0.05)
+    stdout = sys.stdout.buffer
+
+    def down() -> None:
+        def write(data: bytes) -> None:
+            stdout.write(data)
+            stdout.flush()
+
+        _copy(sock.recv, write)
+        os._exit(0)  # QEMU closed the channel
+
+    threading.Thread(target=down, daemon=True).start()
+    _copy(sys.stdin.buffer.read1, sock.sendall)  # type: ignore[union-attr]
+    return 0  # the node closed the channel
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["run"] and len(argv) > 4 and argv[3] == "--":
+        return run(argv[1], float(argv[2]), argv[4:])
+    if argv[:1] == ["relay"] and len(argv) == 2:
+        return relay(argv[1])
+    sys.stderr.write("usage: remote_side.py run PODDIR WATCHDOG -- QEMU... | relay SOCKET\n")
+    return 2
+
+
+if __name__ == "__main__":
+    code = main(sys.argv[1:])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # not sys.exit: a daemon thread still blocked on stdin would abort it
