@@ -74,24 +74,43 @@ def run(poddir: str, watchdog: float, argv: list[str]) -> int:
 
     threading.Thread(target=console, daemon=True).start()
     threading.Thread(target=control, daemon=True).start()
-    why = ""
+    try:
+        _watch(qemu, stop, last, watchdog)
+    finally:  # whatever happened (the node's pipes gone, say), no VM or file stays
+        if qemu.poll() is None:
+            qemu.kill()
+        rc = qemu.wait()
+        shutil.rmtree(poddir, ignore_errors=True)
+    return 128 - rc if rc < 0 else rc
+
+
+def _watch(qemu: subprocess.Popen, stop: threading.Event, last: list[float],
+           watchdog: float) -> None:  # fmt: skip
+    """Until QEMU exits; stop it when the node says so, leaves, or falls silent."""
     while qemu.poll() is None:
+        why = ""
         if stop.is_set():
             why = "the node stopped it, or its connection closed"
         elif time.monotonic() - last[0] > watchdog:
             why = f"no word from the node for {watchdog:.0f}s"
         if why:
-            sys.stderr.write(f"hyperpy-remote: {why}: stopping QEMU\n")
+            _say(f"hyperpy-remote: {why}: stopping QEMU\n")
             qemu.terminate()
             try:
                 qemu.wait(STOP_GRACE)
             except subprocess.TimeoutExpired:
                 qemu.kill()
-            break
+            return
         time.sleep(0.2)
-    rc = qemu.wait()
-    shutil.rmtree(poddir, ignore_errors=True)
-    return 128 - rc if rc < 0 else rc
+
+
+def _say(text: str) -> None:
+    """To stderr (the node's qemu.log), unless the node's end of it is gone."""
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except OSError:
+        pass
 
 
 def relay(path: str, timeout: float = 30.0) -> int:
@@ -104,7 +123,7 @@ def relay(path: str, timeout: float = 30.0) -> int:
         except OSError:
             sock.close()
             if time.monotonic() > deadline:
-                sys.stderr.write(f"hyperpy-remote: {path} did not appear within {timeout}s\n")
+                _say(f"hyperpy-remote: {path} did not appear within {timeout}s\n")
                 return 1
             time.sleep(0.05)
     stdout = sys.stdout.buffer
@@ -133,6 +152,9 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     code = main(sys.argv[1:])
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:
+            pass
     os._exit(code)  # not sys.exit: a daemon thread still blocked on stdin would abort it

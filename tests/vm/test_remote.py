@@ -68,10 +68,12 @@ def test_run_stdio_and_exit_status_through_the_remote_host(root, bundle, remote)
     assert out[:2] == ["got hello", "from the node"], out
     assert out[2].endswith("-hyperpy")  # our guest kernel
     assert b"oops" in res.stderr
-    # the artifacts went to the remote host's cache, named by their content
-    cache = os.listdir(os.path.join(remote.workdir, "cache"))
-    for artifact in ("vmlinux", "initrd.img"):
-        assert file_hash(os.path.join(ARTIFACTS, artifact)) in cache
+    # the artifacts went to the remote host's cache, named by their content, once
+    cached = [os.path.join(remote.workdir, "cache", file_hash(os.path.join(ARTIFACTS, a)))
+              for a in ("vmlinux", "initrd.img")]  # fmt: skip
+    first = [os.stat(p).st_ino for p in cached]
+    assert hp(remote, root, "run", "--bundle", bundle(["true"]), "r1b").returncode == 0
+    assert [os.stat(p).st_ino for p in cached] == first  # not copied again
     assert os.listdir(root) == []
 
 
@@ -91,12 +93,12 @@ def test_exec_and_read_only_mounts_on_the_remote_host(root, bundle, remote, tmp_
     res = hp(remote, root, "exec", "r2", "cat", "/data/note")
     assert res.returncode == 0 and res.stdout == b"copied over\n", res.stderr
     # the VM and the container's files are on the "remote" host, not the node
-    qemus = [p for p in processes_under(remote.workdir) if "qemu-system" in p]
+    qemus = [p for p in processes_under(remote.workdir) if "qemu-system" in p.split()[1]]
     assert len(qemus) == 1, qemus
     (pod,) = pods(remote)
     image = os.path.join(remote.workdir, "pods", pod, "image", "r2")
     assert os.path.isfile(os.path.join(image, "rootfs", "bin", "busybox"))
-    assert not [p for p in processes_under(root) if "qemu-system" in p]  # none on the node
+    assert not [p for p in processes_under(root) if "qemu-system" in p.split()[1]]  # none here
     assert hp(remote, root, "delete", "--force", "r2").returncode == 0
     assert wait_exit(pid) in (137, 255)
 
@@ -120,7 +122,7 @@ def test_a_read_write_mount_is_refused_naming_it(root, bundle, remote, tmp_path)
 def test_a_dropped_connection_is_a_vm_death_and_the_remote_vm_stops(root, bundle, remote):
     pid = create(remote, root, bundle(["sleep", "1000"]), "r4")
     assert hp(remote, root, "start", "r4").returncode == 0
-    assert [p for p in processes_under(remote.workdir) if "qemu-system" in p]
+    assert [p for p in processes_under(remote.workdir) if "qemu-system" in p.split()[1]]
     remote.kill_sessions()  # the network between node and remote host fails
     assert wait_exit(pid, timeout=60) == 255  # never 0
     # the remote side saw its node go: QEMU stopped, the pod's directory removed
@@ -149,3 +151,39 @@ def test_check_names_the_remote_host_and_its_accelerator(sshd, monkeypatch):
     assert "root@127.0.0.1:2222" in line and "QEMU emulator" in line, out
     # this machine's /dev/kvm cannot run guests: the probe there falls back to TCG
     assert "accelerator there: tcg" in line, out
+
+
+def test_a_key_the_remote_host_does_not_know_is_refused(root, bundle, sshd, tmp_path, monkeypatch):
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)],
+                   check=True, timeout=30)  # fmt: skip
+    monkeypatch.setenv("HYPERPY_CONFIG", sshd.config(key_file=str(other)))
+    res = hp(sshd, root, "run", "--bundle", bundle(["true"]), "r6")
+    assert res.returncode == 7, res.stderr
+    err = res.stderr.decode()
+    assert f"authentication as root@127.0.0.1:2222 with [remote] key_file {other}" in err, err
+    assert "authorized_keys" in err
+    assert os.listdir(root) == [] and pods(sshd) == []
+
+
+def test_a_pod_network_is_refused_it_cannot_reach_the_remote_vm(root, bundle, remote):
+    pod_ns = f"hp-rpod-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", pod_ns], check=True, timeout=30)
+    try:
+        subprocess.run(["ip", "-n", pod_ns, "link", "add", "eth0", "type", "veth", "peer",
+                        "name", "eth1"], check=True, timeout=30)  # fmt: skip
+        b = bundle(["true"])
+        with open(f"{b}/config.json") as f:
+            spec = json.load(f)
+        for ns in spec["linux"]["namespaces"]:
+            if ns["type"] == "network":
+                ns["path"] = f"/run/netns/{pod_ns}"
+        with open(f"{b}/config.json", "w") as f:
+            json.dump(spec, f)
+        res = hp(remote, root, "run", "--bundle", b, "r7")
+        assert res.returncode != 0
+        err = res.stderr.decode()
+        assert "eth0" in err and "another host" in err and "--network none" in err, err
+        assert os.listdir(root) == []
+    finally:
+        subprocess.run(["ip", "netns", "del", pod_ns], timeout=30)
