@@ -3,7 +3,8 @@
 Owns choosing the driver (``[vm] driver``) and what a driver offers the monitor. The device
 plan is written once (``qemu.build_spec``: a :class:`~hyperpy.vm.devices.VMSpec`); each
 driver renders it: the direct driver to QEMU's argv (``vm/devices.py``, started jailed by
-``vm/qemu.py``), the libvirt driver to a domain XML (``vm/domain.py``, ``vm/libvirt.py``).
+``vm/qemu.py``), the libvirt driver to a domain XML (``vm/domain.py``, ``vm/libvirt.py``),
+the remote driver to QEMU's argv on another host (``vm/remote.py``, over SSH).
 
 A :class:`VM` (``qemu.QemuVM`` or ``libvirt.LibvirtVM``) is what the monitor holds::
 
