@@ -56,6 +56,8 @@ def accelerator(cfg: VMConfig) -> Result:
     from hyperpy.config import artifacts_dir
     from hyperpy.vm import qemu as vmq
 
+    if cfg.driver == "remote":
+        return Result(OK, "accelerator", "the remote host's (the hypervisor driver line)")
     if not os.path.exists("/dev/kvm"):
         return Result(WARN, "accelerator", "no /dev/kvm: guests run under TCG (slower)",
                       "enable KVM (modprobe kvm_intel/kvm_amd; nested virtualisation)")  # fmt: skip
@@ -76,6 +78,9 @@ def accelerator(cfg: VMConfig) -> Result:
 def channel(cfg: VMConfig) -> Result:
     from hyperpy.vm import qemu as vmq
 
+    if cfg.driver != "qemu":
+        how = "relayed over SSH" if cfg.driver == "remote" else "a unix socket libvirtd binds"
+        return Result(OK, "agent channel", f"virtio-serial, {how}")
     if vmq.vsock_usable():
         return Result(OK, "agent channel", "vhost-vsock available: vsock")
     return Result(WARN, "agent channel", "no usable /dev/vhost-vsock: virtio-serial is used",
@@ -162,6 +167,10 @@ def confinement(cfg: VMConfig) -> Result:
     from hyperpy.config import load
     from hyperpy.vm import devices, jail
 
+    if cfg.driver == "remote":
+        return Result(WARN, "confinement", "on the remote host QEMU runs as the SSH user with "
+                      "its seccomp sandbox, without hyperpy's jail: confine that host by its "
+                      "own means")  # fmt: skip
     if cfg.driver == "libvirt":
         return Result(OK, "confinement", "libvirt's (see the hypervisor driver line): its DAC "
                       "user, MAC labels if any, mount namespace for /dev, cgroups and seccomp "
@@ -194,14 +203,15 @@ def confinement(cfg: VMConfig) -> Result:
 
 def python_deps(cfg: VMConfig) -> Result:
     missing = []
-    for mod in ("click", "jsonschema", "qemu.qmp"):
+    extra = {"libvirt": ("libvirt",), "remote": ("paramiko",)}.get(cfg.driver, ())
+    for mod in ("click", "jsonschema", "qemu.qmp", *extra):
         try:
             importlib.import_module(mod)
         except ImportError:
             missing.append(mod)
     if missing:
         return Result(FAIL, "python packages", f"missing {missing}", "make deps")
-    return Result(OK, "python packages", "click, jsonschema, qemu.qmp")
+    return Result(OK, "python packages", ", ".join(("click", "jsonschema", "qemu.qmp", *extra)))
 
 
 CHECKS: list[Callable[[VMConfig], Result]] = [

@@ -177,6 +177,18 @@ def _section(cls: type, raw: dict[str, Any], where: str) -> Any:
     if cls is VMConfig and raw.get("driver", "qemu") != "qemu" and raw.get("channel") == "vsock":
         raise ConfigError(f"{where}: channel = \"vsock\" is the qemu driver's; with driver = "
                           f"\"{raw['driver']}\" the agent channel is virtio-serial")  # fmt: skip
+    if cls is RemoteConfig:
+        if raw.get("watchdog_s", 30.0) < 6:
+            raise ConfigError(f"{where}: watchdog_s must be at least 6 (the node pings every "
+                              f"2 s), got {raw['watchdog_s']}")  # fmt: skip
+        if raw.get("connect_timeout", 10.0) <= 0:
+            raise ConfigError(f"{where}: connect_timeout must be positive")
+        workdir = raw.get("workdir", "/")
+        if not workdir.startswith("/") or any(c in workdir for c in ", \t\n'\""):
+            raise ConfigError(
+                f"{where}: workdir must be an absolute path without commas, "
+                f"quotes or spaces (it goes into QEMU's options), got {workdir!r}"
+            )
     if cls is NetworkConfig and not 1 <= raw.get("interfaces", 1) <= 8:
         raise ConfigError(f"{where}: interfaces must be from 1 to 8, got {raw['interfaces']}")
     return cls(**raw)

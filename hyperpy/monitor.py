@@ -234,7 +234,7 @@ class Monitor:
         self.timings["agent_ready"] = time.monotonic()
         assert self.vm is not None
         return {
-            "accel": accel,
+            "accel": self.vm.spec.machine.accel,  # the remote driver's is the remote host's
             "hello": hello,
             "qemu_pid": self.vm.pid,
             **driver.report(),
@@ -717,14 +717,9 @@ def _remote_connection() -> Any:
     config = load_config()
     if config.vm.driver != "remote":
         return None
-    import socket
+    from hyperpy.vm.ssh import tcp_connection
 
-    cfg = config.remote
-    try:
-        return socket.create_connection((cfg.host, cfg.port), timeout=cfg.connect_timeout)
-    except OSError as exc:
-        raise VMError(f"cannot reach the remote host {cfg.host}:{cfg.port} ([remote] host, "
-                      f"port): {exc}") from None  # fmt: skip
+    return tcp_connection(config.remote)
 
 
 def _report(fd: int, obj: dict) -> None:

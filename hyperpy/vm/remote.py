@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import secrets
 import socket
 import threading
 from typing import TYPE_CHECKING, Any
@@ -36,7 +37,7 @@ from hyperpy.errors import SpecError, VMError
 from hyperpy.vm import ssh
 from hyperpy.vm.devices import BASE_ARGS, SANDBOX, Machine, Rng, SerialChannel, Share9p
 from hyperpy.vm.qemu import BASE_CMDLINE, console_tail, watch_boot
-from hyperpy.vm.view import domain_name
+from hyperpy.vm.view import view_name
 
 if TYPE_CHECKING:
     from hyperpy import share
@@ -46,6 +47,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PING_EVERY = 2.0
+# connecting, a first copy of kernel and initrd (34 MiB), a first KVM probe there (30 s)
+LAUNCH_TIMEOUT = 180.0
+# the read-write files docker binds into every container: copied (the container writes
+# its copy; the node's file does not change)
+RUNTIME_FILES = ("resolv.conf", "hosts", "hostname")
 SIDE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "remote_side.py")
 
 
@@ -74,7 +80,7 @@ def remote_accel(client: Any, workdir: str, vcfg: VMConfig, kernel: str) -> str:
     answer kept in the remote work directory."""
     if vcfg.accel != "auto":
         return vcfg.accel
-    answer = f"{workdir}/cache/kvm-probe-{os.path.basename(kernel)}"
+    answer = f"/run/hyperpy-remote-kvm-{os.path.basename(kernel)}"  # once per boot there
     try:
         return ssh.run(client, ["cat", answer]).decode().strip() or "tcg"
     except ssh.RemoteError:
@@ -107,8 +113,9 @@ class RemoteVM:
         self.vcfg = vcfg
         self.kernel, self.initrd = vcfg.kernel, vcfg.initrd
         self.sock = sock
-        self.name = domain_name(workdir)
-        self.poddir = f"{cfg.workdir}/pods/{self.name}"
+        # short (QEMU's agent socket path must fit sun_path: ids are up to 64 characters)
+        # and new each launch (a directory a killed run left is swept, never reused)
+        self.poddir = f"{cfg.workdir}/pods/{view_name(workdir)}-{secrets.token_hex(3)}"
         self.client: Any = None
         self._side = ""  # the remote side's path in the remote cache
         self.control: Any = None
@@ -124,7 +131,7 @@ class RemoteVM:
         self.loop = asyncio.get_running_loop()
         self.stopped = self.loop.create_future()
         try:
-            await asyncio.wait_for(asyncio.to_thread(self._start), self.cfg.connect_timeout * 6)
+            await asyncio.wait_for(asyncio.to_thread(self._start), LAUNCH_TIMEOUT)
         except TimeoutError:
             await self.shutdown()
             raise self.failure(f"starting the VM on {ssh.where(self.cfg)} took too long") from None
@@ -133,6 +140,12 @@ class RemoteVM:
             raise self.failure(str(exc)) from None
 
     def _start(self) -> None:
+        try:
+            self._start_there()
+        except ssh.SSH_ERRORS as exc:
+            raise ssh.RemoteError(f"starting the VM on {ssh.where(self.cfg)}: {exc!r}") from None
+
+    def _start_there(self) -> None:
         self.client = ssh.connect(self.cfg, self.sock)
         self.sock = None  # paramiko's now
         kernel = ssh.cached(self.client, self.cfg.workdir, self.kernel)
@@ -143,10 +156,6 @@ class RemoteVM:
         self.spec = dataclasses.replace(
             self.spec, machine=dataclasses.replace(self.spec.machine, accel=accel)
         )
-        ssh.run(self.client, ["mkdir", "-p", "-m", "0700", f"{self.cfg.workdir}/pods"])
-        ssh.run(self.client, ["mkdir", "-m", "0700", self.poddir])
-        ssh.run(self.client, ["mkdir", "-m", "0755", f"{self.poddir}/image",
-                              f"{self.poddir}/shared"])  # fmt: skip
         argv = remote_argv(self.spec, self.poddir, kernel, initrd)
         log.info("starting QEMU on %s: %s", ssh.where(self.cfg), " ".join(argv))
         chan = self.client.get_transport().open_session(timeout=self.cfg.connect_timeout)
@@ -154,7 +163,11 @@ class RemoteVM:
         chan.exec_command(ssh.shlex.join(["python3", side, "run", self.poddir, watchdog, "--",
                                           *argv]))  # fmt: skip
         self.control = chan
-        for target in (self._console, self._stderr, self._wait, self._ping):
+        self.relays = [threading.Thread(target=t, name=t.__name__, daemon=True)
+                       for t in (self._console, self._stderr)]  # fmt: skip
+        for t in self.relays:
+            t.start()
+        for target in (self._wait, self._ping):
             threading.Thread(target=target, name=target.__name__, daemon=True).start()
 
     def _console(self) -> None:
@@ -170,19 +183,27 @@ class RemoteVM:
                 f.flush()
 
     def _wait(self) -> None:
-        rc = self.control.recv_exit_status()  # -1: the connection went away
-        why = (f"the SSH connection to {ssh.where(self.cfg)} dropped" if rc == -1
-               else f"QEMU on {self.cfg.host} exited with status {rc}")  # fmt: skip
+        rc = self.control.recv_exit_status()  # -1: no status (the connection went away)
+        for t in self.relays:  # the console's last lines first: a panic is told as one
+            t.join(2.0)
+        transport = self.client.get_transport() if self.client is not None else None
+        if rc == -1 and (transport is None or not transport.is_active()):
+            why = f"the SSH connection to {ssh.where(self.cfg)} dropped"
+        elif rc == -1:
+            why = f"the remote side on {self.cfg.host} was killed"
+        else:
+            why = f"QEMU on {self.cfg.host} exited with status {rc}"
         self._gone(why)
 
     def _ping(self) -> None:
         while self.stopped is not None and not self.stopped.done():
+            client = self.client
             try:
                 self.control.sendall(b"ping\n")
             except (OSError, EOFError):
                 self._gone(f"the SSH connection to {ssh.where(self.cfg)} dropped")
                 return
-            transport = self.client.get_transport() if self.client else None
+            transport = client.get_transport() if client is not None else None
             if transport is None or not transport.is_active():
                 self._gone(f"the SSH connection to {ssh.where(self.cfg)} dropped")
                 return
@@ -256,13 +277,13 @@ class RemoteVM:
         """``stop`` to the remote side (it stops QEMU and removes the pod's directory), then
         close the connection. If the connection is gone, the remote watchdog does it."""
         if self.control is not None and self.exited() is None:
-            with contextlib.suppress(OSError, EOFError):
-                self.control.sendall(b"stop\n")
+            with contextlib.suppress(OSError, EOFError, TimeoutError):
+                await asyncio.wait_for(asyncio.to_thread(self.control.sendall, b"stop\n"), grace)
             await self.wait_exit(grace)
-        elif self.control is None and self.client is not None:  # failed before QEMU ran
+        if self.client is not None:  # the remote side removes it; a killed one did not
             with contextlib.suppress(VMError, TimeoutError):
                 await asyncio.wait_for(asyncio.to_thread(
-                    ssh.run, self.client, ["rm", "-rf", self.poddir]), grace)  # fmt: skip
+                    ssh.run, self.client, ["rm", "-rf", self.poddir], grace), grace)  # fmt: skip
         for end in self.agent_ends or ():
             end.close()
         self.agent_ends = None
@@ -279,15 +300,15 @@ class RemoteVM:
 
     # --- files ------------------------------------------------------------------------
     def check_binds(self, binds: list[share.Bind]) -> list[share.Bind]:
-        """Read-only binds are copied; a read-write file (docker's resolv.conf, hosts,
-        hostname) is copied read-only; a read-write directory cannot be kept in step with
-        the node and is refused."""
+        """Read-only binds are copied; so are docker's read-write resolv.conf, hosts and
+        hostname (what the container writes to its copy stays there); any other
+        read-write bind cannot be kept in step with the node and is refused."""
         out = []
         for b in binds:
             if b.readonly:
                 out.append(b)
-            elif not b.is_dir:
-                log.warning("%s: copied to the remote host read-only", b.source)
+            elif not b.is_dir and os.path.basename(b.source) in RUNTIME_FILES:
+                log.warning("%s: copied to the remote host; its changes stay there", b.source)
                 out.append(dataclasses.replace(b, readonly=True))
             else:
                 where = b.target.split("/")

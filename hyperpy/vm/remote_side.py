@@ -4,7 +4,10 @@ The node copies this file into the remote host's work directory (named by its ha
 and runs it over SSH exec channels with the remote host's ``python3``:
 
 ``run PODDIR WATCHDOG_S -- QEMU_ARGV...``
-    starts QEMU (dying with this process: PDEATHSIG), relays QEMU's serial console (its
+    makes PODDIR (``image/``, ``shared/``) and holds a flock on it while it lives, removes
+    the pod directories beside it that no live run holds (left by a run that was killed
+    with SIGKILL or by a reboot), starts QEMU (dying with this process: PDEATHSIG), relays
+    QEMU's serial console (its
     stdout) to this process's stdout and QEMU's stderr to its stderr, and reads the node's
     control lines on stdin: ``ping`` (the node is there), ``stop`` (stop QEMU now). If
     stdin ends (the SSH connection closed) or no ``ping`` came for WATCHDOG_S seconds (the
@@ -18,6 +21,7 @@ and runs it over SSH exec channels with the remote host's ``python3``:
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -47,10 +51,55 @@ def _copy(read, write) -> None:  # noqa: ANN001 - file-like pairs of either kind
         pass
 
 
+def _sweep(poddir: str) -> None:
+    """Remove the pod directories beside ``poddir`` that no live run holds."""
+    parent = os.path.dirname(poddir)
+    for name in os.listdir(parent):
+        path = os.path.join(parent, name)
+        if path == poddir:
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass  # a live run holds it
+        finally:
+            os.close(fd)
+
+
 def run(poddir: str, watchdog: float, argv: list[str]) -> int:
     out = sys.stdout.buffer
-    qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            preexec_fn=_die_with_parent)  # fmt: skip
+    os.makedirs(os.path.dirname(poddir), mode=0o700, exist_ok=True)
+    os.mkdir(poddir, 0o700)
+    lock = os.open(poddir, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    qemu = None
+    try:
+        for sub in ("image", "shared"):
+            os.mkdir(os.path.join(poddir, sub), 0o755)
+        _sweep(poddir)
+        qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                preexec_fn=_die_with_parent)  # fmt: skip
+        return _serve(qemu, out, stop, watchdog)
+    except OSError as exc:
+        _say(f"hyperpy-remote: {exc}\n")
+        return 127
+    finally:  # whatever happened (the node's pipes gone, a signal), no VM or file stays
+        if qemu is not None and qemu.poll() is None:
+            qemu.kill()
+            qemu.wait()
+        shutil.rmtree(poddir, ignore_errors=True)
+        os.close(lock)
+
+
+def _serve(qemu: subprocess.Popen, out, stop: threading.Event, watchdog: float) -> int:  # noqa: ANN001
     assert qemu.stdout is not None
 
     def console() -> None:
@@ -61,7 +110,6 @@ def run(poddir: str, watchdog: float, argv: list[str]) -> int:
         _copy(qemu.stdout.read1, write)  # type: ignore[union-attr]
 
     last = [time.monotonic()]
-    stop = threading.Event()
 
     def control() -> None:
         for line in sys.stdin.buffer:
@@ -74,13 +122,8 @@ def run(poddir: str, watchdog: float, argv: list[str]) -> int:
 
     threading.Thread(target=console, daemon=True).start()
     threading.Thread(target=control, daemon=True).start()
-    try:
-        _watch(qemu, stop, last, watchdog)
-    finally:  # whatever happened (the node's pipes gone, say), no VM or file stays
-        if qemu.poll() is None:
-            qemu.kill()
-        rc = qemu.wait()
-        shutil.rmtree(poddir, ignore_errors=True)
+    _watch(qemu, stop, last, watchdog)
+    rc = qemu.wait()
     return 128 - rc if rc < 0 else rc
 
 

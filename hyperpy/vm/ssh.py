@@ -13,6 +13,7 @@ paramiko is imported here only, and only by the remote driver and ``hyperpy chec
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -29,12 +30,41 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+SFTP_TIMEOUT = 60.0  # any one SFTP request
 _hashes: dict[tuple, str] = {}
 _hash_lock = threading.Lock()
 
 
 class RemoteError(VMError):
     """The remote host could not be reached, refused us, or a command there failed."""
+
+
+def _ssh_errors() -> tuple[type[BaseException], ...]:
+    try:
+        import paramiko  # type: ignore[import-untyped]
+    except ImportError:
+        return (OSError, EOFError)
+    return (paramiko.SSHException, OSError, EOFError)
+
+
+# what paramiko raises on a connection that fails mid-way (made RemoteError where caught)
+SSH_ERRORS = _ssh_errors()
+
+
+def tcp_connection(cfg: RemoteConfig) -> socket.socket:
+    """A TCP connection to the remote host that fails when ``[remote] watchdog_s`` passes
+    with data unacknowledged (TCP_USER_TIMEOUT; SSH keepalives are such data): a silently
+    dropped link is seen by the node as the remote side sees it, not after TCP's 15
+    minutes of retries."""
+    try:
+        sock = socket.create_connection((cfg.host, cfg.port), timeout=cfg.connect_timeout)
+    except OSError as exc:
+        raise RemoteError(
+            f"cannot reach the remote host {cfg.host}:{cfg.port} ([remote] host, port): {exc}"
+        ) from None
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(cfg.watchdog_s * 1000))
+    return sock
 
 
 def where(cfg: RemoteConfig) -> str:
@@ -84,10 +114,8 @@ def connect(cfg: RemoteConfig, sock: socket.socket | None = None) -> Any:
                 f"failed: {exc}; put its public key in that user's authorized_keys"
             ) from None
         raise RemoteError(f"SSH to {where(cfg)} failed: {exc}") from None
-    except OSError as exc:
-        raise RemoteError(
-            f"cannot reach {cfg.host}:{cfg.port} ([remote] host, port): {exc}"
-        ) from None
+    except (OSError, EOFError) as exc:
+        raise RemoteError(f"SSH to {where(cfg)} failed: {exc!r}") from None
     transport = client.get_transport()
     assert transport is not None
     transport.set_keepalive(5)
@@ -97,7 +125,10 @@ def connect(cfg: RemoteConfig, sock: socket.socket | None = None) -> Any:
 def run(client: Any, argv: list[str], timeout: float = 60.0, stdin: bytes = b"") -> bytes:
     """Run ``argv`` on the remote host; its stdout, or RemoteError with its stderr."""
     command = shlex.join(argv)
-    chan = client.get_transport().open_session(timeout=timeout)
+    try:
+        chan = client.get_transport().open_session(timeout=timeout)
+    except SSH_ERRORS as exc:
+        raise RemoteError(f"{command} on the remote host: {exc!r}") from None
     try:
         chan.settimeout(timeout)
         chan.exec_command(command)
@@ -105,14 +136,20 @@ def run(client: Any, argv: list[str], timeout: float = 60.0, stdin: bytes = b"")
             chan.sendall(stdin)
         chan.shutdown_write()
         out, err = _read_all(chan)
-        rc = chan.recv_exit_status()
-    except (OSError, TimeoutError) as exc:
-        raise RemoteError(f"{command} on the remote host: {exc}") from None
+        rc = _exit_status(chan, timeout)
+    except SSH_ERRORS as exc:
+        raise RemoteError(f"{command} on the remote host: {exc!r}") from None
     finally:
         chan.close()
     if rc != 0:
         raise RemoteError(f"{command} on the remote host exited {rc}: {err.decode()[-500:]}")
     return out
+
+
+def _exit_status(chan: Any, timeout: float) -> int:
+    if not chan.status_event.wait(timeout):
+        raise TimeoutError(f"no exit status within {timeout:.0f}s")
+    return int(chan.recv_exit_status())
 
 
 def _read_all(chan: Any) -> tuple[bytes, bytes]:
@@ -156,7 +193,15 @@ def file_hash(path: str) -> str:
 def cached(client: Any, workdir: str, path: str, suffix: str = "") -> str:
     """The remote path of ``path``'s content in the cache, copied there if missing."""
     remote = f"{workdir}/cache/{file_hash(path)}{suffix}"
+    try:
+        return _cached(client, workdir, path, remote)
+    except SSH_ERRORS as exc:
+        raise RemoteError(f"copying {path} to {remote} on the remote host: {exc!r}") from None
+
+
+def _cached(client: Any, workdir: str, path: str, remote: str) -> str:
     sftp = client.open_sftp()
+    sftp.get_channel().settimeout(SFTP_TIMEOUT)
     try:
         try:
             sftp.stat(remote)
@@ -165,9 +210,14 @@ def cached(client: Any, workdir: str, path: str, suffix: str = "") -> str:
             pass
         run(client, ["mkdir", "-p", "-m", "0700", f"{workdir}/cache"])
         tmp = f"{remote}.part-{os.getpid()}"
-        sftp.put(path, tmp)
-        sftp.chmod(tmp, 0o644)
-        sftp.posix_rename(tmp, remote)
+        try:
+            sftp.put(path, tmp)
+            sftp.chmod(tmp, 0o644)
+            sftp.posix_rename(tmp, remote)
+        except BaseException:
+            with contextlib.suppress(*SSH_ERRORS):
+                sftp.remove(tmp)
+            raise
         log.info("copied %s to the remote cache as %s", path, remote)
         return remote
     finally:
@@ -175,8 +225,18 @@ def cached(client: Any, workdir: str, path: str, suffix: str = "") -> str:
 
 
 def put_tree(client: Any, source: str, dest: str, timeout: float = 300.0) -> None:
-    """Copy ``source`` (a directory or a file) to ``dest`` on the remote host as it is."""
-    chan = client.get_transport().open_session(timeout=30)
+    """Copy ``source`` (a directory or a file; a link is followed at the top only) to
+    ``dest`` on the remote host as it is, but device nodes: the remote side's 9p export of
+    the image is not nodev, so none is made there (the guest's /dev is the agent's)."""
+    source = os.path.realpath(source)
+
+    def no_devices(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        return None if info.isdev() else info
+
+    try:
+        chan = client.get_transport().open_session(timeout=30)
+    except SSH_ERRORS as exc:
+        raise RemoteError(f"copying {source} to the remote host: {exc!r}") from None
     try:
         chan.settimeout(timeout)
         parent = os.path.dirname(dest)
@@ -185,11 +245,11 @@ def put_tree(client: Any, source: str, dest: str, timeout: float = 300.0) -> Non
             f"{shlex.quote(parent)} -f -"
         )
         with chan.makefile("wb") as stream, tarfile.open(fileobj=stream, mode="w|") as tar:
-            tar.add(source, arcname=os.path.basename(dest), recursive=True)
+            tar.add(source, arcname=os.path.basename(dest), recursive=True, filter=no_devices)
         chan.shutdown_write()
         _, err = _read_all(chan)
-        rc = chan.recv_exit_status()
-    except (OSError, TimeoutError) as exc:
+        rc = _exit_status(chan, timeout)
+    except SSH_ERRORS as exc:
         raise RemoteError(f"copying {source} to the remote host: {exc}") from None
     finally:
         chan.close()

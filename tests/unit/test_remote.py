@@ -16,7 +16,7 @@ from hyperpy.share import Bind
 from hyperpy.vm.qemu import Placeholder, build_spec
 from hyperpy.vm.remote import SIDE, RemoteVM, remote_argv
 
-POD = "/var/lib/hyperpy-remote/pods/hyperpy-c1-0123abcd"
+POD = "/var/lib/hyperpy-remote/pods/0123abcd-0123456789ab-a1b2c3"
 
 
 def test_qemu_there_gets_remote_paths_a_console_on_stdout_and_no_fds():
@@ -38,10 +38,12 @@ def test_qemu_there_gets_remote_paths_a_console_on_stdout_and_no_fds():
 def test_only_what_can_be_copied_crosses():
     vm = RemoteVM.__new__(RemoteVM)
     ro = Bind("/a", "c/mounts/3/a", True, readonly=True)
-    hosts = Bind("/etc/hosts", "c/mounts/4/hosts", False)
+    hosts = Bind("/var/lib/docker/containers/x/hosts", "c/mounts/4/hosts", False)
     assert vm.check_binds([ro]) == [ro]
     (copied,) = vm.check_binds([hosts])
-    assert copied.readonly and copied.export == hosts.export  # a copy the guest only reads
+    assert copied.export == hosts.export  # docker's: a copy, on the guest's writable side
+    with pytest.raises(SpecError, match="read-write bind mount of /srv/app.conf"):
+        vm.check_binds([Bind("/srv/app.conf", "c/mounts/6/app.conf", False)])
     with pytest.raises(SpecError) as err:
         vm.check_binds([Bind("/data", "c/mounts/5/data", True)])
     assert err.value.pointer == "/mounts/5/source" and "read-only" in str(err.value)
@@ -54,13 +56,16 @@ def test_remote_config_is_checked():
         from_dict({"remote": {"port": "22"}})
     with pytest.raises(ConfigError, match="vsock"):
         from_dict({"vm": {"driver": "remote", "channel": "vsock"}})
+    with pytest.raises(ConfigError, match="watchdog_s must be at least 6"):
+        from_dict({"remote": {"watchdog_s": 2.0}})
+    with pytest.raises(ConfigError, match="workdir"):
+        from_dict({"remote": {"workdir": "/srv/a,b"}})
 
 
 def side(tmp_path, watchdog: float, script: str) -> subprocess.Popen:
-    pod = tmp_path / "pod"
-    pod.mkdir()
-    (pod / "file").write_text("x")
-    argv = [sys.executable, SIDE, "run", str(pod), str(watchdog), "--", "sh", "-c", script]
+    pod = tmp_path / "pods" / "pod"  # the remote side makes it
+    argv = [sys.executable, SIDE, "run", str(pod), str(watchdog), "--", "sh", "-c",
+            f"test -d {pod}/image && test -d {pod}/shared && {script}"]  # fmt: skip
     return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)  # fmt: skip
 
@@ -69,7 +74,33 @@ def test_the_remote_side_relays_the_console_and_exits_as_qemu(tmp_path):
     p = side(tmp_path, 30, "echo console-line; exit 3")
     out, err = p.communicate(timeout=30)
     assert p.returncode == 3 and out == b"console-line\n", err
-    assert not (tmp_path / "pod").exists()  # the pod's files go with the VM
+    assert os.listdir(tmp_path / "pods") == []  # the pod's files go with the VM
+
+
+def test_the_remote_side_sweeps_what_a_killed_run_left_and_nothing_live(tmp_path):
+    import fcntl
+
+    pods = tmp_path / "pods"
+    (pods / "stale").mkdir(parents=True)  # a run killed with SIGKILL left it
+    (pods / "stale" / "image").mkdir()
+    live = pods / "live"
+    live.mkdir()
+    fd = os.open(live, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as a live run holds its own
+    try:
+        p = side(tmp_path, 30, "exit 0")
+        assert p.wait(timeout=30) == 0
+        assert sorted(os.listdir(pods)) == ["live"]
+    finally:
+        os.close(fd)
+
+
+def test_a_qemu_that_cannot_start_leaves_nothing(tmp_path):
+    pod = tmp_path / "pods" / "pod"
+    p = subprocess.run([sys.executable, SIDE, "run", str(pod), "30", "--", "/no/such/qemu"],
+                       capture_output=True, timeout=30, input=b"")  # fmt: skip
+    assert p.returncode == 127 and b"/no/such/qemu" in p.stderr
+    assert os.listdir(tmp_path / "pods") == []
 
 
 def test_the_remote_side_stops_qemu_when_the_node_falls_silent(tmp_path):
@@ -85,7 +116,7 @@ def test_the_remote_side_stops_qemu_when_the_node_falls_silent(tmp_path):
     assert p.wait(timeout=15) == 128 + 15  # SIGTERM
     assert time.monotonic() - start < 10
     assert b"no word from the node" in p.stderr.read()
-    assert not (tmp_path / "pod").exists()
+    assert os.listdir(tmp_path / "pods") == []
 
 
 def test_the_remote_side_stops_qemu_when_the_connection_closes(tmp_path):
@@ -93,7 +124,7 @@ def test_the_remote_side_stops_qemu_when_the_connection_closes(tmp_path):
     assert p.stdin is not None
     p.stdin.close()  # sshd closes the command's stdin when the connection goes
     assert p.wait(timeout=15) == 128 + 15
-    assert not (tmp_path / "pod").exists()
+    assert os.listdir(tmp_path / "pods") == []
 
 
 def test_the_relay_waits_for_the_socket_and_copies_both_ways(tmp_path):

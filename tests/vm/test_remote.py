@@ -77,6 +77,12 @@ def test_run_stdio_and_exit_status_through_the_remote_host(root, bundle, remote)
     assert os.listdir(root) == []
 
 
+def test_a_64_character_id_as_docker_and_cri_make_them(root, bundle, remote):
+    cid = "f" * 64
+    res = hp(remote, root, "run", "--bundle", bundle(["echo", "long id"]), cid)
+    assert res.returncode == 0 and res.stdout == b"long id\n", res.stderr
+
+
 def test_exec_and_read_only_mounts_on_the_remote_host(root, bundle, remote, tmp_path):
     vol = tmp_path / "vol"
     vol.mkdir()
@@ -97,6 +103,7 @@ def test_exec_and_read_only_mounts_on_the_remote_host(root, bundle, remote, tmp_
     assert len(qemus) == 1, qemus
     (pod,) = pods(remote)
     image = os.path.join(remote.workdir, "pods", pod, "image", "r2")
+    assert len(os.path.join(remote.workdir, "pods", pod, "agent.sock")) < 108
     assert os.path.isfile(os.path.join(image, "rootfs", "bin", "busybox"))
     assert not [p for p in processes_under(root) if "qemu-system" in p.split()[1]]  # none here
     assert hp(remote, root, "delete", "--force", "r2").returncode == 0
