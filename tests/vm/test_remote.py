@@ -194,3 +194,23 @@ def test_a_pod_network_is_refused_it_cannot_reach_the_remote_vm(root, bundle, re
         assert os.listdir(root) == []
     finally:
         subprocess.run(["ip", "netns", "del", pod_ns], timeout=30)
+
+
+def test_a_silent_link_stops_the_remote_vm_by_its_watchdog(root, bundle, remote):
+    """Packets dropped both ways, no FIN: the remote side hears no ping for watchdog_s and
+    stops QEMU; the node's connection fails (TCP_USER_TIMEOUT) and the pod ends with 255."""
+    pid = create(remote, root, bundle(["sleep", "1000"]), "r8")
+    assert hp(remote, root, "start", "r8").returncode == 0
+    rules = [["-p", "tcp", "--dport", "2222", "-j", "DROP"],
+             ["-p", "tcp", "--sport", "2222", "-j", "DROP"]]  # fmt: skip
+    for rule in rules:
+        subprocess.run(remote.hyperpy_argv("iptables", "-I", "INPUT", *rule), check=True,
+                       timeout=30)  # fmt: skip
+    try:
+        assert settled(lambda: processes_under(remote.workdir), timeout=40) == []
+        assert settled(lambda: pods(remote), timeout=10) == []
+        assert wait_exit(pid, timeout=60) == 255
+    finally:
+        for rule in rules:
+            subprocess.run(remote.hyperpy_argv("iptables", "-D", "INPUT", *rule), timeout=30)
+    assert hp(remote, root, "delete", "--force", "r8").returncode == 0
