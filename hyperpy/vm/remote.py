@@ -10,12 +10,13 @@ The node keeps the OCI CLI, the monitor and the proxies; the remote host needs o
 - ``WORKDIR/pods/<name>/`` there: ``image/`` (containers' rootfs and read-only mounts,
   copied as tar streams when each container is created) and ``shared/`` (empty: a
   read-write bind mount cannot be kept in step with the node, and is refused);
-- two exec channels: *control* runs ``remote_side.py run`` (QEMU's console comes back on
+- exec channels: *control* runs ``remote_side.py run`` (QEMU's console comes back on
   its stdout into the local console.log, QEMU's stderr into qemu.log; the node writes
   ``ping`` every ``PING_EVERY`` seconds and ``stop`` to end it; the remote side stops QEMU
-  when the pings stop for ``[remote] watchdog_s`` and removes the pod's directory), and
-  *agent* runs ``remote_side.py relay`` to QEMU's agent socket, bridged here to a
-  socketpair, so the monitor talks to the agent exactly as it does locally.
+  when the pings stop for ``[remote] watchdog_s`` and removes the pod's directory);
+  *agent* and, to stop the VM, *qmp* run ``remote_side.py relay`` to QEMU's unix sockets,
+  bridged here to socketpairs, so the monitor talks to the agent and to QMP exactly as
+  it does locally.
 
 The VM has no NIC: the pod's network is on the node. A connection that drops ends the pod
 as a dead VM does (status 255).
@@ -57,8 +58,8 @@ SIDE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "remote_side.py"
 
 def remote_argv(spec: VMSpec, poddir: str, kernel: str, initrd: str) -> list[str]:
     """QEMU's argv on the remote host: the device plan with remote paths, the console on
-    stdout (relayed to the node), the agent channel on a unix socket in the pod's
-    directory, no QMP (the remote side stops QEMU) and no NIC."""
+    stdout (relayed to the node), the agent channel and QMP on unix sockets in the pod's
+    directory (each tunnelled over SSH when used), and no NIC."""
     out = [spec.binary, *BASE_ARGS, *SANDBOX]
     out += spec.machine.args() + spec.resources.args()
     out += ["-kernel", kernel, "-initrd", initrd, "-append", spec.kernel.cmdline]
@@ -71,6 +72,8 @@ def remote_argv(spec: VMSpec, poddir: str, kernel: str, initrd: str) -> list[str
             out += dev.args()
     assert isinstance(spec.channel, SerialChannel)
     out += dataclasses.replace(spec.channel, path=f"{poddir}/agent.sock").args()
+    out += ["-chardev", f"socket,id=qmp,path={poddir}/qmp.sock,server=on,wait=off",
+            "-mon", "chardev=qmp,mode=control"]  # fmt: skip
     return out
 
 
@@ -193,6 +196,7 @@ class RemoteVM:
             why = f"the remote side on {self.cfg.host} was killed"
         else:
             why = f"QEMU on {self.cfg.host} exited with status {rc}"
+        log.info("%s", why)
         self._gone(why)
 
     def _ping(self) -> None:
@@ -220,23 +224,28 @@ class RemoteVM:
     # --- the surface the monitor uses -------------------------------------------------
     async def open_agent(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if self.agent_ends is None:
-            self.agent_ends = await asyncio.to_thread(self._open_agent)
+            self.agent_ends = await asyncio.to_thread(self._tunnel, "agent.sock")
         return await asyncio.open_connection(sock=self.agent_ends[0])
 
-    def _open_agent(self) -> tuple[socket.socket, socket.socket]:
-        chan = self.client.get_transport().open_session(timeout=self.cfg.connect_timeout)
-        chan.exec_command(ssh.shlex.join(["python3", self._side, "relay",
-                                          f"{self.poddir}/agent.sock"]))  # fmt: skip
+    def _tunnel(self, name: str) -> tuple[socket.socket, socket.socket]:
+        """A socketpair whose first end reaches QEMU's unix socket ``name`` in the pod's
+        directory there, through an exec channel running the remote side's relay."""
+        try:
+            chan = self.client.get_transport().open_session(timeout=self.cfg.connect_timeout)
+            chan.exec_command(ssh.shlex.join(["python3", self._side, "relay",
+                                              f"{self.poddir}/{name}"]))  # fmt: skip
+        except ssh.SSH_ERRORS as exc:
+            raise ssh.RemoteError(f"tunnelling {name} over SSH: {exc!r}") from None
         mine, theirs = socket.socketpair()
 
-        def up() -> None:  # monitor -> agent
+        def up() -> None:  # monitor -> QEMU
             with contextlib.suppress(OSError, EOFError):
                 while data := theirs.recv(65536):
                     chan.sendall(data)
             with contextlib.suppress(OSError, EOFError):
                 chan.shutdown_write()
 
-        def down() -> None:  # agent -> monitor
+        def down() -> None:  # QEMU -> monitor
             with contextlib.suppress(OSError, EOFError):
                 while data := chan.recv(65536):
                     theirs.sendall(data)
@@ -244,8 +253,29 @@ class RemoteVM:
                 theirs.shutdown(socket.SHUT_WR)
 
         for target in (up, down):
-            threading.Thread(target=target, name=f"agent-{target.__name__}", daemon=True).start()
+            threading.Thread(target=target, name=f"{name}-{target.__name__}", daemon=True).start()
         return mine, theirs
+
+    async def _quit(self, timeout: float) -> bool:
+        """QMP ``quit``, tunnelled over SSH as the agent channel is: QEMU ends cleanly."""
+        from qemu.qmp import QMPClient
+
+        ends = None
+        client = QMPClient("hyperpy-remote")
+        try:
+            ends = await asyncio.wait_for(asyncio.to_thread(self._tunnel, "qmp.sock"), timeout)
+            await asyncio.wait_for(client.connect(ends[0]), timeout)
+            await asyncio.wait_for(client.execute("quit"), timeout)
+            log.info("QMP quit sent to QEMU on %s", self.cfg.host)
+            return True
+        except Exception as exc:  # noqa: BLE001 - the remote side's stop is the fallback
+            log.warning("QMP quit over SSH failed (%r): stopping through the remote side", exc)
+            return False
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.disconnect(), timeout)
+            for end in ends or ():
+                end.close()
 
     async def watch_boot(self, ready: asyncio.Future, timeout: float) -> None:
         await watch_boot(self, ready, timeout)
@@ -274,8 +304,12 @@ class RemoteVM:
         )
 
     async def shutdown(self, grace: float = 10.0) -> None:
-        """``stop`` to the remote side (it stops QEMU and removes the pod's directory), then
-        close the connection. If the connection is gone, the remote watchdog does it."""
+        """In stages: QMP ``quit``; ``stop`` to the remote side (SIGTERM, then SIGKILL);
+        then close the connection. The remote side removes the pod's directory once QEMU
+        is gone. If the connection is gone, the remote watchdog does all of it."""
+        if self.control is not None and self.exited() is None:
+            if await self._quit(3.0):
+                await self.wait_exit(3.0)
         if self.control is not None and self.exited() is None:
             with contextlib.suppress(OSError, EOFError, TimeoutError):
                 await asyncio.wait_for(asyncio.to_thread(self.control.sendall, b"stop\n"), grace)

@@ -31,7 +31,7 @@ def test_qemu_there_gets_remote_paths_a_console_on_stdout_and_no_fds():
     fsdevs = [a for a in argv if a.startswith("local,")]
     assert any(f"path={POD}/shared," in a for a in fsdevs)
     assert any(f"path={POD}/image," in a and "readonly=on" in a for a in fsdevs)
-    assert "-mon" not in argv  # no QMP: the remote side stops QEMU
+    assert f"socket,id=qmp,path={POD}/qmp.sock,server=on,wait=off" in argv  # tunnelled
     assert any(IMAGE_TAG in a for a in argv)
 
 

@@ -110,6 +110,20 @@ def test_exec_and_read_only_mounts_on_the_remote_host(root, bundle, remote, tmp_
     assert wait_exit(pid) in (137, 255)
 
 
+def test_a_vm_whose_container_exited_is_stopped_by_qmp_over_ssh(root, bundle, remote):
+    pid = create(remote, root, bundle(["sleep", "1000"]), "r9")
+    assert hp(remote, root, "start", "r9").returncode == 0
+    assert hp(remote, root, "kill", "r9", "KILL").returncode == 0
+    assert wait_exit(pid) == 137
+    # every process exited: the VM stops itself, QMP quit through the tunnel, not SIGTERM
+    assert settled(lambda: processes_under(remote.workdir), timeout=30) == []
+    with open(os.path.join(root, "r9", "monitor.log")) as f:
+        log = f.read()
+    assert "QMP quit sent to QEMU on 127.0.0.1" in log, log
+    assert "exited with status 0" in log, log
+    assert hp(remote, root, "delete", "r9").returncode == 0
+
+
 def test_a_read_write_mount_is_refused_naming_it(root, bundle, remote, tmp_path):
     b = bundle(["true"])
     with open(f"{b}/config.json") as f:
