@@ -1,8 +1,9 @@
 """The sandbox monitor: one long-lived process per VM.
 
-Owns the QEMU process (confined by ``vm/jail.py`` unless ``[jail] enabled = false``), QMP,
-the single agent channel (multiplexed here), the sandbox's 9p export (``share.py``), and the
-record of exit statuses (exit.json). Serves the
+Owns the VM through its hypervisor driver (``vm/hypervisor.py``: QEMU here and jailed by
+``vm/jail.py``, a libvirt domain, or a QEMU on a remote host), the single agent channel
+(multiplexed here; its requests and frames are ``agent_link.py``'s), the sandbox's 9p
+export (``share.py``), and the record of exit statuses (exit.json). Serves the
 CLI and the process proxies on ``monitor.sock`` with the agent's own framing
 (:mod:`agent.protocol`):
 
@@ -37,6 +38,7 @@ from typing import Any
 
 from agent import protocol as P
 from hyperpy import network, share
+from hyperpy.agent_link import AgentLink, Attachment
 from hyperpy.config import load as load_config
 from hyperpy.errors import AgentError, HyperpyError, SpecError, VMError
 from hyperpy.sandbox.store import write_json_atomic
@@ -45,127 +47,12 @@ from hyperpy.vm.devices import Incoming, Memory
 
 log = logging.getLogger("hyperpy.monitor")
 
-AGENT_TIMEOUT = 60.0
 RESTORE_TIMEOUT = 15.0  # a VM restored from a template says hello in ~0.1 s under TCG
 # monitor.sock's peers and the agent are hostile input: bounded connections, bounded bytes.
 MAX_CLIENTS = 256
 PARTIAL_FRAME_TIMEOUT = 10.0  # a client that leaves a frame incomplete this long is dropped
 DECODE_BUDGET = 32 << 20  # incomplete frames held over all clients; the largest goes first
-PENDING_LIMIT = 8 << 20  # a process's output kept until its proxy attaches
 DNS_BUFFER_LIMIT = 1 << 20  # relayed DNS answers are dropped while the channel holds more
-
-
-class Attachment:
-    """Frames for one process: sent to its proxy, or kept (up to PENDING_LIMIT) until one
-    attaches. Once the exit went to a proxy, or the proxy left, nothing more is kept."""
-
-    def __init__(self) -> None:
-        self.writer: asyncio.StreamWriter | None = None
-        self.pending: list[bytes] = []
-        self.pending_bytes = 0
-        self.dropped = 0
-        self.exit: dict | None = None
-        self.done = False
-
-    def deliver(self, frame: bytes) -> None:
-        if self.writer is not None and not self.writer.is_closing():
-            self.writer.write(frame)
-        elif self.done or self.pending_bytes + len(frame) > PENDING_LIMIT:
-            self.dropped += len(frame)
-        else:
-            self.pending.append(frame)
-            self.pending_bytes += len(frame)
-
-    def finish(self, writer: asyncio.StreamWriter) -> None:
-        """Send the exit (after what was kept) and close: the proxy's last frame."""
-        assert self.exit is not None
-        writer.write(P.encode_msg(self.exit))
-        writer.close()
-        self.done = True
-        self.pending.clear()
-        self.pending_bytes = 0
-
-
-class AgentLink:
-    """The host end of the agent channel: requests by id, events and DATA dispatched."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.next_id = 1
-        self.waiting: dict[int, asyncio.Future] = {}
-        self.owners: dict[int, str] = {}  # request id -> cid of a process it starts
-        self.on_new_proc = lambda proc, cid: None
-        self.on_event = lambda msg: None
-        self.on_data = lambda stream, payload: None
-        self.closed = asyncio.get_running_loop().create_future()
-
-    async def pump(self) -> None:
-        decoder = P.Decoder()
-        try:
-            while True:
-                data = await self.reader.read(256 * 1024)
-                if not data:
-                    break
-                for item in decoder.feed(data):
-                    try:
-                        if isinstance(item, P.BadFrame):
-                            log.warning("bad frame from the agent: %s", item.reason)
-                        elif item.kind == P.DATA:
-                            self.on_data(item.stream, item.payload)
-                        else:
-                            self._on_msg(item.message())
-                    except Exception as exc:  # noqa: BLE001 - one bad frame must not end the pod
-                        log.warning("ignored a message from the agent that failed: %r", exc)
-        finally:
-            err = AgentError("the agent channel closed (the VM stopped or the agent died)")
-            for fut in self.waiting.values():
-                if not fut.done():
-                    fut.set_exception(err)
-            self.waiting.clear()
-            if not self.closed.done():
-                self.closed.set_result(None)
-
-    def _on_msg(self, msg: dict) -> None:
-        if "event" in msg:
-            self.on_event(msg)
-            return
-        fut = self.waiting.pop(msg.get("id", 0), None)
-        owner = self.owners.pop(msg.get("id", 0), "")
-        if owner and msg.get("ok") and isinstance(msg.get("proc"), int):
-            # Before any later frame of this read is dispatched: the new process's output
-            # may follow its reply in the same read.
-            self.on_new_proc(msg["proc"], owner)
-        if fut is None:
-            if not msg.get("ok", True):
-                log.warning("agent error without a request: %s", msg.get("error"))
-            return
-        if not fut.done():
-            fut.set_result(msg)
-
-    def send_raw(self, frame: bytes) -> None:
-        self.writer.write(frame)
-
-    async def request(self, op: str, timeout: float = AGENT_TIMEOUT, **fields: object) -> dict:
-        if self.closed.done():
-            raise AgentError(f"cannot send {op!r}: the agent channel is closed")
-        req_id = self.next_id
-        self.next_id += 1
-        if op in (P.OP_CREATE, P.OP_EXEC):
-            self.owners[req_id] = str(fields["cid"])
-        fut = asyncio.get_running_loop().create_future()
-        self.waiting[req_id] = fut
-        self.writer.write(P.encode_msg({"id": req_id, "op": op, **fields}))
-        try:
-            reply = await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            self.waiting.pop(req_id, None)
-            raise AgentError(f"the agent did not answer {op!r} within {timeout:.0f}s") from None
-        if not reply.get("ok"):
-            if reply.get("kind") == "SpecError":
-                raise SpecError(reply.get("error", ""), pointer=reply.get("pointer", ""))
-            raise AgentError(f"the agent refused {op!r}: {reply.get('error')}")
-        return reply
 
 
 class Monitor:

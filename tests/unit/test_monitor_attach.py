@@ -4,7 +4,7 @@ nothing once the exit went out or the proxy left (the guest writes these frames)
 from __future__ import annotations
 
 from agent import protocol as P
-from hyperpy.monitor import PENDING_LIMIT, Attachment
+from hyperpy.agent_link import PENDING_LIMIT, Attachment
 
 
 def test_kept_output_is_bounded_empty_frames_included():
