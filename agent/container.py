@@ -14,7 +14,7 @@ cgroup counted an OOM kill, as runc says it: "container init was OOM-killed".
 The container's root is switched with pivot_root(2) and the old root detached, so nothing
 of the guest's own filesystem (the agent, its Python) stays reachable from inside.  The
 initramfs itself cannot be pivoted away from; the agent makes its root a bind mount of
-the initramfs at boot (``main.root_as_mount``) so that pivot_root works.  ``--no-pivot``
+the initramfs at boot (``boot.root_as_mount``) so that pivot_root works.  ``--no-pivot``
 takes runc's fallback: MS_MOVE over "/" and chroot.
 """
 

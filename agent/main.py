@@ -1,19 +1,19 @@
 """The guest agent: PID 1 of the hyperpy guest.
 
-Owns, inside the guest: the early mounts (proc, sys, dev, devpts, shm, cgroup2, the 9p
-share), the one channel to the host (a named virtio-serial port, or vsock when the kernel
-command line names a port), the containers and their processes, their stdio, reaping every
-zombie, and powering the guest off.
+Owns, inside the guest: serving the one channel to the host, the containers and their
+processes, their stdio, and reaping every zombie. What PID 1 does around that (the early
+mounts, the 9p shares at hello, finding the channel, powering off) is ``agent/boot.py``'s.
 
 One thread and one ``selectors`` loop: the channel, every process's stdout/stderr (or pty
 master), stdin writes with their own buffers, and a wakeup pipe for SIGCHLD. Requests are
 handled in arrival order; a request that fails gets an error reply, a frame that cannot be
 read gets a ``ProtocolError`` reply, and the loop goes on.
 
-Kernel command line keys read here::
+Kernel command line keys read here (through ``boot.kernel_params``)::
 
     hyperpy.channel=serial:<port name> | vsock:<port>
     hyperpy.share=<9p mount tag>        (default: hyperpy)
+    hyperpy.debug=1                     (each message traced on the console)
 """
 
 from __future__ import annotations
@@ -29,12 +29,19 @@ from typing import TYPE_CHECKING
 
 from agent import cgroups, layers, linux
 from agent import protocol as P
+from agent.boot import (
+    early_mounts,
+    kernel_params,
+    mount_shares,
+    open_channel,
+    poweroff,
+    root_as_mount,
+)
 from agent.container import Launch, SetupError, Stdio, died, read_sync, spawn
 
 if TYPE_CHECKING:
     from agent.dns import Relay
 
-SHARE_DIR = P.GUEST_SHARE_DIR
 OUTBUF_HIGH = 4 << 20
 
 
@@ -665,90 +672,6 @@ def _proc_info(pid: int) -> dict | None:
 def trace(text: str) -> None:
     """With hyperpy.debug=1 on the kernel command line: one line on the console."""
     os.write(2, f"hyperpy-agent: {text[:300]}\n".encode(errors="replace"))
-
-
-def root_as_mount() -> None:
-    """Make "/" a bind mount of the initramfs instead of the initramfs itself.
-
-    pivot_root(2) refuses to move away from the initial rootfs (it has no parent mount); a
-    bind mount of it, moved over "/", has one, so containers can pivot_root.  No copy.
-    """
-    os.makedirs("/.root", exist_ok=True)
-    linux.mount("/", "/.root", None, linux.MS_BIND | linux.MS_REC)
-    os.chdir("/.root")
-    linux.mount("/.root", "/", None, linux.MS_MOVE)
-    os.chroot(".")
-    os.chdir("/")
-
-
-def early_mounts() -> None:
-    specs = [
-        ("proc", "/proc", "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC, ""),
-        ("sysfs", "/sys", "sysfs", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC, ""),
-        ("devtmpfs", "/dev", "devtmpfs", linux.MS_NOSUID, "mode=0755"),
-        ("devpts", "/dev/pts", "devpts", linux.MS_NOSUID | linux.MS_NOEXEC, "ptmxmode=0666"),
-        ("shm", "/dev/shm", "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=1777"),
-        ("tmpfs", "/run", "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=0755"),
-        ("cgroup2", "/sys/fs/cgroup", "cgroup2", linux.MS_NOSUID | linux.MS_NODEV, ""),
-    ]
-    for source, target, fstype, flags, data in specs:
-        os.makedirs(target, exist_ok=True)
-        try:
-            linux.mount(source, target, fstype, flags, data)
-        except OSError as exc:
-            if exc.errno != errno.EBUSY:
-                raise
-
-
-def mount_shares(share_tag: str) -> None:
-    """The two 9p exports: the writable share and the read-only image."""
-    for tag, target, flags in ((share_tag, SHARE_DIR, 0), (P.IMAGE_TAG, P.GUEST_IMAGE_DIR,
-                                linux.MS_RDONLY | linux.MS_NODEV)):  # fmt: skip
-        os.makedirs(target, exist_ok=True)
-        try:
-            linux.mount(
-                tag, target, "9p", flags, "trans=virtio,version=9p2000.L,msize=262144,cache=none"
-            )
-        except OSError as exc:
-            if exc.errno != errno.ENOENT:  # no share device: a bare boot
-                raise
-
-
-def kernel_params() -> dict[str, str]:
-    with open("/proc/cmdline") as f:
-        words = f.read().split()
-    return dict(w.split("=", 1) for w in words if "=" in w and w.startswith("hyperpy."))
-
-
-def open_channel(spec: str, timeout: float = 10.0) -> int:
-    kind, _, name = spec.partition(":")
-    if kind == "vsock":
-        srv = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
-        srv.bind((socket.VMADDR_CID_ANY, int(name)))
-        srv.listen(1)
-        conn, _ = srv.accept()
-        srv.close()
-        return conn.detach()
-    if kind != "serial":
-        raise SystemExit(f"hyperpy agent: unknown channel {spec!r}")
-    deadline = time.monotonic() + timeout
-    while True:
-        for port in os.listdir("/sys/class/virtio-ports"):
-            try:
-                with open(f"/sys/class/virtio-ports/{port}/name") as f:
-                    if f.read().strip() == name:
-                        return os.open(f"/dev/{port}", os.O_RDWR | os.O_CLOEXEC)
-            except OSError:
-                continue
-        if time.monotonic() > deadline:
-            raise SystemExit(f"hyperpy agent: no virtio-serial port named {name!r}")
-        time.sleep(0.01)
-
-
-def poweroff() -> None:
-    os.sync()
-    # The VM runs with -no-reboot and reboot=t: a reboot ends QEMU on every machine type.
-    linux.reboot(linux.RB_AUTOBOOT)
 
 
 def main(t_init: float) -> None:
