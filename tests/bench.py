@@ -19,7 +19,8 @@ Then the network (``bench_network.py``), memory per idle pod with and without te
 (``bench_template.py``) and the hot verbs beside runc (``bench_verbs.py``); the output ends
 with ``summary NAME X`` lines for scripts. The libvirt driver's cold start and QEMU memory
 are measured beside the direct driver's (``bench_libvirt.py``, a libvirtd of its own when
-none runs).
+none runs), and the remote driver's cold start against an sshd on loopback in a network
+namespace of the bench's (``tests/sshd.py``: the SSH and copy overhead, no real network).
 
     python -m tests.bench [--runs N]
 """
@@ -38,13 +39,15 @@ import time
 
 from tests import bench_libvirt, bench_template
 from tests.libvirtd import Daemon
+from tests.sshd import Sshd
 
 HYPERPY = os.path.join(os.path.dirname(sys.executable), "hyperpy")
 
 
-def _hyperpy(root: str, *args: str, env: dict | None = None, timeout: float = 180) -> None:
+def _hyperpy(root: str, *args: str, env: dict | None = None, timeout: float = 180,
+             prefix: tuple[str, ...] = ()) -> None:  # fmt: skip
     res = subprocess.run(
-        [HYPERPY, "--root", root, *args], capture_output=True, timeout=timeout, env=env
+        [*prefix, HYPERPY, "--root", root, *args], capture_output=True, timeout=timeout, env=env
     )
     if res.returncode != 0:
         raise SystemExit(f"hyperpy {' '.join(args)} failed ({res.returncode}): {res.stderr!r}")
@@ -76,9 +79,10 @@ def bare_boot(tmp: str, icount: bool) -> float:
     return took
 
 
-def cold_run(root: str, bundle: str, n: int, env: dict | None = None) -> float:
+def cold_run(root: str, bundle: str, n: int, env: dict | None = None,
+             prefix: tuple[str, ...] = ()) -> float:  # fmt: skip
     start = time.monotonic()
-    _hyperpy(root, "run", "--bundle", bundle, f"bench-run-{n}", env=env)
+    _hyperpy(root, "run", "--bundle", bundle, f"bench-run-{n}", env=env, prefix=prefix)
     return time.monotonic() - start
 
 
@@ -157,8 +161,13 @@ def main() -> int:
 
     work = tempfile.mkdtemp(prefix="hyperpy-bench-")
     libvirtd = Daemon(work)
+    sshd = Sshd(os.path.join(work, "sshd"))
     try:
         libvirtd.__enter__()
+        os.makedirs(sshd.base)
+        sshd.__enter__()
+        remote_env = dict(os.environ, HYPERPY_CONFIG=sshd.config())
+        in_sshd = tuple(sshd.hyperpy_argv())
         bundle = os.path.join(work, "bundle")
         os.makedirs(bundle)
         make_bundle(bundle, ["true"])
@@ -182,7 +191,8 @@ def main() -> int:
             f"accelerator: {accel}; {args.runs} runs each ({args.icount_runs} under -icount), "
             "interleaved; medians"
         )
-        bare, run, tmpl, unjailed, ph, ph_icount, q35, lv = [], [], [], [], [], [], [], []
+        bare, run, tmpl, unjailed, ph, ph_icount, q35, lv, rem = ([] for _ in range(9))
+        cold_run(root, bundle, 998, env=remote_env, prefix=in_sshd)  # fills the remote cache
         for n in range(args.runs):
             bare.append(bare_boot(work, icount=False))
             run.append(cold_run(root, bundle, n, env=cold_env))
@@ -190,6 +200,7 @@ def main() -> int:
             unjailed.append(cold_run(root, bundle, 200 + n, env=unjailed_env))
             q35.append(cold_run(root, bundle, 400 + n, env=q35_env))
             lv.append(cold_run(root, bundle, 500 + n, env=lv_env))
+            rem.append(cold_run(root, bundle, 600 + n, env=remote_env, prefix=in_sshd))
             ph.append(phases(root, bundle, n, env=cold_env))
             if n < args.icount_runs:
                 ph_icount.append(phases(root, bundle, 100 + n, env=icount_env))
@@ -218,6 +229,11 @@ def main() -> int:
             "   host, so only the phases that run without the host are deterministic)"
         )
         lv_ratio = bench_libvirt.report_start(run, q35, lv)
+        rm = statistics.median(rem)
+        print(
+            f"  remote driver (sshd on loopback, accel tcg): {rm:.3f} s median, "
+            f"{min(rem):.3f}-{max(rem):.3f}; ratio remote/direct {rm / r:.2f}x"
+        )
         from tests.bench_network import report
 
         report(work)
@@ -233,7 +249,9 @@ def main() -> int:
         print(f"summary hot-verbs/runc {worst:.1f}")
         print(f"summary libvirt/direct-cold {lv_ratio:.2f}")
         print(f"summary libvirt-pss-mib-per-pod {lv_pss:.1f}")
+        print(f"summary remote/direct-cold {rm / r:.2f}")
     finally:
+        sshd.__exit__()
         libvirtd.__exit__()
         bench_template.remove_templates(bench_template.envs(work)[1])
         subprocess.run(["umount", "-R", "-l", os.path.join(work, "root")], capture_output=True)
