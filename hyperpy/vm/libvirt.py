@@ -40,6 +40,7 @@ from hyperpy import share
 from hyperpy.errors import SpecError, VMError
 from hyperpy.vm import domain, view
 from hyperpy.vm.devices import Nic, Share9p
+from hyperpy.vm.ending import Ending
 from hyperpy.vm.qemu import console_tail, watch_boot
 from hyperpy.vm.share_local import LocalShare
 
@@ -138,7 +139,7 @@ def mac_models(caps_xml: str) -> list[str]:
     return [m for m in models if m and m not in ("dac", "none")]
 
 
-class LibvirtVM(LocalShare):
+class LibvirtVM(LocalShare, Ending):
     """A running pod VM as a libvirt domain; the same surface as ``qemu.QemuVM``."""
 
     def __init__(self, spec: VMSpec, workdir: str, cfg: LibvirtConfig, kernel: str,
@@ -153,7 +154,6 @@ class LibvirtVM(LocalShare):
         self.dom: Any = None
         self.callback: int | None = None
         self.uid = self.gid = 0
-        self.stopped: asyncio.Future[str] | None = None
         self.console_path = os.path.join(workdir, "console.log")
 
     async def __aenter__(self) -> LibvirtVM:
@@ -167,8 +167,7 @@ class LibvirtVM(LocalShare):
     async def launch(self) -> None:
         import libvirt
 
-        loop = asyncio.get_running_loop()
-        self.stopped = loop.create_future()
+        loop = self._begin()
         self.conn = await connect(self.cfg.uri)
         kvm = self.spec.machine.accel == "kvm"
         caps = await _call("getCapabilities", self.conn.getCapabilities)
@@ -255,25 +254,12 @@ class LibvirtVM(LocalShare):
             if "error" in json.loads(out):
                 raise VMError(f"QMP {cmd} for NIC {i} failed: {out}")
 
-    def _set_stopped(self, why: str) -> None:
-        if self.stopped is not None and not self.stopped.done():
-            self.stopped.set_result(why)
-
     # --- the surface the monitor uses -------------------------------------------------
     async def open_agent(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await asyncio.open_unix_connection(self.view.path(view.AGENT_SOCKET))
 
     async def watch_boot(self, ready: asyncio.Future, timeout: float) -> None:
         await watch_boot(self, ready, timeout)
-
-    def exited(self) -> str | None:
-        """Why the VM is gone, or None while it runs."""
-        return self.stopped.result() if self.stopped is not None and self.stopped.done() else None
-
-    async def wait_exit(self, timeout: float) -> None:
-        if self.stopped is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self.stopped), timeout)
 
     @property
     def running(self) -> bool:
@@ -289,10 +275,6 @@ class LibvirtVM(LocalShare):
                 return int(f.read().strip() or 0)
         except (OSError, ValueError):
             return 0
-
-    async def ended(self) -> str:
-        assert self.stopped is not None
-        return await asyncio.shield(self.stopped)
 
     def failure(self, what: str, cls: type[VMError] = VMError) -> VMError:
         qemu_log = f"/var/log/libvirt/qemu/{self.name}.log"

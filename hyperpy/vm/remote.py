@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from hyperpy.errors import SpecError, VMError
 from hyperpy.vm import ssh
 from hyperpy.vm.devices import BASE_ARGS, SANDBOX, Machine, Rng, SerialChannel, Share9p
+from hyperpy.vm.ending import Ending
 from hyperpy.vm.qemu import BASE_CMDLINE, console_tail, watch_boot
 from hyperpy.vm.view import view_name
 
@@ -105,7 +106,7 @@ def remote_accel(client: Any, workdir: str, vcfg: VMConfig, kernel: str) -> str:
     return accel
 
 
-class RemoteVM:
+class RemoteVM(Ending):
     """A pod VM on the remote host; the same surface as ``qemu.QemuVM``."""
 
     def __init__(self, spec: VMSpec, workdir: str, cfg: RemoteConfig, vcfg: VMConfig,
@@ -123,7 +124,6 @@ class RemoteVM:
         self._side = ""  # the remote side's path in the remote cache
         self.control: Any = None
         self.agent_ends: tuple[socket.socket, socket.socket] | None = None
-        self.stopped: asyncio.Future[str] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.console_path = os.path.join(workdir, "console.log")
         self.stderr_path = os.path.join(workdir, "qemu.log")
@@ -131,8 +131,7 @@ class RemoteVM:
 
     # --- start ----------------------------------------------------------------------
     async def launch(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.stopped = self.loop.create_future()
+        self.loop = self._begin()
         try:
             await asyncio.wait_for(asyncio.to_thread(self._start), LAUNCH_TIMEOUT)
         except TimeoutError:
@@ -217,10 +216,6 @@ class RemoteVM:
         if self.loop is not None and self.stopped is not None:
             self.loop.call_soon_threadsafe(self._set_stopped, why)
 
-    def _set_stopped(self, why: str) -> None:
-        if self.stopped is not None and not self.stopped.done():
-            self.stopped.set_result(why)
-
     # --- the surface the monitor uses -------------------------------------------------
     async def open_agent(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if self.agent_ends is None:
@@ -280,21 +275,9 @@ class RemoteVM:
     async def watch_boot(self, ready: asyncio.Future, timeout: float) -> None:
         await watch_boot(self, ready, timeout)
 
-    def exited(self) -> str | None:
-        return self.stopped.result() if self.stopped is not None and self.stopped.done() else None
-
-    async def wait_exit(self, timeout: float) -> None:
-        if self.stopped is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self.stopped), timeout)
-
     @property
     def running(self) -> bool:
         return self.control is not None and self.exited() is None
-
-    async def ended(self) -> str:
-        assert self.stopped is not None
-        return await asyncio.shield(self.stopped)
 
     def failure(self, what: str, cls: type[VMError] = VMError) -> VMError:
         return cls(
