@@ -21,6 +21,7 @@ import shlex
 import socket
 import tarfile
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from hyperpy.errors import VMError
@@ -125,24 +126,33 @@ def connect(cfg: RemoteConfig, sock: socket.socket | None = None) -> Any:
 def run(client: Any, argv: list[str], timeout: float = 60.0, stdin: bytes = b"") -> bytes:
     """Run ``argv`` on the remote host; its stdout, or RemoteError with its stderr."""
     command = shlex.join(argv)
+    return _exec(client, command, timeout, f"{command} on the remote host",
+                 (lambda chan: chan.sendall(stdin)) if stdin else None)  # fmt: skip
+
+
+def _exec(client: Any, command: str, timeout: float, what: str,
+          feed: Callable[[Any], None] | None = None,
+          open_timeout: float | None = None) -> bytes:  # fmt: skip
+    """Run ``command`` on an exec channel: ``feed`` writes its stdin (then EOF); its stdout,
+    or RemoteError naming ``what``, its exit status and its stderr's end."""
     try:
-        chan = client.get_transport().open_session(timeout=timeout)
+        chan = client.get_transport().open_session(timeout=open_timeout or timeout)
     except SSH_ERRORS as exc:
-        raise RemoteError(f"{command} on the remote host: {exc!r}") from None
+        raise RemoteError(f"{what}: {exc!r}") from None
     try:
         chan.settimeout(timeout)
         chan.exec_command(command)
-        if stdin:
-            chan.sendall(stdin)
+        if feed is not None:
+            feed(chan)
         chan.shutdown_write()
         out, err = _read_all(chan)
         rc = _exit_status(chan, timeout)
     except SSH_ERRORS as exc:
-        raise RemoteError(f"{command} on the remote host: {exc!r}") from None
+        raise RemoteError(f"{what}: {exc!r}") from None
     finally:
         chan.close()
     if rc != 0:
-        raise RemoteError(f"{command} on the remote host exited {rc}: {err.decode()[-500:]}")
+        raise RemoteError(f"{what} exited {rc}: {err.decode()[-500:]}")
     return out
 
 
@@ -233,26 +243,13 @@ def put_tree(client: Any, source: str, dest: str, timeout: float = 300.0) -> Non
     def no_devices(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
         return None if info.isdev() else info
 
-    try:
-        chan = client.get_transport().open_session(timeout=30)
-    except SSH_ERRORS as exc:
-        raise RemoteError(f"copying {source} to the remote host: {exc!r}") from None
-    try:
-        chan.settimeout(timeout)
-        parent = os.path.dirname(dest)
-        chan.exec_command(
-            f"mkdir -p {shlex.quote(parent)} && tar -x --numeric-owner -p -C "
-            f"{shlex.quote(parent)} -f -"
-        )
+    parent = os.path.dirname(dest)
+
+    def send(chan: Any) -> None:
         with chan.makefile("wb") as stream, tarfile.open(fileobj=stream, mode="w|") as tar:
             tar.add(source, arcname=os.path.basename(dest), recursive=True, filter=no_devices)
-        chan.shutdown_write()
-        _, err = _read_all(chan)
-        rc = _exit_status(chan, timeout)
-    except SSH_ERRORS as exc:
-        raise RemoteError(f"copying {source} to the remote host: {exc}") from None
-    finally:
-        chan.close()
-    if rc != 0:
-        raise RemoteError(f"copying {source} to {dest} on the remote host: "
-                          f"tar exited {rc}: {err.decode()[-500:]}")  # fmt: skip
+
+    where = shlex.quote(parent)
+    command = f"mkdir -p {where} && tar -x --numeric-owner -p -C {where} -f -"
+    _exec(client, command, timeout, f"copying {source} to {dest} on the remote host", send,
+          open_timeout=30.0)  # fmt: skip
