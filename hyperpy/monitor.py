@@ -39,6 +39,7 @@ from typing import Any
 from agent import protocol as P
 from hyperpy import network, share
 from hyperpy.agent_link import AgentLink, Attachment
+from hyperpy.config import Config
 from hyperpy.config import load as load_config
 from hyperpy.errors import AgentError, HyperpyError, SpecError, VMError
 from hyperpy.sandbox.store import write_json_atomic
@@ -56,11 +57,10 @@ DNS_BUFFER_LIMIT = 1 << 20  # relayed DNS answers are dropped while the channel 
 
 
 class Monitor:
-    def __init__(self, state_dir: str, sock: Any = None) -> None:
+    def __init__(self, state_dir: str, config: Config, sock: Any = None) -> None:
         self.dir = state_dir
         self.sock = sock  # the remote driver's connection to its host (made in main())
         self.nics = True
-        config = load_config()
         self.config = config
         self.cfg = config.vm
         self.jail_cfg = config.jail
@@ -599,9 +599,8 @@ class Monitor:
                     os.unlink(os.path.join(self.dir, "monitor.sock"))
 
 
-def _remote_connection() -> Any:
+def _remote_connection(config: Config) -> Any:
     """With [vm] driver = "remote", a TCP connection to the remote host, or None."""
-    config = load_config()
     if config.vm.driver != "remote":
         return None
     from hyperpy.vm.ssh import tcp_connection
@@ -626,10 +625,11 @@ def main() -> None:
     )
     request = json.loads(os.environ.get("HYPERPY_MONITOR_REQUEST", "{}"))
     try:
-        sock = _remote_connection()  # before the pod's namespace: the host's network
+        config = load_config()
+        sock = _remote_connection(config)  # before the pod's namespace: the host's network
         if request.get("network") is not None:  # first: every thread is then in it
             network.enter(request["network"].get("netns", ""))
-        code = asyncio.run(Monitor(state_dir, sock).main(ready_fd))
+        code = asyncio.run(Monitor(state_dir, config, sock).main(ready_fd))
     except Exception as exc:  # noqa: BLE001 - last resort: say why in the log and to create
         log.exception("monitor failed")
         _report(ready_fd, {"ok": False, "error": f"monitor failed: {exc}", "kind": "VMError"})
