@@ -31,21 +31,21 @@ SETS = ("bounding", "effective", "inheritable", "permitted", "ambient")
 POINTER = "/process/capabilities"
 
 
-def parse(names: list[str], pointer: str) -> int:
-    """Bitmask of capability names; an unknown name raises SetupError at ``pointer/<i>``."""
+def parse(names: list[str]) -> int:
+    """Bitmask of capability names; an unknown one is ignored, as runc ignores it (the host's
+    validation says so in --log: "ignoring unknown or unavailable capabilities")."""
     out = 0
-    for i, name in enumerate(names):
+    for name in names:
         num = CAPS.get(name)
-        if num is None:
-            raise SetupError(f"unknown capability {name!r}", f"{pointer}/{i}")
-        out |= 1 << num
+        if num is not None:
+            out |= 1 << num
     return out
 
 
-def masks(capabilities: dict | None, pointer: str = POINTER) -> dict[str, int]:
+def masks(capabilities: dict | None) -> dict[str, int]:
     """Set name -> bitmask for all five sets; absent sets (or ``None``) are empty."""
     capabilities = capabilities or {}
-    return {s: parse(capabilities.get(s) or [], f"{pointer}/{s}") for s in SETS}
+    return {s: parse(capabilities.get(s) or []) for s in SETS}
 
 
 def last_cap() -> int:
@@ -104,7 +104,7 @@ def apply(
 ) -> None:
     """The whole sequence: :func:`before_setuid`, ``switch_user()`` (setgroups, setgid,
     setuid), :func:`after_setuid`."""
-    m = masks(capabilities, pointer)
+    m = masks(capabilities)
     before_setuid(m, pointer=pointer)
     if switch_user is not None:
         switch_user()

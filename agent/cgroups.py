@@ -88,17 +88,13 @@ def cgroup_dir(cid: str, cgroups_path: str, root: str = ROOT) -> str:
     """The container's cgroup directory below ``root``.
 
     ``cgroupsPath`` is a path ("/kubepods/pod1/ctr" or relative "kubepods/pod1/ctr", both
-    below the root) or systemd's "slice:prefix:name" ("system.slice:docker:abc" is
-    system.slice/docker-abc.scope, "a-b.slice" nests as a.slice/a-b.slice); empty means
-    hyperpy/<cid>. ".." is resolved as runc does (``filepath.Clean("/" + path)``): it cannot
-    climb above the root, so the result is always strictly below ``root``.
+    below the root; colons are part of a name, as runc's cgroupfs driver takes them); empty
+    means hyperpy/<cid>. systemd's "slice:prefix:name" is :func:`systemd_path`'s, which the
+    host applies with --systemd-cgroup before the guest sees the path. ".." is resolved as
+    runc does (``filepath.Clean("/" + path)``): it cannot climb above the root, so the
+    result is always strictly below ``root``.
     """
-    if not cgroups_path:
-        rel = f"hyperpy/{cid}"
-    elif ":" in cgroups_path:
-        rel = systemd_path(cgroups_path)
-    else:
-        rel = cgroups_path
+    rel = cgroups_path or f"hyperpy/{cid}"
     if "\0" in rel:
         raise SetupError(f"cgroupsPath {cgroups_path!r} contains a NUL byte", CGROUPS_PATH)
     rel = os.path.normpath("/" + rel).lstrip("/")

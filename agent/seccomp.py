@@ -24,8 +24,8 @@ The program:
 3. falls through to ``defaultAction``.
 
 Names x86_64 does not have (``_llseek``, ``chown32``...: Docker's default profile lists them
-for every arch) are skipped, as libseccomp skips names unknown on an arch; the host already
-rejected names unknown everywhere (``strict=True`` rejects them here too).  Conditional
+for every arch; podman's names other arches' too) are skipped, as runc skips names libseccomp
+cannot resolve.  Conditional
 jumps are all short by construction; long ones use ``BPF_JA`` (32-bit offsets), so profile
 size is limited only by the kernel's 4096 instructions.
 """
@@ -36,7 +36,7 @@ import struct
 
 from agent import linux
 from agent.errors import SetupError
-from agent.syscalls import KNOWN_SYSCALLS, X86_64_NUMBERS
+from agent.syscalls import X86_64_NUMBERS
 
 AUDIT_ARCH_X86_64 = 0xC000003E
 AUDIT_ARCH_I386 = 0x40000003
@@ -241,14 +241,9 @@ def _dispatch(asm: _Asm, numbers: dict[str, int], per_name: dict[str, list[Rule]
     asm.emit(RET_K, default)
 
 
-def compile_filter(
-    seccomp: dict, pointer: str = "/linux/seccomp", *, strict: bool = False
-) -> tuple[bytes, int]:
-    """(program, seccomp(2) flags) for an OCI seccomp object.
-
-    ``strict``: a syscall name unknown on every arch raises SetupError (else it is skipped,
-    like names that only exist on other arches).
-    """
+def compile_filter(seccomp: dict, pointer: str = "/linux/seccomp") -> tuple[bytes, int]:
+    """(program, seccomp(2) flags) for an OCI seccomp object. A syscall name x86_64 lacks
+    (another arch's, or none's) is skipped, as runc skips names libseccomp cannot resolve."""
     default = action(
         seccomp.get("defaultAction", ""),
         seccomp.get("defaultErrnoRet"),
@@ -270,11 +265,9 @@ def compile_filter(
         conds = [
             _parse_condition(c, f"{rp}/args/{j}") for j, c in enumerate(rule.get("args") or [])
         ]
-        for j, name in enumerate(rule.get("names") or []):
+        for name in rule.get("names") or []:
             if name in X86_64_NUMBERS:
                 per_name.setdefault(name, []).append((rp, conds, ret))
-            elif strict and name not in KNOWN_SYSCALLS:
-                raise SetupError(f"unknown syscall {name!r}", f"{rp}/names/{j}")
     per_name = {n: r for n, rules in per_name.items() if (r := _reduce(rules, default))}
 
     asm = _Asm(pointer)

@@ -176,6 +176,10 @@ class Runtime:
 
                 spec, netns = network.plan(spec)
             spec = self._resolve_namespace_paths(spec, st)  # before a VM is started for it
+            # the guest gets the cgroup as the path it resolved to here (systemd's form or a
+            # path with colons, as runc takes it without --systemd-cgroup): one resolution
+            linux = {**(spec.get("linux") or {}), "cgroupsPath": "/" + host_cgroup}
+            spec = {**spec, "linux": linux}
             if sandbox is None:
                 self.store.save(st)
                 self._boot(d, st, spec, netns)

@@ -68,7 +68,7 @@ def enter(jail: dict) -> None:
     os.chdir("/")
     linux.mount(None, "/", None, linux.MS_REMOUNT | linux.MS_BIND | linux.MS_RDONLY
                 | linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)  # fmt: skip
-    m = caps.masks({s: list(jail["caps"]) for s in caps.SETS}, "jail")
+    m = caps.masks({s: list(jail["caps"]) for s in caps.SETS})
     caps.before_setuid(m, top, "jail")
     os.setgroups([])
     os.setresgid(jail["gid"], jail["gid"], jail["gid"])

@@ -88,13 +88,10 @@ def test_table_is_0_to_40():
 
 
 def test_parse_and_unknown_names():
-    assert caps.parse(["CAP_CHOWN", "CAP_KILL", "CAP_BPF"], "/x") == 1 | 1 << 5 | 1 << 39
-    with pytest.raises(SetupError) as err:
-        caps.masks({"effective": ["CAP_KILL"], "bounding": ["CAP_CHOWN", "CAP_KILL", "CAP_NOPE"]})
-    assert err.value.pointer == "/process/capabilities/bounding/2"
-    with pytest.raises(SetupError) as err:
-        caps.apply({"ambient": ["NET_RAW"]}, "/p/caps")  # fails before touching anything
-    assert err.value.pointer == "/p/caps/ambient/0"
+    assert caps.parse(["CAP_CHOWN", "CAP_KILL", "CAP_BPF"]) == 1 | 1 << 5 | 1 << 39
+    # unknown names are ignored, as runc ignores them ("unknown or unavailable")
+    m = caps.masks({"effective": ["CAP_KILL"], "bounding": ["CAP_CHOWN", "CAP_NOPE", "NET_RAW"]})
+    assert m["bounding"] == 1 << 0 and m["effective"] == 1 << 5
     assert caps.masks(None) == dict.fromkeys(caps.SETS, 0)
 
 

@@ -257,6 +257,25 @@ def test_pointer_prefix_and_empty_sections() -> None:
         ("/a/../../b", "b"),  # ".." cannot climb above the root (runc's CleanPath)
         ("../../../etc", "etc"),
         ("/x/y/..", "x"),
+        # colons are part of a name: runc's cgroupfs driver takes the path as it is
+        ("kubepods-pod1.slice:cri-containerd:c1", "kubepods-pod1.slice:cri-containerd:c1"),
+    ],
+)
+def test_cgroup_dir(cgroups_path: str, rel: str) -> None:
+    assert cgroup_dir("c1", cgroups_path, "/sys/fs/cgroup") == "/sys/fs/cgroup/" + rel
+    assert cgroup_dir("c1", cgroups_path, "/tmp/cg") == "/tmp/cg/" + rel
+
+
+@pytest.mark.parametrize("cgroups_path", ["/", ".", "/a/..", "../..", "/a\0b"])
+def test_bad_cgroups_path_names_the_field(cgroups_path: str) -> None:
+    with pytest.raises(SetupError) as err:
+        cgroup_dir("c1", cgroups_path, "/sys/fs/cgroup")
+    assert err.value.pointer == "/linux/cgroupsPath"
+
+
+@pytest.mark.parametrize(
+    "spec,rel",
+    [
         ("system.slice:docker:abc", "system.slice/docker-abc.scope"),
         (
             "kubepods-besteffort-pod1.slice:cri-containerd:c1",
@@ -269,20 +288,18 @@ def test_pointer_prefix_and_empty_sections() -> None:
         ("user.slice::sess", "user.slice/sess.scope"),
     ],
 )
-def test_cgroup_dir(cgroups_path: str, rel: str) -> None:
-    assert cgroup_dir("c1", cgroups_path, "/sys/fs/cgroup") == "/sys/fs/cgroup/" + rel
-    assert cgroup_dir("c1", cgroups_path, "/tmp/cg") == "/tmp/cg/" + rel
+def test_systemd_path(spec: str, rel: str) -> None:
+    assert cgroups.systemd_path(spec) == rel
 
 
 @pytest.mark.parametrize(
-    "cgroups_path",
-    ["/", ".", "/a/..", "../..", "a:b", "a:b:c:d", "system:docker:x", ".slice:p:n",
-     "a--b.slice:p:n", "-a.slice:p:n", "system.slice:p:", "system.slice:p:a/b", "a/b.slice:p:n",
-     "/a\0b"],
+    "spec",
+    ["a:b", "a:b:c:d", "system:docker:x", ".slice:p:n", "a--b.slice:p:n", "-a.slice:p:n",
+     "system.slice:p:", "system.slice:p:a/b", "a/b.slice:p:n"],
 )  # fmt: skip
-def test_bad_cgroups_path_names_the_field(cgroups_path: str) -> None:
+def test_bad_systemd_path_names_the_field(spec: str) -> None:
     with pytest.raises(SetupError) as err:
-        cgroup_dir("c1", cgroups_path, "/sys/fs/cgroup")
+        cgroups.systemd_path(spec)
     assert err.value.pointer == "/linux/cgroupsPath"
 
 

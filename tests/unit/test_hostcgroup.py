@@ -17,6 +17,13 @@ def test_cgroupfs_paths() -> None:
     assert relative_path("kubepods/pod1/c", "c", False) == "kubepods/pod1/c"
     assert relative_path("", "abc", False) == "hyperpy/abc"
     assert relative_path("/a/../../b", "x", False) == "b"  # cannot climb above the root
+    # without --systemd-cgroup, colons are part of the path, as runc takes it (containerd's
+    # CRI writes this form for a .slice parent when it was not told to use systemd)
+    cri = "kubepods-burstable-pod1.slice:cri-containerd:c"
+    assert relative_path(cri, "c", False) == cri
+    assert relative_path(cri, "c", True).endswith(
+        "/kubepods-burstable-pod1.slice/cri-containerd-c.scope"
+    )
 
 
 @pytest.mark.parametrize(

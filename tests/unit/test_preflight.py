@@ -168,10 +168,10 @@ def test_bad_ids_are_refused_first(tmp_path, bundle, cid):
     assert "invalid container id" in err and "cgroup" not in err
 
 
-def test_a_cgroups_path_with_a_newline(tmp_path, bundle):
-    write(bundle, spec(linux__cgroupsPath="/hyperpy/a\nb"))
+def test_a_cgroups_path_with_a_nul(tmp_path, bundle):
+    write(bundle, spec(linux__cgroupsPath="/hyperpy/a\0b"))
     rc, err = create(tmp_path, bundle)
-    assert rc == 3 and "#/linux/cgroupsPath" in err and "control character" in err, err
+    assert rc == 3 and "#/linux/cgroupsPath" in err and "NUL" in err, err
 
 
 # --- documents -----------------------------------------------------------------------------
