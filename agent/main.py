@@ -630,8 +630,21 @@ class Agent:
                     "status": proc.status,
                     "signal": sig,
                     "t_ms": now_ms(),
+                    "oom": self._oom_killed(proc),
                 }
             )
+
+    def _oom_killed(self, proc: Process) -> bool:
+        """Whether a container's init ends a life in which its cgroup counted an OOM kill
+        (as docker's State.OOMKilled and CRI's OOMKilled mean it): the host tells its clients
+        (hyperpy/hostoom.py)."""
+        ctr = self.containers.get(proc.cid)
+        if ctr is None or ctr.init is not proc or not ctr.cgroup:
+            return False
+        try:
+            return cgroups.oom_kills(ctr.cgroup) > 0
+        except (OSError, ValueError):
+            return False
 
     def run(self) -> None:
         self.send_msg(

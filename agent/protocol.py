@@ -78,7 +78,9 @@ OP_SHUTDOWN = "shutdown"  # {} -> {} then the guest powers off
 OP_NETWORK = "network"
 OP_DNS_REPLY = "dns_reply"  # {"q", "data": base64} -> {}
 EV_DNS = "dns"  # {"q", "server", "data": base64}
-EV_EXIT = "exit"  # {"proc", "cid", "status", "signal"}
+# {"proc", "cid", "status", "signal", "oom"}: oom for a container's init whose cgroup counted
+# an OOM kill in its life
+EV_EXIT = "exit"
 EV_READY = "ready"  # sent by the agent once its channel is open: {"version", "boot_ms"}
 
 

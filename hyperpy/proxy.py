@@ -6,7 +6,9 @@ console socket, a host pty whose master it sends over that socket in one SCM_RIG
 It relays stdin to the guest (EOF included) and stdout/stderr back, forwards every signal it
 can catch to its container process, forwards window-size changes, and exits with the
 process's status: 128+N when killed by signal N, 255 with a logged reason when the VM or the
-agent died. It never exits 0 for a process that did not exit 0.
+agent died. It never exits 0 for a process that did not exit 0. When the agent says the
+container's init ends OOM-killed, it first makes the host cgroup report an OOM, where the
+shim, conmon and docker look for one (:mod:`hyperpy.hostoom`).
 
 Run as ``python -m hyperpy.proxy STATE_DIR PROC READY_FD [--console-socket PATH]``; it writes
 one line to READY_FD once attached (and the console fd sent), then closes it.
@@ -21,6 +23,7 @@ import selectors
 import signal
 import socket
 import sys
+import time
 
 from agent import protocol as P
 from hyperpy.monitor_client import connect_unix
@@ -47,6 +50,9 @@ NOT_FORWARDED = {
 }
 FORWARDED = [s for s in signal.Signals if s not in NOT_FORWARDED]
 VM_GONE_STATUS = 255
+# After an OOM told to the host cgroup: time for the listeners' event loops (the runc shim's
+# epoller, conmon's) to publish it before they reap this process and publish its exit.
+OOM_GRACE = 0.1
 
 
 def send_console(console_socket: str, master: int) -> None:
@@ -75,6 +81,7 @@ class Proxy:
         self.outs = {P.STDOUT: 1, P.STDERR: 2}
         self.pending: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
         self.status: int | None = None
+        self.oom = False  # the agent counted an OOM kill in the container's cgroup
         self.next_id = 1
         self.stdin_open = True
 
@@ -226,6 +233,7 @@ class Proxy:
                 msg = item.message()
                 if msg.get("event") == P.EV_EXIT:
                     self.status = int(msg.get("status", VM_GONE_STATUS))
+                    self.oom = msg.get("oom") is True
                     if msg.get("reason"):
                         log.error("container process %s: %s", self.proc, msg["reason"])
                 elif msg.get("ok") is False:
@@ -294,6 +302,12 @@ def main() -> None:
     os.close(ready_fd)
     try:
         status = proxy.run()
+        if proxy.oom:  # before the exit, so the shim has the OOM event first (docker needs it)
+            from hyperpy import hostoom
+
+            log.info("container process %s: OOM-killed in the guest; reported: %s",
+                     proc, hostoom.report())  # fmt: skip
+            time.sleep(OOM_GRACE)
     except Exception:  # noqa: BLE001
         log.exception("proxy failed")
         status = VM_GONE_STATUS
