@@ -102,12 +102,15 @@ def run(poddir: str, watchdog: float, argv: list[str]) -> int:
 def _serve(qemu: subprocess.Popen, out, stop: threading.Event, watchdog: float) -> int:  # noqa: ANN001
     assert qemu.stdout is not None
 
+    closed = threading.Event()  # QEMU closed its console: it is exiting on its own
+
     def console() -> None:
         def write(data: bytes) -> None:
             out.write(data)
             out.flush()
 
         _copy(qemu.stdout.read1, write)  # type: ignore[union-attr]
+        closed.set()
 
     last = [time.monotonic()]
 
@@ -120,19 +123,32 @@ def _serve(qemu: subprocess.Popen, out, stop: threading.Event, watchdog: float) 
                 break
         stop.set()  # "stop", or stdin ended: the node's connection is gone
 
-    threading.Thread(target=console, daemon=True).start()
+    relay = threading.Thread(target=console, daemon=True)
+    relay.start()
     threading.Thread(target=control, daemon=True).start()
-    _watch(qemu, stop, last, watchdog)
+    _watch(qemu, stop, closed, last, watchdog)
     rc = qemu.wait()
+    relay.join(STOP_GRACE)  # the console's last lines (a panic) reach the node before the status
     return 128 - rc if rc < 0 else rc
 
 
-def _watch(qemu: subprocess.Popen, stop: threading.Event, last: list[float],
-           watchdog: float) -> None:  # fmt: skip
-    """Until QEMU exits; stop it when the node says so, leaves, or falls silent."""
+def _watch(qemu: subprocess.Popen, stop: threading.Event, closed: threading.Event,
+           last: list[float], watchdog: float) -> None:  # fmt: skip
+    """Until QEMU exits; stop it when the node says so, leaves, or falls silent.
+
+    A QEMU that exits by itself keeps its own status, even when the node's ``stop`` or the
+    end of its stdin comes at the same moment: it is checked first, and one that has closed
+    its console (it is on its way out) gets STOP_GRACE to finish before it is signalled.
+    """
     while qemu.poll() is None:
         why = ""
-        if stop.is_set():
+        if stop.is_set() and closed.is_set():
+            try:
+                qemu.wait(STOP_GRACE)
+                return
+            except subprocess.TimeoutExpired:
+                why = "the node stopped it, or its connection closed"
+        elif stop.is_set():
             why = "the node stopped it, or its connection closed"
         elif time.monotonic() - last[0] > watchdog:
             why = f"no word from the node for {watchdog:.0f}s"

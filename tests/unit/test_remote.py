@@ -5,6 +5,7 @@ went silent (real processes, no VM)."""
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -70,11 +71,47 @@ def side(tmp_path, watchdog: float, script: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE)  # fmt: skip
 
 
+def until_exit(p: subprocess.Popen, timeout: float = 30) -> tuple[int, bytes, bytes]:
+    """Its status, stdout and stderr, with its stdin held open until it has exited: a closed
+    stdin is the node's connection gone, which stops QEMU (communicate() closes it first)."""
+    assert p.stdin is not None and p.stdout is not None and p.stderr is not None
+    timer = threading.Timer(timeout, p.kill)
+    timer.start()
+    try:
+        out = p.stdout.read()
+        rc = p.wait()
+        err = p.stderr.read()
+    finally:
+        timer.cancel()
+        p.stdin.close()
+    return rc, out, err
+
+
 def test_the_remote_side_relays_the_console_and_exits_as_qemu(tmp_path):
     p = side(tmp_path, 30, "echo console-line; exit 3")
-    out, err = p.communicate(timeout=30)
-    assert p.returncode == 3 and out == b"console-line\n", err
+    rc, out, err = until_exit(p)
+    assert rc == 3 and out == b"console-line\n", err
     assert os.listdir(tmp_path / "pods") == []  # the pod's files go with the VM
+
+
+@pytest.mark.parametrize("exiting", [True, False])
+def test_a_qemu_exiting_by_itself_keeps_its_status_when_the_node_leaves_at_once(exiting):
+    from hyperpy.vm import remote_side
+
+    # one that closed its console is on its way out: the node's stop does not signal it
+    script = "exec >&-; sleep 0.5; exit 3" if exiting else "exec sleep 1000"
+    qemu = subprocess.Popen(["sh", "-c", script], stdout=subprocess.PIPE)
+    stop, closed = threading.Event(), threading.Event()
+    stop.set()
+    if exiting:
+        closed.set()
+    try:
+        remote_side._watch(qemu, stop, closed, [time.monotonic()], 30)
+        assert qemu.wait(5) == (3 if exiting else -15)
+    finally:
+        qemu.kill()
+        qemu.wait()
+        qemu.stdout.close()
 
 
 def test_the_remote_side_sweeps_what_a_killed_run_left_and_nothing_live(tmp_path):
