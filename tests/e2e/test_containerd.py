@@ -168,3 +168,29 @@ def test_kill_after_exit_is_already_finished(daemons, no_leftovers):
         assert res.returncode == 0, res.stderr.decode()
     finally:
         cleanup(daemons, cid)
+
+
+# busybox's tail keeps a growing buffer for a "line" that never ends: it soon fills any limit
+OOM_CMD = ("tail", "/dev/zero")
+
+
+@pytest.mark.parametrize("oom", [True, False], ids=["oom-killed", "killed-otherwise"])
+def test_oom_in_the_guest_is_a_tasks_oom_event(daemons, no_leftovers, oom):
+    """The shim publishes /tasks/oom from the pod's host cgroup, where the proxy makes the
+    guest's OOM kill known; a container killed otherwise (137 too) gets none."""
+    cid = f"oom-{oom}".lower()
+    events = subprocess.Popen(
+        ["ctr", "-a", daemons.ctd_sock, "-n", daemons.ns, "events"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        cmd = OOM_CMD if oom else ("sh", "-c", 'sh -c "kill -9 \\$\\$"; exit $?')
+        res = ctr_run(daemons, cid, *cmd, flags=("--rm", "--memory-limit", str(48 << 20)))
+        assert res.returncode == 137, res.stderr.decode()
+        time.sleep(1)
+    finally:
+        events.terminate()
+        out, _ = events.communicate(timeout=30)
+    lines = [ln for ln in out.splitlines() if f'"{cid}"' in ln or f"id:{cid} " in ln or cid in ln]
+    assert any("/tasks/exit" in ln for ln in lines), out
+    assert any("/tasks/oom" in ln for ln in lines) is oom, out

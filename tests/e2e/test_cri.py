@@ -223,3 +223,57 @@ def test_a_pod_on_cni_through_the_cri_api(cri):
             break
         time.sleep(0.3)
     assert not left, f"left behind: {left}"
+
+
+def _pod(cri, name: str):
+    pb = cri.pb
+    config = pb.PodSandboxConfig(
+        metadata=pb.PodSandboxMetadata(name=name, uid=f"uid-{name}", namespace="default"),
+        log_directory=str(cri.base / f"logs-{name}"),
+        linux=pb.LinuxPodSandboxConfig(),
+    )
+    os.makedirs(config.log_directory, exist_ok=True)
+    req = pb.RunPodSandboxRequest(config=config, runtime_handler="hyperpy")
+    return cri.rt.RunPodSandbox(req, timeout=180).pod_sandbox_id, config
+
+
+def _exited(cri, cid: str, timeout: float = 120):
+    deadline = time.monotonic() + timeout
+    while True:
+        st = cri.rt.ContainerStatus(cri.pb.ContainerStatusRequest(container_id=cid),
+                                    timeout=30).status  # fmt: skip
+        if st.state == cri.pb.CONTAINER_EXITED:
+            return st
+        assert time.monotonic() < deadline, st
+        time.sleep(0.2)
+
+
+def test_a_container_oom_killed_in_the_guest_is_oomkilled(cri):
+    """The kubelet's OOMKilled: CRI's reason comes from the shim's /tasks/oom, which the
+    pod's host cgroup raises when the guest's OOM killer ended the container; a container
+    that exits 137 otherwise is an Error."""
+    pb, rt = cri.pb, cri.rt
+    pod, pod_config = _pod(cri, "oom")
+    try:
+        got = {}
+        for name, cmd in (("hog", ["tail", "/dev/zero"]),
+                          ("killed", ["sh", "-c", 'sh -c "kill -9 \\$\\$"; exit $?'])):  # fmt: skip
+            cfg = pb.ContainerConfig(
+                metadata=pb.ContainerMetadata(name=name),
+                image=pb.ImageSpec(image=IMAGE),
+                command=cmd,
+                log_path=f"{name}.log",
+                linux=pb.LinuxContainerConfig(
+                    resources=pb.LinuxContainerResources(memory_limit_in_bytes=48 << 20)
+                ),
+            )
+            cid = rt.CreateContainer(pb.CreateContainerRequest(
+                pod_sandbox_id=pod, config=cfg, sandbox_config=pod_config), timeout=180,
+            ).container_id  # fmt: skip
+            rt.StartContainer(pb.StartContainerRequest(container_id=cid), timeout=180)
+            st = _exited(cri, cid)
+            got[name] = (st.exit_code, st.reason)
+        assert got == {"hog": (137, "OOMKilled"), "killed": (137, "Error")}, got
+    finally:
+        rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=180)
+        rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=180)

@@ -123,3 +123,17 @@ def test_stop_escalates_to_kill_and_kill_and_rm_force(daemons, no_leftovers):
     assert res.returncode == 0
     assert daemons.docker("rm", "-f", "forced").returncode == 0
     assert daemons.docker("ps", "-aq", "--filter", "name=forced").stdout.strip() == b""
+
+
+@pytest.mark.parametrize("oom", [True, False], ids=["oom-killed", "killed-otherwise"])
+def test_oom_killed_in_the_guest_is_state_oomkilled(daemons, no_leftovers, oom):
+    name = f"oom-{oom}".lower()
+    # busybox's tail keeps a growing buffer for a "line" that never ends
+    cmd = ["tail", "/dev/zero"] if oom else ["sh", "-c", 'sh -c "kill -9 \\$\\$"; exit $?']
+    res = daemons.docker(*RUN, "--name", name, "-m", "48m", DOCKER_IMAGE, *cmd, timeout=180)
+    try:
+        assert res.returncode == 137, res.stderr.decode()
+        state = daemons.docker("inspect", "-f", "{{.State.OOMKilled}} {{.State.ExitCode}}", name)
+        assert state.stdout.decode().split() == [str(oom).lower(), "137"], state
+    finally:
+        daemons.docker("rm", "-f", name)
