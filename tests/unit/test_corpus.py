@@ -19,14 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.corpus import CASES
+from tests.corpus import CASES, stand_ins
 
 DATA = Path(__file__).resolve().parents[1] / "corpus" / "data"
 INDEX = json.loads((DATA / "INDEX.json").read_text())
 FILES = sorted(p.name for p in DATA.glob("*.json") if p.name != "INDEX.json")
-CAPTURE_BASE = "/tmp/hyperpy-corpus"  # tests/corpus/capture.py's BASE
-# bind destinations whose source the tools make as a file (everything else: a directory)
-FILE_DESTINATIONS = {"/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/run/.containerenv"}
 CRI_TYPE = "io.kubernetes.cri.container-type"
 CRI_SANDBOX = "io.kubernetes.cri.sandbox-id"
 
@@ -70,24 +67,6 @@ def test_the_cases_are_what_they_say():
     assert {"/dev/shm", "/data"} <= mounts
 
 
-def _stand_ins(spec: dict, tmp: Path) -> dict:
-    """root.path and the capture's bind sources, pointed at stand-ins under ``tmp``."""
-    spec["root"]["path"] = str(tmp / "rootfs")
-    (tmp / "rootfs").mkdir()
-    for m in spec.get("mounts") or []:
-        src = m.get("source") or ""
-        if not src.startswith(CAPTURE_BASE + "/"):
-            continue
-        stand_in = tmp / "host" / src[len(CAPTURE_BASE) + 1 :]
-        if m.get("destination") in FILE_DESTINATIONS:
-            stand_in.parent.mkdir(parents=True, exist_ok=True)
-            stand_in.touch()
-        else:
-            stand_in.mkdir(parents=True, exist_ok=True)
-        m["source"] = str(stand_in)
-    return spec
-
-
 def _joins_a_sandbox(spec: dict) -> bool:
     """As runtime._sandbox_of: CRI's annotations, or another container's network by pid."""
     ann = spec.get("annotations") or {}
@@ -110,7 +89,7 @@ def test_create_accepts_it(name, tmp_path):
 
     entry = INDEX["files"][name]
     cid = entry["container_id"]
-    spec = _stand_ins(json.loads((DATA / name).read_text()), tmp_path)
+    spec = stand_ins(json.loads((DATA / name).read_text()), tmp_path)
     config = str(tmp_path / "config.json")
     (tmp_path / "config.json").write_text(json.dumps(spec))
 
