@@ -34,7 +34,9 @@ def _runtime(ctx: click.Context):  # noqa: ANN202
 
 
 def command(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Run ``fn``; turn a HyperpyError into a logged error and its exit code."""
+    """Run ``fn``; turn a HyperpyError into a logged error and its exit code, and any other
+    exception into a logged error (with its traceback) and exit 1: never a bare traceback
+    on stderr, which under the runc shim goes to the container's stdio, not to docker."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -47,6 +49,13 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             sys.exit(130)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise  # click's own: its usage error and exit code
+        except Exception as exc:  # noqa: BLE001 - outside the tree: still a line in --log
+            from hyperpy import log as hlog
+
+            hlog.report_unexpected(exc, fn.__name__.rstrip("_").replace("_", "-"))
+            sys.exit(1)
 
     return wrapper
 

@@ -113,6 +113,13 @@ def run(call: dict) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # noqa: BLE001 - outside the tree: still a line in --log
+        from hyperpy import log
+
+        hot.before_logging.clear()
+        setup_logging()
+        log.report_unexpected(exc, call["verb"])
+        return 1
     if out is not None:
         print(out)
     return 0

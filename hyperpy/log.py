@@ -2,7 +2,9 @@
 
 Owns the root logger's handler: text lines, or with ``--log-format json`` one JSON object
 per line with ``level``, ``msg`` and ``time`` (RFC 3339), the form containerd's runc shim
-parses to show the user the last error; and how the error that ends a command is reported.
+parses to show the user the last error; and how the error that ends a command is reported,
+including one outside hyperpy's exception tree (:func:`report_unexpected`): a call never
+fails with nothing in --log, which the shim would show as "unknown".
 """
 
 from __future__ import annotations
@@ -64,3 +66,15 @@ def report(exc: Exception) -> None:
     handlers = logging.getLogger().handlers
     if handlers and isinstance(handlers[0], logging.FileHandler):
         print(f"hyperpy: {exc}", file=sys.stderr)  # the log went to --log only
+
+
+def report_unexpected(exc: BaseException, verb: str = "") -> None:
+    """Log an error outside hyperpy's tree (a bug, or a failure nothing expected) so that
+    it still ends the call as one error line: its traceback first, at warning level, then
+    the error, last, as the shim wants it (it reads the last error line of --log)."""
+    what = f"{verb} failed" if verb else "hyperpy failed"
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    logger = logging.getLogger("hyperpy")
+    logger.warning("%s with an unexpected error; traceback:", what, exc_info=exc)
+    report(RuntimeError(f"{what}: unexpected error: {text} (a bug in hyperpy: the traceback "
+                        "is in the log above this line)"))  # fmt: skip

@@ -202,10 +202,23 @@ class Runtime:
             if opts.pid_file:
                 _write_pid_file(opts.pid_file, st.pid)
         except BaseException:
-            self._destroy(d, st)
-            self.store.remove(cid)
+            self._undo_create(d, st)
             raise
         return st
+
+    def _undo_create(self, d: str, st: State) -> None:
+        """After a failed create: stop what it started and remove its state. A failure
+        here is logged and must not replace the error that failed the create (that one
+        says what went wrong; docker shows only the last)."""
+        try:
+            self._destroy(d, st)
+        except Exception as exc:  # noqa: BLE001 - the create's own error is the one to report
+            log.warning("cleaning up the failed create of %s: %r", st.id, exc, exc_info=exc)
+        finally:
+            try:
+                self.store.remove(st.id)
+            except Exception as exc:  # noqa: BLE001 - as above
+                log.warning("removing the state of the failed create of %s: %r", st.id, exc)
 
     # --- pods: several containers in one VM ----------------------------------------------
     def _sandbox_of(self, spec: dict, cid: str) -> State | None:

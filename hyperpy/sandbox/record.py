@@ -59,6 +59,8 @@ def read(root: str, cid: str) -> dict:
         raise not_found(root, cid) from None
     except ValueError as exc:
         raise ContainerNotFound(f"container {cid!r}: state file {path} is corrupt: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ContainerNotFound(f"container {cid!r}: state file {path} is corrupt: not an object")
     return raw
 
 

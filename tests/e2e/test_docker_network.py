@@ -135,3 +135,15 @@ def test_network_container_joins_the_other_containers_vm(netd, clean):
         "wget -qO- http://127.0.0.1/ && cat /proc/net/dev | grep -c eth0",
     )
     assert out.splitlines() == ["shared-localhost", "1"], out
+
+
+def test_network_container_after_a_published_port(netd, clean):
+    """issue 23 item 6: the first container publishes a port on the default bridge; a second
+    joins its network, fetches from 127.0.0.1, and the port stays reachable."""
+    docker_ok(netd, "run", "-d", *HYPERPY, "-p", "18080:80", "--name", "pubbase", DOCKER_IMAGE,
+              "sh", "-c", HTTPD.format("published-base"))  # fmt: skip
+    assert http_get_in(NETNS, "http://127.0.0.1:18080/") == "published-base\n"
+    out = docker_ok(netd, "run", "--rm", *HYPERPY, "--network", "container:pubbase",
+                    DOCKER_IMAGE, "wget", "-qO-", "http://127.0.0.1/")  # fmt: skip
+    assert out == "published-base\n", out
+    assert http_get_in(NETNS, "http://127.0.0.1:18080/") == "published-base\n"
