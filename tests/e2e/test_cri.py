@@ -7,6 +7,7 @@ pull). hyperpy's --root is the session's own (the runc options' Root)."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import shutil
@@ -225,16 +226,47 @@ def test_a_pod_on_cni_through_the_cri_api(cri):
     assert not left, f"left behind: {left}"
 
 
-def _pod(cri, name: str):
+def _pod(cri, name: str, handler: str = "hyperpy", cgroup_parent: str = ""):
     pb = cri.pb
     config = pb.PodSandboxConfig(
         metadata=pb.PodSandboxMetadata(name=name, uid=f"uid-{name}", namespace="default"),
         log_directory=str(cri.base / f"logs-{name}"),
-        linux=pb.LinuxPodSandboxConfig(),
+        linux=pb.LinuxPodSandboxConfig(cgroup_parent=cgroup_parent),
     )
     os.makedirs(config.log_directory, exist_ok=True)
-    req = pb.RunPodSandboxRequest(config=config, runtime_handler="hyperpy")
+    req = pb.RunPodSandboxRequest(config=config, runtime_handler=handler)
     return cri.rt.RunPodSandbox(req, timeout=180).pod_sandbox_id, config
+
+
+def _container(cri, pod: str, pod_config, name: str, cmd: list[str], resources=None) -> str:
+    """Create and start a busybox container in ``pod``; its log is ``NAME.log`` there."""
+    pb = cri.pb
+    cfg = pb.ContainerConfig(
+        metadata=pb.ContainerMetadata(name=name),
+        image=pb.ImageSpec(image=IMAGE),
+        command=cmd,
+        log_path=f"{name}.log",
+        linux=pb.LinuxContainerConfig(resources=resources),
+    )
+    cid = cri.rt.CreateContainer(
+        pb.CreateContainerRequest(pod_sandbox_id=pod, config=cfg, sandbox_config=pod_config),
+        timeout=180,
+    ).container_id
+    cri.rt.StartContainer(pb.StartContainerRequest(container_id=cid), timeout=180)
+    return cid
+
+
+def _exec(cri, cid: str, cmd: list[str]):
+    res = cri.rt.ExecSync(cri.pb.ExecSyncRequest(container_id=cid, cmd=cmd, timeout=60),
+                          timeout=120)  # fmt: skip
+    assert res.exit_code == 0, (cmd, res)
+    return res.stdout.decode()
+
+
+def _remove_pod(cri, pod: str) -> None:
+    pb = cri.pb
+    cri.rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=180)
+    cri.rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=180)
 
 
 def _exited(cri, cid: str, timeout: float = 120):
@@ -277,3 +309,51 @@ def test_a_container_oom_killed_in_the_guest_is_oomkilled(cri):
     finally:
         rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=180)
         rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=180)
+
+
+def _sleepers(cri, cid: str) -> list[str]:
+    """The ``sleep 1001`` processes the container's ps shows (the pod shares one pid
+    namespace, and the pause container's loop sleeps 1000)."""
+    out = _exec(cri, cid, ["ps", "-o", "pid,args"])
+    return [line for line in out.splitlines() if line.split()[1:] == ["sleep", "1001"]]
+
+
+def test_exec_sync_with_a_timeout_ends_the_process(cri):
+    """The kubelet's exec probe with timeoutSeconds: containerd answers DEADLINE_EXCEEDED
+    soon after the timeout and SIGKILLs the exec's pid (the proxy); the process it stands
+    for is gone from the guest, and nothing of it stays on the host."""
+    import grpc
+
+    pb, rt = cri.pb, cri.rt
+    pod, pod_config = _pod(cri, "exectimeout")
+    try:
+        cid = _container(cri, pod, pod_config, "probe", ["sleep", "999999"])
+        before = processes_under(cri.root)
+        req = pb.ExecSyncRequest(container_id=cid, cmd=["sleep", "1001"], timeout=2)
+        t0 = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            probe = pool.submit(rt.ExecSync, req, timeout=60)
+            running = []
+            while not running and not probe.done():
+                running = _sleepers(cri, cid)
+            with pytest.raises(grpc.RpcError) as err:
+                probe.result()
+        took = time.monotonic() - t0
+        assert running, "the exec never ran"
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err.value
+        assert "timeout 2s exceeded" in err.value.details(), err.value
+        assert 2 <= took < 2 + 5, took
+        deadline = time.monotonic() + 10
+        while (left := _sleepers(cri, cid)) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert not left, f"the timed-out exec still runs in the guest: {left}"
+        deadline = time.monotonic() + 10
+        while (after := processes_under(cri.root)) != before and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert after == before, f"left on the host: {sorted(set(after) - set(before))}"
+        # the container itself is untouched: another exec with a timeout it meets works
+        res = rt.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=["echo", "ok"], timeout=5),
+                          timeout=60)  # fmt: skip
+        assert (res.exit_code, res.stdout) == (0, b"ok\n")
+    finally:
+        _remove_pod(cri, pod)
