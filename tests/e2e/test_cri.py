@@ -8,6 +8,7 @@ pull). hyperpy's --root is the session's own (the runc options' Root)."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import shutil
@@ -357,3 +358,65 @@ def test_exec_sync_with_a_timeout_ends_the_process(cri):
         assert (res.exit_code, res.stdout) == (0, b"ok\n")
     finally:
         _remove_pod(cri, pod)
+
+
+GUEST_CGROUP = "g=/sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup)"  # no cgroupns on v1
+
+
+def _host_cgroup_dirs(parent: str) -> list[str]:
+    root = "/sys/fs/cgroup"
+    if os.path.exists(f"{root}/cgroup.controllers"):
+        return [root + parent]
+    return [f"{root}/{c}{parent}" for c in os.listdir(root) if os.path.isdir(f"{root}/{c}{parent}")]
+
+
+def test_stats_are_the_vms_at_the_pod_level(cri):
+    """What the kubelet reads: PodSandboxStats is the pod's cgroup parent, which holds the
+    sandbox's host cgroup (the monitor, QEMU, the pause proxy) and the members' (their
+    proxies): so it counts what the guest's containers use, in memory and CPU.  A member's
+    own ContainerStats is its host cgroup, which holds only its proxy: the runc shim reads
+    nothing else, and a guest's pages and vCPU time are QEMU's, not one container's
+    (docs/compatibility.md, "Resource statistics")."""
+    pb, rt = cri.pb, cri.rt
+    parent = f"/hyperpy-e2e-{os.getpid()}-stats"
+    pod, pod_config = _pod(cri, "stats", cgroup_parent=parent)
+
+    def pod_stats():
+        return rt.PodSandboxStats(pb.PodSandboxStatsRequest(pod_sandbox_id=pod),
+                                  timeout=30).stats.linux  # fmt: skip
+
+    def guest(cid: str, what: str) -> int:
+        out = _exec(cri, cid, ["sh", "-c", f"{GUEST_CGROUP}; {what}"])
+        return int(out.split()[-1])
+
+    try:
+        hog = _container(cri, pod, pod_config, "hog", ["sleep", "999999"])
+        idle = pod_stats().memory.working_set_bytes.value
+        # 64 MiB into the container's root, a tmpfs in the guest: its memory cgroup counts it
+        _exec(cri, hog, ["dd", "if=/dev/zero", "of=/fill", "bs=1M", "count=64"])
+        in_guest = guest(hog, "cat $g/memory.current")
+        assert in_guest >= 64 << 20, in_guest
+        filled = pod_stats().memory.working_set_bytes.value
+        assert filled - idle >= 60 << 20, (idle >> 20, filled >> 20)
+        assert filled >= in_guest, (filled >> 20, in_guest >> 20)
+
+        spin = _container(cri, pod, pod_config, "spin", ["sh", "-c", "while :; do :; done"])
+        host0 = pod_stats().cpu.usage_core_nano_seconds.value
+        guest0 = guest(spin, "sed -n 's/^usage_usec //p' $g/cpu.stat")
+        time.sleep(5)
+        host1 = pod_stats().cpu.usage_core_nano_seconds.value
+        guest1 = guest(spin, "sed -n 's/^usage_usec //p' $g/cpu.stat")
+        spun = (guest1 - guest0) * 1000  # ns
+        assert spun > 2e9, spun  # it did spin (TCG on 2 cores: most of 5 s)
+        assert host1 - host0 >= spun * 0.9, (host1 - host0, spun)
+
+        listed = rt.ListContainerStats(pb.ListContainerStatsRequest(
+            filter=pb.ContainerStatsFilter(pod_sandbox_id=pod)), timeout=30).stats  # fmt: skip
+        assert sorted(s.attributes.metadata.name for s in listed) == ["hog", "spin"], listed
+        pod_containers = {s.attributes.id for s in pod_stats().containers}
+        assert pod_containers == {hog, spin}, pod_containers
+    finally:
+        _remove_pod(cri, pod)
+        for d in _host_cgroup_dirs(parent):
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
