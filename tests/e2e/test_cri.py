@@ -420,3 +420,63 @@ def test_stats_are_the_vms_at_the_pod_level(cri):
         for d in _host_cgroup_dirs(parent):
             with contextlib.suppress(OSError):
                 os.rmdir(d)
+
+
+def test_update_container_resources_reaches_the_guest(cri):
+    """The kubelet's in-place resize: containerd runs `hyperpy update --resources -`; the
+    member's cgroup in the guest gets the new memory limit and CPU quota."""
+    pb, rt = cri.pb, cri.rt
+    pod, pod_config = _pod(cri, "update")
+    try:
+        res = pb.LinuxContainerResources(memory_limit_in_bytes=48 << 20, cpu_period=100000,
+                                         cpu_quota=20000, cpu_shares=256)  # fmt: skip
+        cid = _container(cri, pod, pod_config, "resized", ["sleep", "999999"], res)
+
+        def limits() -> list[str]:
+            out = _exec(cri, cid, ["sh", "-c", f"{GUEST_CGROUP}; cat $g/memory.max $g/cpu.max"])
+            return out.split("\n")[:2]
+
+        assert limits() == [str(48 << 20), "20000 100000"]
+        new = pb.LinuxContainerResources(memory_limit_in_bytes=96 << 20, cpu_period=100000,
+                                         cpu_quota=50000, cpu_shares=512)  # fmt: skip
+        rt.UpdateContainerResources(
+            pb.UpdateContainerResourcesRequest(container_id=cid, linux=new), timeout=60
+        )
+        assert limits() == [str(96 << 20), "50000 100000"]
+        status = rt.ContainerStatus(pb.ContainerStatusRequest(container_id=cid), timeout=30)
+        got = status.status.resources.linux
+        assert (got.memory_limit_in_bytes, got.cpu_quota) == (96 << 20, 50000), got
+    finally:
+        _remove_pod(cri, pod)
+
+
+def test_reopen_container_log_after_rotation(cri):
+    """The kubelet's log rotation: rename the log, ReopenContainerLog, and the container's
+    next lines go to a fresh file at log_path (containerd writes the log from the shim's
+    pipes, which the proxy holds)."""
+    pb, rt = cri.pb, cri.rt
+    pod, pod_config = _pod(cri, "logs")
+    try:
+        cmd = ["sh", "-c", "i=0; while :; do echo line-$i; i=$((i+1)); sleep 0.2; done"]
+        cid = _container(cri, pod, pod_config, "talker", cmd)
+        log = Path(pod_config.log_directory) / "talker.log"
+        _wait_until(lambda: log.exists() and "line-3" in log.read_text())
+        rotated = log.with_name("talker.log.1")
+        log.rename(rotated)
+        rt.ReopenContainerLog(pb.ReopenContainerLogRequest(container_id=cid), timeout=60)
+        _wait_until(lambda: log.exists() and log.read_text().count(" stdout F line-") >= 3)
+        old, new = rotated.read_text(), log.read_text()
+        last_old = int(old.rstrip().rsplit("line-", 1)[1])
+        first_new = int(new.split("line-", 1)[1].split()[0])
+        assert first_new == last_old + 1, (old[-200:], new[:200])  # nothing lost or doubled
+        time.sleep(1)
+        assert rotated.read_text() == old  # the old file gets nothing more
+    finally:
+        _remove_pod(cri, pod)
+
+
+def _wait_until(cond, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
