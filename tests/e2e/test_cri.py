@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -480,3 +481,68 @@ def _wait_until(cond, timeout: float = 30) -> None:
     while not cond():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.2)
+
+
+def _stop_remove_sequence(cri, handler: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """The kubelet's repeated stops and removes, each call's outcome (OK or the gRPC code),
+    on a pod of ``handler``; and the pod's ids."""
+    import grpc
+
+    pb, rt = cri.pb, cri.rt
+    pod, pod_config = _pod(cri, f"idem-{handler}", handler=handler)
+    done = _container(cri, pod, pod_config, "done", ["true"])
+    _exited(cri, done)
+    runner = _container(cri, pod, pod_config, "runner", ["sleep", "999999"])
+    out: list[tuple[str, str]] = []
+
+    def call(what: str, method, req) -> None:
+        try:
+            method(req, timeout=180)
+            out.append((what, "OK"))
+        except grpc.RpcError as exc:
+            out.append((what, exc.code().name))
+
+    call("StopContainer exited", rt.StopContainer,
+         pb.StopContainerRequest(container_id=done, timeout=5))  # fmt: skip
+    call("StopContainer exited again", rt.StopContainer,
+         pb.StopContainerRequest(container_id=done, timeout=5))  # fmt: skip
+    for what in ("RemoveContainer", "RemoveContainer again"):
+        call(what, rt.RemoveContainer, pb.RemoveContainerRequest(container_id=done))
+    call("StopContainer removed", rt.StopContainer, pb.StopContainerRequest(container_id=done))
+    for what in ("StopPodSandbox (a member running)", "StopPodSandbox again"):
+        call(what, rt.StopPodSandbox, pb.StopPodSandboxRequest(pod_sandbox_id=pod))
+    call("StopContainer in a stopped pod", rt.StopContainer,
+         pb.StopContainerRequest(container_id=runner))  # fmt: skip
+    call("RemoveContainer in a stopped pod", rt.RemoveContainer,
+         pb.RemoveContainerRequest(container_id=runner))  # fmt: skip
+    for what in ("RemovePodSandbox", "RemovePodSandbox again"):
+        call(what, rt.RemovePodSandbox, pb.RemovePodSandboxRequest(pod_sandbox_id=pod))
+    call("StopPodSandbox removed", rt.StopPodSandbox, pb.StopPodSandboxRequest(pod_sandbox_id=pod))
+    call("ContainerStatus removed", rt.ContainerStatus,
+         pb.ContainerStatusRequest(container_id=runner))  # fmt: skip
+    return out, [pod, done, runner]
+
+
+def test_stops_and_removes_are_idempotent_as_with_runc(cri):
+    """StopContainer of an exited container, StopPodSandbox twice, RemoveContainer and
+    RemovePodSandbox twice, and calls naming what is gone: each answers as containerd
+    answers for runc (compared on a runc pod in the same containerd), and nothing of the
+    hyperpy pod is left (state under the shim's root, processes)."""
+    if not shutil.which("runc"):
+        pytest.skip("needs runc, to compare with")
+    runc, _ = _stop_remove_sequence(cri, "runc")
+    ours, ids = _stop_remove_sequence(cri, "hyperpy")
+    diff = [f"{a[0]}: {a[1]} (runc: {b[1]})" for a, b in zip(ours, runc, strict=True) if a != b]
+    assert ours == runc, "\n".join(diff)
+    assert dict(ours)["StopPodSandbox again"] == "OK"  # what the kubelet relies on
+    assert dict(ours)["RemovePodSandbox again"] == "OK"
+    deadline = time.monotonic() + 30
+    while True:
+        left = [p for p in processes_under(cri.root) if any(i in p for i in ids)]
+        ns = Path(cri.root) / "k8s.io"
+        left += [e for e in (os.listdir(ns) if ns.is_dir() else []) if e in ids]
+        left += [g for i in ids for g in glob.glob(f"/sys/fs/cgroup/**/{i}", recursive=True)]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert not left, f"left behind: {left}"
