@@ -409,11 +409,14 @@ def test_stats_are_the_vms_at_the_pod_level(cri):
         guest1 = guest(spin, "sed -n 's/^usage_usec //p' $g/cpu.stat")
         spun = (guest1 - guest0) * 1000  # ns
         assert spun > 2e9, spun  # it did spin (TCG on 2 cores: most of 5 s)
-        assert host1 - host0 >= spun * 0.9, (host1 - host0, spun)
+        # (the two windows are not the same instant: each read is an exec in the guest)
+        assert host1 - host0 >= spun * 0.7, (host1 - host0, spun)
 
         listed = rt.ListContainerStats(pb.ListContainerStatsRequest(
             filter=pb.ContainerStatsFilter(pod_sandbox_id=pod)), timeout=30).stats  # fmt: skip
         assert sorted(s.attributes.metadata.name for s in listed) == ["hog", "spin"], listed
+        one = rt.ContainerStats(pb.ContainerStatsRequest(container_id=hog), timeout=30).stats
+        assert one.attributes.id == hog and one.memory.timestamp > 0, one  # numbers: see above
         pod_containers = {s.attributes.id for s in pod_stats().containers}
         assert pod_containers == {hog, spin}, pod_containers
     finally:
