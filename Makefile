@@ -9,7 +9,7 @@ APT_PACKAGES := qemu-system-x86 linux-source-6.1 build-essential flex bison libe
 	libssl-dev bc dwarves cpio xz-utils kmod busybox-static python3 python3-venv iproute2 \
 	containerd docker.io util-linux containernetworking-plugins \
 	libvirt-daemon-system libvirt-clients libvirt-dev pkg-config python3-dev tini acl \
-	openssh-server openssh-client podman
+	openssh-server openssh-client podman netavark aardvark-dns
 
 .PHONY: all deps kernel initrd artifacts demo test check test-vm test-e2e lint bench install clean
 
