@@ -41,6 +41,9 @@ class VMConfig:
     kernel_params: str = ""
     icount: bool = False
     verbose_console: bool = False
+    # The guest's console log keeps the newest this many MiB (a ring of two files): what
+    # the guest writes there is host memory on /run (hyperpy/vm/console.py).
+    console_log_max_mb: int = 4
     # TCG's translation cache, MiB (0: QEMU's own limit). It fills as the guest runs new
     # code, and is most of a cold VM's QEMU overhead: 32 saves ~25 MiB per cold VM at no
     # measured start cost; 16 saves ~45 but slows a cold start by ~0.3 s, 8 doubles it.

@@ -71,20 +71,14 @@ class Kernel:
 
 @dataclass(frozen=True)
 class Console:
-    """The guest's serial console: written to ``fd`` (the monitor opened ``log_path``)."""
+    """The guest's serial console: written to the socket ``fd``, whose other end the monitor
+    reads into ``log_path`` (hyperpy/vm/console.py)."""
 
     log_path: str
     fd: int
 
     def args(self) -> list[str]:
-        return [
-            "-add-fd",
-            f"fd={self.fd},set=1,opaque=console",
-            "-chardev",
-            "file,id=console,path=/dev/fdset/1",
-            "-serial",
-            "chardev:console",
-        ]
+        return ["-chardev", f"socket,id=console,fd={self.fd}", "-serial", "chardev:console"]
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,9 @@ Where libvirt and the direct driver differ:
 
 - the machine is ``q35`` (or ``pc``): libvirt 9 has no ``microvm``;
 - files are paths libvirt (and QEMU as libvirt's unprivileged user) opens: the kernel,
-  initrd and exports are those of the pod's view (``vm/libvirt.py``), the console a file
-  libvirtd opens as root and hands to QEMU, the agent channel a unix socket libvirtd binds;
+  initrd and exports are those of the pod's view (``vm/libvirt.py``), the console a unix
+  socket of the view that the monitor listens on (it bounds the log), the agent channel a
+  unix socket libvirtd binds;
 - NICs are not in the XML: their taps live in the pod's network namespace, which libvirtd
   is not in, so the driver hands them to the paused domain (``getfd`` + hotplug) on the
   ``pcie-root-port`` controllers reserved here (aliases ``ua-hyperpy-nicN``);
@@ -37,7 +38,7 @@ class Paths:
     kernel: str
     initrd: str
     agent_socket: str
-    console_log: str
+    console_socket: str
     exports: dict[str, str]  # 9p mount tag -> directory
 
 
@@ -83,8 +84,8 @@ def render(
         _text(dom, event, "destroy")  # as -no-reboot: a guest that stops ends the pod
     devs = ET.SubElement(dom, "devices")
     _text(devs, "emulator", emulator)
-    serial = ET.SubElement(devs, "serial", type="file")
-    ET.SubElement(serial, "source", path=paths.console_log)
+    serial = ET.SubElement(devs, "serial", type="unix")  # to the monitor: it bounds the log
+    ET.SubElement(serial, "source", mode="connect", path=paths.console_socket)
     if not isinstance(spec.channel, SerialChannel):
         raise ValueError("the libvirt driver's agent channel is a virtio-serial port")
     # Every PCI device sits on the root bus at a fixed slot, so that libvirt places none

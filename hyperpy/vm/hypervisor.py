@@ -133,8 +133,10 @@ class Driver:
             placeholder = qemu.Placeholder()
             placeholder.console_path = os.path.join(self.dir, "console.log")
             spec = qemu.build_spec(machine, self.accel, placeholder, name=self.dir, **shape)
-            return LibvirtVM(spec, self.dir, self.config.libvirt, vcfg.kernel, vcfg.initrd)
-        chans = qemu.Channels(self.dir, serial=self.vsock_cid is None)
+            return LibvirtVM(spec, self.dir, self.config.libvirt, vcfg.kernel, vcfg.initrd,
+                             vcfg.console_log_max_mb << 20)  # fmt: skip
+        chans = qemu.Channels(self.dir, serial=self.vsock_cid is None,
+                              console_max=self.config.vm.console_log_max_mb << 20)  # fmt: skip
         spec = dataclasses.replace(self.spec(shape, chans), memory=memory, incoming=incoming)
         return qemu.QemuVM(spec, self.dir, chans, self.jail)
 

@@ -39,9 +39,11 @@ from agent.protocol import IMAGE_TAG, SHARE_TAG
 from hyperpy import share
 from hyperpy.errors import SpecError, VMError
 from hyperpy.vm import domain, view
+from hyperpy.vm.boot import watch_boot
+from hyperpy.vm.console import DEFAULT_MAX_BYTES, ConsoleListener
+from hyperpy.vm.console import tail as console_tail
 from hyperpy.vm.devices import Nic, Share9p
 from hyperpy.vm.ending import Ending
-from hyperpy.vm.qemu import console_tail, watch_boot
 from hyperpy.vm.share_local import LocalShare
 
 if TYPE_CHECKING:
@@ -143,7 +145,7 @@ class LibvirtVM(LocalShare, Ending):
     """A running pod VM as a libvirt domain; the same surface as ``qemu.QemuVM``."""
 
     def __init__(self, spec: VMSpec, workdir: str, cfg: LibvirtConfig, kernel: str,
-                 initrd: str) -> None:  # fmt: skip
+                 initrd: str, console_max: int = DEFAULT_MAX_BYTES) -> None:  # fmt: skip
         self.spec = spec
         self.workdir = workdir
         self.cfg = cfg
@@ -155,6 +157,8 @@ class LibvirtVM(LocalShare, Ending):
         self.callback: int | None = None
         self.uid = self.gid = 0
         self.console_path = os.path.join(workdir, "console.log")
+        self.console_max = console_max
+        self.console: ConsoleListener | None = None
 
     async def __aenter__(self) -> LibvirtVM:
         await self.launch()
@@ -175,12 +179,14 @@ class LibvirtVM(LocalShare, Ending):
         entries = {"shared" if d.tag == SHARE_TAG else "image": d.path
                    for d in self.spec.devices if isinstance(d, Share9p)}  # fmt: skip
         self.view.make(self.kernel, self.initrd, entries, self.gid)
+        self.console = ConsoleListener(self.console_path, self.view.path(view.CONSOLE_SOCKET),
+                                       self.gid, self.console_max)  # fmt: skip
         nics = [d for d in self.spec.devices if isinstance(d, Nic)]
         paths = domain.Paths(
             kernel=self.view.path("vmlinux"),
             initrd=self.view.path("initrd.img"),
             agent_socket=self.view.path(view.AGENT_SOCKET),
-            console_log=self.console_path,
+            console_socket=self.view.path(view.CONSOLE_SOCKET),
             exports={SHARE_TAG: self.view.path("shared"), IMAGE_TAG: self.view.path("image")},
         )
         xml = domain.render(
@@ -277,6 +283,8 @@ class LibvirtVM(LocalShare, Ending):
             return 0
 
     def failure(self, what: str, cls: type[VMError] = VMError) -> VMError:
+        if self.console is not None:
+            self.console.drain()  # its last lines, before they are quoted
         qemu_log = f"/var/log/libvirt/qemu/{self.name}.log"
         tail = "(not on this host)"
         if is_local(self.cfg.uri):
@@ -313,6 +321,9 @@ class LibvirtVM(LocalShare, Ending):
                     await _call("closing the connection", conn.close, timeout=grace)
             self._set_stopped(f"libvirt domain {self.name} destroyed")
         finally:
+            if self.console is not None:
+                self.console.close()
+                self.console = None
             self.view.remove()
 
     def close(self) -> None:

@@ -1,8 +1,10 @@
-"""One QEMU guest: build its spec, launch it, watch its boot, and stop it in stages.
+"""One QEMU guest: build its spec, launch it, and stop it in stages (boot watching is
+:mod:`hyperpy.vm.boot`'s).
 
-Owns the QEMU process, its QMP connection (qemu.qmp), its console log and the socketpairs
-of QMP and the agent channel (:class:`Channels`: QEMU inherits one end of each, so it never
-makes a socket or file the host later opens by path). Used by the sandbox monitor inside
+Owns the QEMU process, its QMP connection (qemu.qmp), and its channels (:class:`Channels`):
+the socketpairs of QMP and the agent channel and the console's pipe, read into the bounded
+log of :mod:`hyperpy.vm.console` (QEMU inherits one end of each, so it never makes a socket
+or file the host later opens by path). Used by the sandbox monitor inside
 its asyncio loop. :class:`QemuVM` is an async context manager whose cleanup always runs:
 QMP ``quit``, then SIGTERM, then SIGKILL (after QEMU's QEMUMachine). With a
 :class:`~hyperpy.vm.jail.Jail`, QEMU starts through the jail wrapper, confined.
@@ -22,12 +24,15 @@ import signal
 import socket
 import subprocess
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from agent.protocol import IMAGE_TAG
 from hyperpy.config import VMConfig
-from hyperpy.errors import ArtifactMissing, BootTimeout, KernelPanic, VMError
+from hyperpy.errors import ArtifactMissing, VMError
+from hyperpy.vm import console
 from hyperpy.vm import jail as J
+from hyperpy.vm.boot import watch_boot
+from hyperpy.vm.console import DEFAULT_MAX_BYTES, ConsolePipe
 from hyperpy.vm.devices import (
     Console,
     Kernel,
@@ -50,7 +55,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PANIC_MARKERS = (b"Kernel panic", b"---[ end Kernel panic")
 # Fixed guest timing under TCG: a pinned TSC and no timer check avoid the calibration
 # hangs seen on microvm; nokaslr keeps guest time deterministic under -icount.
 BASE_CMDLINE = (
@@ -60,32 +64,24 @@ BASE_CMDLINE = (
 KVM_PROBE_CACHE = "/run/hyperpy/kvm-probe.json"
 
 
-def console_tail(path: str, lines: int = 20) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 8192))
-            data = f.read()
-    except OSError:
-        return "(no console log)"
-    text = data.decode("utf-8", "replace").replace("\r", "")
-    return "\n".join(text.splitlines()[-lines:]) or "(console log is empty)"
-
-
 class Channels:
     """The monitor's ends of QMP and the agent channel (socketpairs) and the console log;
     QEMU inherits the other ends, which :meth:`close_vm_ends` closes here once it runs."""
 
-    def __init__(self, workdir: str, serial: bool = True) -> None:
+    def __init__(
+        self, workdir: str, serial: bool = True, console_max: int = DEFAULT_MAX_BYTES
+    ) -> None:
         self.console_path = os.path.join(workdir, "console.log")
         self.qmp, self._qmp_vm = socket.socketpair()
         self.agent: socket.socket | None = None
         self._agent_vm: socket.socket | None = None
         if serial:
             self.agent, self._agent_vm = socket.socketpair()
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
-        self.console_fd = os.open(self.console_path, flags, 0o640)
+        self.console = ConsolePipe(self.console_path, console_max)
+
+    @property
+    def console_fd(self) -> int:
+        return self.console.fd
 
     @property
     def qmp_fd(self) -> int:
@@ -99,15 +95,14 @@ class Channels:
         for sock in (self._qmp_vm, self._agent_vm):
             if sock is not None:
                 sock.close()
-        if self.console_fd >= 0:
-            os.close(self.console_fd)
-            self.console_fd = -1
+        self.console.close_vm_end()
 
     def close(self) -> None:
         self.close_vm_ends()
         for sock in (self.qmp, self.agent):
             if sock is not None:
                 sock.close()
+        self.console.close()
 
 
 class Placeholder:
@@ -284,6 +279,7 @@ class QemuVM(LocalShare):
                 raise VMError(f"cannot run {argv[0]}: {exc}; install qemu-system-x86") from exc
             finally:
                 self.chans.close_vm_ends()
+        self.chans.console.start()
         try:
             await self._connect_qmp()
         except VMError:
@@ -310,6 +306,7 @@ class QemuVM(LocalShare):
         self.qmp = client
 
     def failure(self, what: str, cls: type[VMError] = VMError) -> VMError:
+        self.chans.console.drain()  # its last lines, before they are quoted
         stderr = ""
         with contextlib.suppress(OSError), open(self.stderr_path, "rb") as f:
             stderr = f.read()[-2000:].decode(errors="replace").strip()
@@ -317,7 +314,7 @@ class QemuVM(LocalShare):
             f"{what}.\nQEMU command: {' '.join(self.spec.argv())}\n"
             f"QEMU stderr: {stderr or '(empty)'}\n"
             f"console log ({self.spec.console.log_path}), last lines:\n"
-            f"{console_tail(self.spec.console.log_path)}"
+            f"{console.tail(self.spec.console.log_path)}"
         )
 
     async def watch_boot(self, ready: asyncio.Future, timeout: float) -> None:
@@ -331,6 +328,7 @@ class QemuVM(LocalShare):
         """Why QEMU is gone, or None while it runs."""
         if self.proc is None or self.proc.returncode is None:
             return None
+        self.chans.console.drain()  # what it wrote last is in the log before anyone reads it
         rc = self.proc.returncode
         return f"QEMU killed by signal {-rc}" if rc < 0 else f"QEMU exit status {rc}"
 
@@ -403,46 +401,8 @@ class QemuVM(LocalShare):
                 await asyncio.wait_for(proc.wait(), grace)
 
 
-async def watch_boot(vm: Any, ready: asyncio.Future, timeout: float) -> None:
-    """Wait for ``ready`` while failing fast on a panic on ``vm``'s console or on the VM
-    ending (either driver: ``vm`` has ``exited()``, ``wait_exit()``, ``console_path`` and
-    ``failure()``)."""
-    deadline = time.monotonic() + timeout
-    pos = 0
-    while not ready.done():
-        gone = vm.exited()
-        if gone is not None:
-            raise vm.failure(f"the VM ended during boot ({gone})")
-        pos, panicked = _scan_for_panic(vm.console_path, pos)
-        if panicked:
-            raise vm.failure("the guest kernel panicked during boot", KernelPanic)
-        if time.monotonic() > deadline:
-            raise vm.failure(f"the guest agent did not answer within {timeout:.0f}s", BootTimeout)
-        await asyncio.wait({ready}, timeout=0.05)
-    if ready.exception() is not None:
-        # The channel failing during boot usually means the VM went away (a panic reboots
-        # it, and -no-reboot ends it): say why from the console rather than the socket.
-        await vm.wait_exit(2.0)
-        if _scan_for_panic(vm.console_path, 0)[1]:
-            raise vm.failure("the guest kernel panicked during boot", KernelPanic)
-        gone = vm.exited()
-        if gone is not None:
-            raise vm.failure(f"the VM ended during boot ({gone})")
-
-
 def _die_with_parent() -> None:
     """In QEMU's child before exec: SIGKILL it if the monitor dies, so no VM outlives it."""
     import ctypes
 
     ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def _scan_for_panic(path: str, pos: int) -> tuple[int, bool]:
-    start = max(0, pos - 32)  # overlap: a marker may straddle two reads
-    try:
-        with open(path, "rb") as f:
-            f.seek(start)
-            data = f.read()
-    except OSError:
-        return pos, False
-    return start + len(data), any(m in data for m in PANIC_MARKERS)

@@ -36,9 +36,12 @@ from typing import TYPE_CHECKING, Any
 
 from hyperpy.errors import SpecError, VMError
 from hyperpy.vm import ssh
+from hyperpy.vm.boot import watch_boot
+from hyperpy.vm.console import ConsoleLog
+from hyperpy.vm.console import tail as console_tail
 from hyperpy.vm.devices import BASE_ARGS, SANDBOX, Machine, Rng, SerialChannel, Share9p
 from hyperpy.vm.ending import Ending
-from hyperpy.vm.qemu import BASE_CMDLINE, console_tail, watch_boot
+from hyperpy.vm.qemu import BASE_CMDLINE
 from hyperpy.vm.view import view_name
 
 if TYPE_CHECKING:
@@ -173,10 +176,12 @@ class RemoteVM(Ending):
             threading.Thread(target=target, name=target.__name__, daemon=True).start()
 
     def _console(self) -> None:
-        with open(self.console_path, "ab") as f:
+        log = ConsoleLog(self.console_path, self.vcfg.console_log_max_mb << 20)
+        try:
             while data := self.control.recv(65536):
-                f.write(data)
-                f.flush()
+                log.write(data)
+        finally:
+            log.close()
 
     def _stderr(self) -> None:
         with open(self.stderr_path, "ab") as f:

@@ -34,6 +34,7 @@ AT_FDCWD = -100
 VIEW_ROOT = "/run/hyperpy/libvirt"
 FILES = ("vmlinux", "initrd.img")
 AGENT_SOCKET = "agent.sock"
+CONSOLE_SOCKET = "console.sock"  # the monitor listens, QEMU connects (vm/console.py)
 
 
 def _hash(text: str, n: int) -> str:

@@ -82,8 +82,7 @@ def test_qemu_gets_descriptors_not_paths_and_runs_its_seccomp_sandbox(chans):
     )
     assert f"socket,id=qmp,fd={chans.qmp_fd}" in argv
     assert f"socket,id=agentch,fd={chans.agent_fd}" in argv
-    assert f"fd={chans.console_fd},set=1,opaque=console" in argv
-    assert "file,id=console,path=/dev/fdset/1" in argv
+    assert f"socket,id=console,fd={chans.console_fd}" in argv
     assert set(spec.pass_fds()) == {chans.qmp_fd, chans.agent_fd, chans.console_fd}
     assert not any(".sock" in a for a in argv)
 

@@ -25,7 +25,7 @@ def render(accel="tcg", nics=(), machine="q35", **vm):
     chans.console_path = f"{STATE}/console.log"
     spec = build_spec(cfg, accel, chans, share="/s/shared", image="/s/image", nics=nics,
                       memory_mb=300, vcpus=2)  # fmt: skip
-    paths = domain.Paths("/v/vmlinux", "/v/initrd.img", "/v/agent.sock", chans.console_path,
+    paths = domain.Paths("/v/vmlinux", "/v/initrd.img", "/v/agent.sock", "/v/console.sock",
                          {SHARE_TAG: "/v/shared", IMAGE_TAG: "/v/image"})  # fmt: skip
     xml = domain.render(spec, name="hyperpy-pod-1234abcd", machine=machine, paths=paths,
                         state_dir=STATE, emulator="/usr/bin/qemu-system-x86_64",
@@ -52,7 +52,9 @@ def test_the_domain_is_the_plan_of_the_direct_driver():
     assert chan.get("type") == "unix"
     assert chan.find("source").attrib == {"mode": "bind", "path": "/v/agent.sock"}
     assert chan.find("target").attrib == {"type": "virtio", "name": "agent"}
-    assert dom.find("devices/serial/source").get("path") == f"{STATE}/console.log"
+    serial = dom.find("devices/serial")  # to the monitor, which bounds the log
+    assert serial.get("type") == "unix"
+    assert serial.find("source").attrib == {"mode": "connect", "path": "/v/console.sock"}
     assert dom.find("devices/rng/backend").text == "/dev/urandom"
     fss = {fs.find("target").get("dir"): fs for fs in dom.iterfind("devices/filesystem")}
     assert fss[SHARE_TAG].get("accessmode") == "mapped"  # mapped-xattr, as the direct driver

@@ -1,0 +1,75 @@
+"""The guest's console log on the host: a ring of two files, read across the turn."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from hyperpy.vm import console
+
+
+def _sizes(path: str) -> int:
+    return sum(os.path.getsize(p) for p in (path, path + ".1") if os.path.exists(p))
+
+
+def test_the_ring_keeps_the_newest_and_stays_bounded(tmp_path):
+    path = str(tmp_path / "console.log")
+    log = console.ConsoleLog(path, 256 << 10)
+    for i in range(5000):  # ~ 20 times the bound
+        log.write(b"line %06d " % i + b"A" * 1000 + b"\n")
+        assert _sizes(path) <= 256 << 10
+    log.close()
+    assert console.tail(path, 1).startswith("line 004999 ")
+    # a tail longer than the current file is topped up from the previous one
+    with open(path, "wb"):
+        pass
+    with open(path + ".1", "rb") as f:
+        last_of_previous = f.read().splitlines()[-1].decode()
+    assert console.tail(path, 2).splitlines()[-1] == last_of_previous
+
+
+def test_a_new_log_starts_empty_and_without_a_stale_half(tmp_path):
+    path = str(tmp_path / "console.log")
+    (tmp_path / "console.log.1").write_text("old pod\n")
+    (tmp_path / "console.log").write_text("older\n")
+    console.ConsoleLog(path).close()
+    assert console.tail(path) == "(console log is empty)"
+    assert console.tail(str(tmp_path / "none.log")) == "(no console log)"
+
+
+def test_the_panic_scan_follows_a_rotation(tmp_path):
+    path = str(tmp_path / "console.log")
+    log = console.ConsoleLog(path, 128 << 10)
+    log.write(b"x" * (60 << 10))
+    pos, panicked = console.scan_for_panic(path, 0)
+    assert (pos, panicked) == (60 << 10, False)
+    log.write(b"y" * (10 << 10) + b"Kernel panic - not syncing: VFS\n")  # turns the ring
+    assert os.path.getsize(path) < pos
+    assert console.scan_for_panic(path, pos)[1]
+    log.close()
+
+
+def test_the_pipe_never_blocks_its_writer(tmp_path):
+    """QEMU's end is non-blocking: with nobody reading, a write fails at once (QEMU's
+    serial port then drops the character) instead of stalling the guest; what was written
+    reaches the log once the monitor reads."""
+    pipe = console.ConsolePipe(str(tmp_path / "console.log"), 1 << 20)
+    try:
+        written = 0
+        while True:
+            try:
+                written += os.write(pipe.fd, b"A" * 4096)
+            except BlockingIOError:
+                break
+        assert 0 < written <= 8 << 20  # the socket's buffers
+
+        async def drain() -> None:
+            pipe.start()
+            await asyncio.sleep(0.1)
+            pipe.close_vm_end()
+            await asyncio.sleep(0.1)
+
+        asyncio.run(drain())
+    finally:
+        pipe.close()
+    assert os.path.getsize(tmp_path / "console.log") == written
