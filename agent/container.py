@@ -496,6 +496,8 @@ def _do_mount(rootfs: str, m: dict, pointer: str) -> None:
             linux.mount(source, target, None, flags & (linux.MS_BIND | linux.MS_REC))
             if flags & ~(linux.MS_BIND | linux.MS_REC):
                 linux.mount(None, target, None, flags | linux.MS_REMOUNT | linux.MS_BIND)
+        elif mtype == "tmpfs" and "tmpcopyup" in options:
+            _tmpfs_copy_up(source, target, flags, ",".join(data))
         else:
             linux.mount(source, target, mtype, flags, ",".join(data))
         if propagation:
@@ -505,6 +507,43 @@ def _do_mount(rootfs: str, m: dict, pointer: str) -> None:
             f"cannot mount {mtype or 'bind'} {m.get('source', '')!r} on {dest}: {exc.strerror}",
             pointer,
         ) from exc
+
+
+def _tmpfs_copy_up(source: str, target: str, flags: int, data: str) -> None:
+    """runc's ``tmpcopyup``: the tmpfs starts with a copy of the directory it covers, which
+    an fd opened before the mount still reaches. Mounted writable for the copy, then made
+    read-only if asked."""
+    fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        linux.mount(source, target, "tmpfs", flags & ~linux.MS_RDONLY, data)
+        copy_tree(f"/proc/self/fd/{fd}", target)
+    finally:
+        os.close(fd)
+    if flags & linux.MS_RDONLY:
+        linux.mount(None, target, None, flags | linux.MS_REMOUNT)
+
+
+def copy_tree(src: str, dst: str) -> None:
+    """Copy what directory ``src`` holds into the existing directory ``dst``: files,
+    directories, symlinks (as links), owners, modes and times."""
+    for name in os.listdir(src):
+        s, d = os.path.join(src, name), os.path.join(dst, name)
+        st = os.lstat(s)
+        if stat.S_ISDIR(st.st_mode):
+            os.mkdir(d)
+            copy_tree(s, d)
+        elif stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(s), d)
+        elif stat.S_ISREG(st.st_mode):
+            with open(s, "rb") as fin, open(d, "xb") as fout:
+                while chunk := fin.read(1 << 20):
+                    fout.write(chunk)
+        else:
+            os.mknod(d, st.st_mode, st.st_rdev)  # fifos, sockets, device nodes
+        os.lchown(d, st.st_uid, st.st_gid)
+        if not stat.S_ISLNK(st.st_mode):
+            os.chmod(d, stat.S_IMODE(st.st_mode))
+        os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
 
 def _setup_dev(rootfs: str, spec: dict) -> None:

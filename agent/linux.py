@@ -283,12 +283,21 @@ def seccomp_set_filter(program: bytes, flags: int = 0) -> None:
         prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, prctl_ptr)
 
 
+# runc's extensions: options that ask the runtime for a step, never passed to mount(2).
+# tmpcopyup: a tmpfs starts with a copy of what the directory it covers holds (podman
+# writes it for --tmpfs and --read-only's /run, /tmp and /var/tmp).
+MOUNT_EXTENSIONS = frozenset({"tmpcopyup"})
+
+
 def parse_mount_options(options: list[str]) -> tuple[int, int, list[str]]:
-    """OCI mount options -> (flags, propagation flags, fs-specific data options)."""
+    """OCI mount options -> (flags, propagation flags, fs-specific data options); runc's
+    extensions (:data:`MOUNT_EXTENSIONS`) are in none of them."""
     flags = 0
     propagation = 0
     data: list[str] = []
     for opt in options:
+        if opt in MOUNT_EXTENSIONS:
+            continue
         if opt in MOUNT_FLAGS:
             clear, set_ = MOUNT_FLAGS[opt]
             flags = (flags & ~clear) | set_

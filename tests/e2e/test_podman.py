@@ -238,6 +238,16 @@ def test_rm_force_of_a_running_container(podman, clean):
     assert not left and not os.path.lexists(os.path.join(HYPERPY_ROOT, cid)), left
 
 
+def test_read_only_and_tmpfs_start_with_a_copy(podman, clean):
+    """podman's --read-only /run, /tmp, /var/tmp and its --tmpfs are tmpfs mounts with runc's
+    ``tmpcopyup``: each starts with what the image has there."""
+    out = podman.ok(*RUN, "--rm", "--network", "none", "--read-only", "--tmpfs", "/bin:ro",
+                    IMAGE, "/bin/sh", "-c", "touch /x 2>/dev/null || echo root-read-only; "
+                    "touch /tmp/t /run/t /var/tmp/t && echo tmp-writable; [ -x /bin/cat ] && "
+                    "echo bin-copied; touch /bin/t 2>/dev/null || echo bin-read-only")  # fmt: skip
+    assert out.split() == ["root-read-only", "tmp-writable", "bin-copied", "bin-read-only"], out
+
+
 def test_published_port_on_netavarks_bridge(podman, clean):
     podman.ok(*RUN, "-d", "-p", "8080:80", "--name", "web", IMAGE, "sh", "-c",
               HTTPD.format("published", 80))  # fmt: skip
