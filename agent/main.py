@@ -64,6 +64,7 @@ class Process:
         self.start_w = -1
         self.sync_r = -1
         self.status: int | None = None
+        self.paused = False  # its reader on the host is behind (OP_FLOW)
 
 
 class Container:
@@ -420,7 +421,7 @@ class Agent:
                 raise SetupError(status["error"], status.get("pointer", ""))
         for fd in proc.outputs:
             os.set_blocking(fd, False)
-            self.sel.register(fd, selectors.EVENT_READ, self._output_handler(proc, fd))
+        self._watch_outputs(proc)
         os.set_blocking(proc.stdin_fd, False)
         return proc
 
@@ -542,13 +543,27 @@ class Agent:
             os.close(fd)
 
     def _pause_outputs(self, pause: bool) -> None:
+        """Every process's output, while the channel's own buffer is over OUTBUF_HIGH."""
         self.paused_outputs = pause
         for proc in self.procs.values():
-            for fd in proc.outputs:
-                if pause:
-                    self.sel.unregister(fd)
-                else:
-                    self.sel.register(fd, selectors.EVENT_READ, self._output_handler(proc, fd))
+            self._watch_outputs(proc)
+
+    def _watch_outputs(self, proc: Process) -> None:
+        """Read ``proc``'s outputs unless the channel or its host reader is behind."""
+        want = not (self.paused_outputs or proc.paused)
+        watched = self.sel.get_map()
+        for fd in proc.outputs:
+            if want and fd not in watched:
+                self.sel.register(fd, selectors.EVENT_READ, self._output_handler(proc, fd))
+            elif not want and fd in watched:
+                self.sel.unregister(fd)
+
+    def op_flow(self, msg: dict) -> dict:
+        proc = self.procs.get(int(msg["proc"]))
+        if proc is not None:  # else it is gone, and so is its output
+            proc.paused = bool(msg["pause"])
+            self._watch_outputs(proc)
+        return {}
 
     # --- stdin --------------------------------------------------------------------------
     def _on_stdin(self, stream: int, data: bytes) -> None:

@@ -69,6 +69,9 @@ OP_FREEZE = "freeze"  # {"cid", "freeze": bool} -> {} once cgroup.events says so
 OP_UPDATE = "update"  # {"cid", "resources": OCI linux.resources} -> {}
 OP_STATS = "stats"  # {"cid"} -> {"stats": runc events --stats data, "oom_kills"}
 OP_DESTROY = "destroy"  # {"cid"} -> {}
+# {"proc", "pause": bool} -> {}: stop (or resume) reading a process's output, whose writes
+# then block in the guest as on a full pipe; the host asks while its proxy reads slowly
+OP_FLOW = "flow"
 OP_SHUTDOWN = "shutdown"  # {} -> {} then the guest powers off
 # {"cid", "interfaces": [{"boot_mac", "name", "mac", "mtu", "addresses": [{"ip", "prefixlen",
 # "family"}]}], "routes": [{"dst", "dev", "family", "scope", "gateway"?, "src"?, "metric"?}],
@@ -113,6 +116,7 @@ FIELDS: dict[str, dict[str, type]] = {
     OP_UPDATE: {"cid": _STR, "resources": _OBJ},
     OP_STATS: {"cid": _STR},
     OP_DESTROY: {"cid": _STR},
+    OP_FLOW: {"proc": _INT, "pause": _BOOL},
     OP_SHUTDOWN: {},
     OP_NETWORK: {
         "cid": _STR,

@@ -10,37 +10,69 @@ the wire format is ``agent/protocol.py``'s.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 from agent import protocol as P
-from hyperpy.errors import AgentError, SpecError
+from hyperpy.errors import AgentError, HyperpyError, SpecError
 
 log = logging.getLogger("hyperpy.monitor")
 
 AGENT_TIMEOUT = 60.0
 PENDING_LIMIT = 8 << 20  # a process's output kept until its proxy attaches
+# What the monitor holds for a proxy that reads slowly: above FLOW_HIGH the agent is asked
+# to stop reading the process's output (OP_FLOW), below FLOW_LOW to go on. The process then
+# blocks on its full pipe, as under runc, and no other process of the pod waits for it.
+FLOW_HIGH = 1 << 20
+FLOW_LOW = 256 << 10
 
 
 class Attachment:
     """Frames for one process: sent to its proxy, or kept (up to PENDING_LIMIT) until one
-    attaches. Once the exit went to a proxy, or the proxy left, nothing more is kept."""
+    attaches. Once the exit went to a proxy, or the proxy left, nothing more is kept.
+    ``flow(pause)`` asks the agent to stop or resume the process's output."""
 
-    def __init__(self) -> None:
+    def __init__(self, flow: Callable[[bool], Awaitable[object]] | None = None) -> None:
         self.writer: asyncio.StreamWriter | None = None
         self.pending: list[bytes] = []
         self.pending_bytes = 0
         self.dropped = 0
         self.exit: dict | None = None
         self.done = False
+        self.flow = flow
+        self.paused: asyncio.Task | None = None
+
+    def attach(self, writer: asyncio.StreamWriter) -> None:
+        writer.transport.set_write_buffer_limits(high=FLOW_HIGH, low=FLOW_LOW)
+        self.writer = writer
 
     def deliver(self, frame: bytes) -> None:
         if self.writer is not None and not self.writer.is_closing():
             self.writer.write(frame)
+            if (
+                self.flow is not None
+                and self.paused is None
+                and (self.writer.transport.get_write_buffer_size() > FLOW_HIGH)
+            ):
+                self.paused = asyncio.ensure_future(self._pause_until_drained(self.writer))
         elif self.done or self.pending_bytes + len(frame) > PENDING_LIMIT:
             self.dropped += len(frame)
         else:
             self.pending.append(frame)
             self.pending_bytes += len(frame)
+
+    async def _pause_until_drained(self, writer: asyncio.StreamWriter) -> None:
+        assert self.flow is not None
+        try:
+            await self.flow(True)
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.drain()  # until the buffer is under FLOW_LOW (or the proxy left)
+            await self.flow(False)
+        except HyperpyError as exc:
+            log.warning("flow control of a process's output failed: %s", exc)
+        finally:
+            self.paused = None
 
     def finish(self, writer: asyncio.StreamWriter) -> None:
         """Send the exit (after what was kept) and close: the proxy's last frame."""

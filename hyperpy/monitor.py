@@ -208,7 +208,13 @@ class Monitor:
 
     # --- agent events -------------------------------------------------------------------
     def _attachment(self, proc: int) -> Attachment:
-        return self.attachments.setdefault(proc, Attachment())
+        if proc not in self.attachments:
+            self.attachments[proc] = Attachment(lambda pause: self._flow(proc, pause))
+        return self.attachments[proc]
+
+    async def _flow(self, proc: int, pause: bool) -> None:
+        if self.agent is not None:
+            await self.agent.request(P.OP_FLOW, proc=proc, pause=pause, timeout=10)
 
     def _on_agent_data(self, stream: int, payload: bytes) -> None:
         proc, _ = P.split_stream(stream)
@@ -390,7 +396,7 @@ class Monitor:
         if att.writer is not None and att.writer is not writer and not att.writer.is_closing():
             self._refuse(writer, msg.get("id"), f"process {proc} already has a proxy attached")
             return False
-        att.writer = writer
+        att.attach(writer)
         writer.write(P.encode_msg(P.reply(msg)))
         for frame in att.pending:
             writer.write(frame)

@@ -50,6 +50,8 @@ NOT_FORWARDED = {
 }
 FORWARDED = [s for s in signal.Signals if s not in NOT_FORWARDED]
 VM_GONE_STATUS = 255
+# Output held for our stdout/stderr beyond which the monitor's socket is no longer read.
+PENDING_HIGH = 1 << 20
 # After an OOM told to the host cgroup: time for the listeners' event loops (the runc shim's
 # epoller, conmon's) to publish it before they reap this process and publish its exit.
 OOM_GRACE = 0.1
@@ -161,8 +163,19 @@ class Proxy:
     def run(self) -> int:
         while self.status is None or any(self.pending.values()):
             self._flush_sock()
-            mask = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.out else 0)
-            self.sel.modify(self.sock, mask, "sock")
+            # Behind on our own output: stop reading the monitor, which then asks the agent
+            # to hold the process's output (its flow control), so nothing grows here.
+            behind = sum(len(b) for b in self.pending.values()) > PENDING_HIGH
+            mask = (0 if behind else selectors.EVENT_READ) | (
+                selectors.EVENT_WRITE if self.out else 0
+            )
+            registered = self.sock in self.sel.get_map()
+            if mask and registered:
+                self.sel.modify(self.sock, mask, "sock")
+            elif mask:
+                self.sel.register(self.sock, mask, "sock")
+            elif registered:
+                self.sel.unregister(self.sock)
             for fd in {self.in_fd, *self.pending}:
                 self._set_interest(fd)
             try:

@@ -72,3 +72,46 @@ def test_a_console_flood_stays_within_its_bound(root, bundle, tmp_path, vm_confi
     finally:
         subprocess.run([HYPERPY, "--root", root, "delete", "--force", cid], env=env,
                        capture_output=True, timeout=60)  # fmt: skip
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def test_a_reader_that_stops_holds_the_process_not_the_host(root, bundle, tmp_path):
+    """A container writes 200 MiB to a stdout nobody reads for a while: the proxy and the
+    monitor stop taking it (the agent stops reading the process's pipe, which then blocks,
+    as under runc), their memory stays flat, another exec still answers, and once read all
+    of it arrives, in order."""
+    size = 200 << 20
+    b = bundle(["sh", "-c", f"head -c {size} /dev/zero; echo end"])
+    p = subprocess.Popen([HYPERPY, "--root", root, "run", "--bundle", b, "slow1"],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        d = os.path.join(root, "slow1")
+        deadline = time.monotonic() + 120
+        while True:
+            raw = json.loads(open(os.path.join(d, "state.json")).read()) if os.path.exists(
+                os.path.join(d, "state.json")) else {}  # fmt: skip
+            if raw.get("pid") and raw.get("status") == "running":
+                break
+            assert time.monotonic() < deadline and p.poll() is None, p.stderr.read().decode()
+            time.sleep(0.1)
+        pids = {"proxy": raw["pid"], "monitor": raw["monitor_pid"]}
+        time.sleep(2)
+        base = {k: _rss_kib(v) for k, v in pids.items()}
+        for _ in range(10):  # what would otherwise pile up: the guest writes ~10-30 MB/s
+            time.sleep(1)
+            for k, v in pids.items():
+                assert _rss_kib(v) - base[k] < 24 << 10, (k, base[k], _rss_kib(v))
+        res = hyperpy(root, "exec", "slow1", "echo", "still-here", timeout=60)
+        assert (res.returncode, res.stdout) == (0, b"still-here\n"), res.stderr.decode()
+        out = p.stdout.read()
+        assert p.wait(60) == 0, p.stderr.read().decode()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+    assert len(out) == size + 4 and out.endswith(b"\0end\n") and not out[:size].strip(b"\0")
