@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from agent import protocol as P
 from hyperpy.errors import AgentError, HyperpyError, SpecError
+from hyperpy.log import GuestWarnings
 
 log = logging.getLogger("hyperpy.monitor")
 
@@ -97,6 +98,7 @@ class AgentLink:
         self.on_event = lambda msg: None
         self.on_data = lambda stream, payload: None
         self.closed = asyncio.get_running_loop().create_future()
+        self.warn = GuestWarnings(log)  # the monitor gives it its own
 
     async def pump(self) -> None:
         decoder = P.Decoder()
@@ -108,13 +110,13 @@ class AgentLink:
                 for item in decoder.feed(data):
                     try:
                         if isinstance(item, P.BadFrame):
-                            log.warning("bad frame from the agent: %s", item.reason)
+                            self.warn("bad frame from the agent: %s", item.reason)
                         elif item.kind == P.DATA:
                             self.on_data(item.stream, item.payload)
                         else:
                             self._on_msg(item.message())
                     except Exception as exc:  # noqa: BLE001 - one bad frame must not end the pod
-                        log.warning("ignored a message from the agent that failed: %r", exc)
+                        self.warn("ignored a message from the agent that failed: %r", exc)
         finally:
             err = AgentError("the agent channel closed (the VM stopped or the agent died)")
             for fut in self.waiting.values():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import sys
 import time
 
@@ -58,6 +59,34 @@ def setup(log_file: str | None, log_format: str, debug: bool) -> None:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter() if log_format == "json" else TextFormatter())
     root.addHandler(handler)
+
+
+DAEMON_LOG_MAX = 2 << 20  # a daemon's log and its one older half, together
+
+
+def to_file(path: str, fmt: str, level: int = logging.INFO) -> None:
+    """Send the root logger to ``path``, kept to DAEMON_LOG_MAX bytes in two files."""
+    handler = logging.handlers.RotatingFileHandler(path, maxBytes=DAEMON_LOG_MAX // 2,
+                                                   backupCount=1)  # fmt: skip
+    handler.setFormatter(logging.Formatter(fmt))
+    root = logging.getLogger()
+    root.handlers.clear()
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+class GuestWarnings:
+    """Warnings about what the guest sent: the first 20, then every 1000th, counted (a
+    guest must not fill the host's log, nor hide that it tried)."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+        self.count = 0
+
+    def __call__(self, fmt: str, *args: object) -> None:
+        self.count += 1
+        if self.count <= 20 or self.count % 1000 == 0:
+            self.logger.warning(fmt + f" (guest warning {self.count})", *args)
 
 
 def report(exc: Exception) -> None:

@@ -42,6 +42,7 @@ from hyperpy.agent_link import AgentLink, Attachment
 from hyperpy.config import Config
 from hyperpy.config import load as load_config
 from hyperpy.errors import AgentError, HyperpyError, SpecError, VMError
+from hyperpy.log import GuestWarnings, to_file
 from hyperpy.sandbox.store import write_json_atomic
 from hyperpy.vm import hypervisor, qemu, template
 from hyperpy.vm.devices import Incoming, Memory
@@ -76,7 +77,7 @@ class Monitor:
         self.server: asyncio.AbstractServer | None = None
         self.clients: dict[asyncio.StreamWriter, P.Decoder] = {}
         self.tasks: set[asyncio.Task] = set()  # kept, so they are not collected mid-run
-        self.warnings = 0
+        self.warnings = GuestWarnings(log)
         self.timings: dict[str, float] = {}  # host CLOCK_MONOTONIC seconds
         self.guest: dict[str, float] = {}  # guest CLOCK_BOOTTIME ms: the boot's phases
         self.taps: list[network.Tap] = []  # made in the pod's namespace (network.py)
@@ -190,6 +191,7 @@ class Monitor:
             self.agent.on_event = self._on_agent_event
             self.agent.on_data = self._on_agent_data
             self.agent.on_new_proc = self.procs.__setitem__
+            self.agent.warn = self.warnings  # one count of what this guest sent
             asyncio.ensure_future(self.agent.pump())
             hello = await self.agent.request(
                 P.OP_HELLO,
@@ -270,11 +272,8 @@ class Monitor:
             asyncio.get_running_loop().call_soon(self.stop.set)
 
     def _warn(self, fmt: str, *args: object) -> None:
-        """A warning about what the guest sent: the first 20, then every 1000th (the guest
-        must not fill the host's log)."""
-        self.warnings += 1
-        if self.warnings <= 20 or self.warnings % 1000 == 0:
-            log.warning(fmt + f" (guest warning {self.warnings})", *args)
+        """A warning about what the guest sent (rate-limited: hyperpy.log.GuestWarnings)."""
+        self.warnings(fmt, *args)
 
     def _end(self, procs: list[int], status: int, sig: int | None, reason: str) -> None:
         """Record an exit, made up here, for each of ``procs`` that has none yet."""
@@ -624,11 +623,9 @@ def _report(fd: int, obj: dict) -> None:
 
 def main() -> None:
     state_dir, ready_fd = sys.argv[1], int(sys.argv[2])
-    logging.basicConfig(
-        filename=os.path.join(state_dir, "monitor.log"),
-        level=logging.DEBUG if os.environ.get("HYPERPY_DEBUG") else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    level = logging.DEBUG if os.environ.get("HYPERPY_DEBUG") else logging.INFO
+    to_file(os.path.join(state_dir, "monitor.log"),
+            "%(asctime)s %(levelname)s %(name)s: %(message)s", level)  # fmt: skip
     request = json.loads(os.environ.get("HYPERPY_MONITOR_REQUEST", "{}"))
     try:
         config = load_config()

@@ -26,6 +26,7 @@ import sys
 import time
 
 from agent import protocol as P
+from hyperpy.log import to_file
 from hyperpy.monitor_client import connect_unix
 
 log = logging.getLogger("hyperpy.proxy")
@@ -296,11 +297,8 @@ def main() -> None:
         netns = args[i + 1]
         del args[i : i + 2]
     state_dir, proc, ready_fd = args[0], int(args[1]), int(args[2])
-    logging.basicConfig(
-        filename=os.path.join(state_dir, "proxy.log"),
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s proxy[%(process)d]: %(message)s",
-    )
+    to_file(os.path.join(state_dir, "proxy.log"),
+            "%(asctime)s %(levelname)s proxy[%(process)d]: %(message)s")  # fmt: skip
     try:
         if netns:
             from hyperpy.network import enter

@@ -73,3 +73,35 @@ def test_the_pipe_never_blocks_its_writer(tmp_path):
     finally:
         pipe.close()
     assert os.path.getsize(tmp_path / "console.log") == written
+
+
+def test_daemon_logs_and_guest_warnings_are_bounded(tmp_path):
+    """monitor.log and proxy.log keep DAEMON_LOG_MAX in two files; warnings about what the
+    guest sent are the first 20 and then every 1000th."""
+    import logging
+
+    from hyperpy import log as hlog
+
+    path = str(tmp_path / "monitor.log")
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        hlog.to_file(path, "%(message)s")
+        warn = hlog.GuestWarnings(logging.getLogger("hyperpy.test"))
+        for i in range(30000):
+            warn("bad frame %d from the guest", i)
+        for h in root.handlers:
+            h.flush()
+        lines = open(path).read().splitlines()
+        assert len(lines) == 20 + 30 and lines[-1].endswith("(guest warning 30000)"), lines[-3:]
+        for i in range(20000):
+            logging.getLogger("hyperpy.test").warning("line %d %s", i, "y" * 200)
+        for h in root.handlers:
+            h.flush()
+        assert _sizes(path) <= hlog.DAEMON_LOG_MAX + 4096
+        assert open(path).read().splitlines()[-1].startswith("line 19999 ")
+    finally:
+        for h in root.handlers:
+            h.close()
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
