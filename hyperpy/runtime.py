@@ -231,7 +231,7 @@ class Runtime:
         elif ann.get(CRI_TYPE) == "container" and ann.get(CRI_SANDBOX):
             key = CRI_SANDBOX
         if not key:
-            return self._network_owner(spec)
+            return self._namespace_owner(spec)
         if ann[key] == cid:
             return None
         pointer = "/annotations/" + key.replace("~", "~0").replace("/", "~1")
@@ -260,21 +260,31 @@ class Runtime:
                 out[o.pid] = o
         return out
 
-    def _network_owner(self, spec: dict) -> State | None:
-        """The sandbox whose network a container asks to share by naming one of its
-        containers' network namespace by pid (docker's ``--network container:ID``): a
-        guest's network cannot be shared by another VM, so the container joins that VM."""
-        for ns in (spec.get("linux") or {}).get("namespaces") or []:
-            m = re.fullmatch(r"/proc/(\d+)/ns/net", ns.get("path") or "")
-            if ns.get("type") == "network" and m:
-                owner = self._by_pid().get(int(m.group(1)))
-                if owner is None:
+    def _namespace_owner(self, spec: dict) -> State | None:
+        """The sandbox whose namespaces a container asks to share by naming one of its
+        containers' namespaces by pid (docker's ``--network container:ID``, podman's
+        ``--ipc container:ID`` or a pod's members): a guest's namespaces cannot be shared
+        by another VM, so the container joins that VM. The network decides first: a
+        network path naming no container here (a runc container's, say) is the network of
+        a VM of the container's own."""
+        nss = (spec.get("linux") or {}).get("namespaces") or []
+        nss = sorted(nss, key=lambda ns: ns.get("type") != "network")
+        by_pid = None
+        for ns in nss:
+            m = re.fullmatch(r"/proc/(\d+)/ns/\w+", ns.get("path") or "")
+            if not m:
+                continue
+            by_pid = self._by_pid() if by_pid is None else by_pid
+            owner = by_pid.get(int(m.group(1)))
+            if owner is None:
+                if ns.get("type") == "network":
                     return None
-                sandbox = self.store.load(owner.sandbox) if owner.sandbox else owner
-                if self.status(sandbox) == Status.STOPPED:
-                    raise SpecError(f"container {owner.id!r}, whose network this one joins, "
-                                    "is stopped", "/linux/namespaces")  # fmt: skip
-                return sandbox
+                continue
+            sandbox = self.store.load(owner.sandbox) if owner.sandbox else owner
+            if self.status(sandbox) == Status.STOPPED:
+                raise SpecError(f"container {owner.id!r}, whose namespaces this one joins, "
+                                "is stopped", "/linux/namespaces")  # fmt: skip
+            return sandbox
         return None
 
     def _join(self, d: str, st: State, sandbox: State) -> None:

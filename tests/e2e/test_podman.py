@@ -263,6 +263,16 @@ def test_network_none_is_loopback_only(podman, clean):
     assert len(lines) == 1 and ": lo:" in lines[0], out
 
 
+def test_ipc_of_another_container_joins_its_vm(podman, clean):
+    """--ipc container:X names X's namespace by its host pid (hyperpy's proxy): the new
+    container joins X's VM, with a network of its own there."""
+    podman.ok(*RUN, "-d", "--network", "none", "--name", "ipc-base", IMAGE, "sh", "-c",
+              "touch /dev/mqueue/q && exec sleep 1000")  # fmt: skip
+    out = podman.ok(*RUN, "--rm", "--ipc", "container:ipc-base", "--network", "none", IMAGE,
+                    "sh", "-c", "sleep 0.5; ls /dev/mqueue")  # fmt: skip
+    assert out == "q\n", out
+
+
 def test_a_pod_is_one_vm_on_localhost(podman, clean):
     # the infra container takes podman's default runtime: --runtime before the verb
     pod = podman.ok("--runtime", "hyperpy", "pod", "create", "--name", "duo", "--infra-image",
