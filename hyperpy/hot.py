@@ -39,13 +39,19 @@ def _log() -> logging.Logger:
     return logging.getLogger("hyperpy.runtime")
 
 
-def current_status(d: str, stored: str, monitor_pid: int) -> Status:
+def current_status(d: str, stored: str, monitor_pid: int, monitor_start: int = 0) -> Status:
     exited = os.path.exists(os.path.join(d, record.EXIT))
-    return model.effective_status(Status(stored), exited, record.pid_alive(monitor_pid))
+    alive = record.pid_alive(monitor_pid, monitor_start)
+    return model.effective_status(Status(stored), exited, alive)
 
 
 def _status(d: str, raw: dict) -> Status:
-    return current_status(d, raw.get("status", Status.CREATING.value), raw.get("monitor_pid", 0))
+    return current_status(d, raw.get("status", Status.CREATING.value), *_monitor(raw))
+
+
+def _monitor(raw: dict) -> tuple[int, int]:
+    """The monitor's pid and start time, as recorded."""
+    return raw.get("monitor_pid", 0), raw.get("monitor_start", 0)
 
 
 def state(root: str, cid: str) -> dict:
@@ -87,7 +93,7 @@ def kill(root: str, cid: str, sig: int, all_: bool = False) -> None:
         MonitorClient(d).request(P.OP_SIGNAL, cid=cid, proc=raw.get("init_proc", 0), signal=sig)
     elif _status(d, raw) != Status.STOPPED:
         MonitorClient(d).request(P.OP_SIGNAL, cid=cid, all=True, signal=sig)
-    elif record.pid_alive(raw.get("monitor_pid", 0)):
+    elif record.pid_alive(*_monitor(raw)):
         # As runc: --all on a stopped container succeeds.  Processes its init left in a
         # shared pid namespace get the signal while the VM still runs.
         try:
@@ -161,9 +167,10 @@ def destroy(d: str, raw: dict) -> None:
 
     A container that joined another's VM only leaves it: the VM stays for the others.
     """
-    monitor_pid, pid = raw.get("monitor_pid", 0), raw.get("pid", 0)
+    (monitor_pid, monitor_start), pid = _monitor(raw), raw.get("pid", 0)
+    pid_start = raw.get("pid_start", 0)
     answering = (
-        record.pid_alive(monitor_pid)
+        record.pid_alive(monitor_pid, monitor_start)
         and os.path.exists(os.path.join(d, "monitor.sock"))
         and not stopped_processes(d)
     )
@@ -177,9 +184,9 @@ def destroy(d: str, raw: dict) -> None:
                 _log().warning(
                     "removing %s from sandbox %s failed: %s", raw["id"], raw["sandbox"], exc
                 )
-        if pid and record.pid_alive(pid):
-            record.wait_gone(pid, 3)
-            kill_hard(pid, d)
+        if pid and record.pid_alive(pid, pid_start):
+            record.wait_gone(pid, 3, pid_start)
+            kill_hard(pid, d, pid_start)
         _remove_cgroup(raw)
         return
     if answering:
@@ -189,12 +196,16 @@ def destroy(d: str, raw: dict) -> None:
             if not os.path.exists(os.path.join(d, record.EXIT)):
                 _log().warning("monitor shutdown request failed: %s", exc)
             # else it is stopping by itself: every process of its VM has exited
-        record.wait_gone(monitor_pid, 8)
+        record.wait_gone(monitor_pid, 8, monitor_start)
     # A stopped monitor or QEMU is killed at once: SIGKILL reaches stopped processes.
-    for p in (monitor_pid, raw.get("qemu_pid", 0)):
-        kill_hard(p, d)
-    if pid and record.pid_alive(pid) and not os.path.exists(os.path.join(d, record.EXIT)):
-        record.wait_gone(pid, 5)
+    kill_hard(monitor_pid, d, monitor_start)
+    kill_hard(raw.get("qemu_pid", 0), d, raw.get("qemu_start", 0))
+    if (
+        pid
+        and record.pid_alive(pid, pid_start)
+        and not os.path.exists(os.path.join(d, record.EXIT))
+    ):
+        record.wait_gone(pid, 5, pid_start)
     if os.path.exists(os.path.join(d, record.SHARE)):  # the monitor released it otherwise
         _log()
         from hyperpy import share
@@ -244,15 +255,12 @@ def cgroup(rel: str) -> HostCgroup:
     return HostCgroup(rel)
 
 
-def kill_hard(pid: int, state_dir: str) -> None:
-    """SIGKILL ``pid`` if it is still ours: its command line names ``state_dir`` (the
-    monitor's and the proxies' arguments, QEMU's -name), so a reused pid is never hit."""
-    if record.pid_alive(pid) and record.cmdline_names(pid, state_dir):
-        try:
-            os.kill(pid, 9)
-        except ProcessLookupError:
-            return
-        record.wait_gone(pid, 5)
+def kill_hard(pid: int, state_dir: str, start: int = 0) -> None:
+    """SIGKILL ``pid`` if it is still ours: the process recorded (its start time) and its
+    command line names ``state_dir`` (the monitor's and the proxies' arguments, QEMU's
+    -name), so a reused pid is never hit."""
+    if pid and record.cmdline_names(pid, state_dir) and record.kill(pid, 9, start):
+        record.wait_gone(pid, 5, start)
 
 
 def parse_signal(value: str) -> int:

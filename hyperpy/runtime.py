@@ -108,7 +108,9 @@ class Runtime:
 
     # --- reading ------------------------------------------------------------------------
     def status(self, st: State) -> Status:
-        return hot.current_status(self.store.dir(st.id), st.status, st.monitor_pid)
+        return hot.current_status(
+            self.store.dir(st.id), st.status, st.monitor_pid, st.monitor_start
+        )
 
     def state(self, cid: str) -> dict:
         return hot.state(self.store.root, cid)

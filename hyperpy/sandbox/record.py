@@ -2,7 +2,8 @@
 
 Owns reading a container's state.json as a plain dict, writing JSON atomically (temp file,
 fsync, rename), the per-id lock (flock on the state directory), valid ids, removing a state
-directory, and whether a pid is alive. :mod:`hyperpy.sandbox.store` builds its typed
+directory, and whether a pid is alive and still the process recorded (its start time).
+:mod:`hyperpy.sandbox.store` builds its typed
 ``State`` on these; the hot verbs (:mod:`hyperpy.hot`) use them directly, so that
 ``hyperpy state`` imports neither dataclasses, re nor logging.
 """
@@ -172,7 +173,26 @@ def cmdline_names(pid: int, path: str) -> bool:
         return False
 
 
-def pid_alive(pid: int) -> bool:
+def start_time(pid: int) -> int:
+    """When process ``pid`` started (clock ticks since boot, /proc/PID/stat field 22), or 0
+    when there is none: with the pid, what identifies a process (a pid is reused)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            text = f.read()
+        return int(text[text.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def same_process(pid: int, start: int) -> bool:
+    """Whether ``pid`` is still the process that started at ``start`` (0: not recorded,
+    as in a record older than this field: then only the pid is known)."""
+    return start == 0 or start_time(pid) == start
+
+
+def pid_alive(pid: int, start: int = 0) -> bool:
+    """Whether ``pid`` runs (a zombie counts as dead) and, with ``start``, is still the
+    process recorded with that start time: a reused pid is "already gone"."""
     if pid <= 0:
         return False
     try:
@@ -182,12 +202,34 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     state = proc_state(pid)
-    return state not in ("", "Z")  # a zombie counts as dead
+    return state not in ("", "Z") and same_process(pid, start)  # a zombie counts as dead
 
 
-def wait_gone(pid: int, timeout: float) -> None:
-    """Until ``pid`` is gone or ``timeout``: on its pidfd, without polling, where it can."""
-    if not pid_alive(pid):
+def kill(pid: int, sig: int, start: int = 0) -> bool:
+    """Signal ``pid`` if it is still the process recorded with ``start``, through a pidfd
+    checked after it was opened (so the signal cannot reach a process that took the pid
+    meanwhile); False when it is gone."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return False
+    try:
+        if not same_process(pid, start):
+            return False
+        import signal
+
+        signal.pidfd_send_signal(fd, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def wait_gone(pid: int, timeout: float, start: int = 0) -> None:
+    """Until ``pid`` is gone (or another process has its number) or ``timeout``: on its
+    pidfd, without polling, where it can."""
+    if not pid_alive(pid, start):
         return
     try:
         fd = os.pidfd_open(pid)
@@ -202,8 +244,8 @@ def wait_gone(pid: int, timeout: float) -> None:
             poller.poll(timeout * 1000)
         finally:
             os.close(fd)
-        if not pid_alive(pid):
+        if not pid_alive(pid, start):
             return
     deadline = time.monotonic() + timeout
-    while pid_alive(pid) and time.monotonic() < deadline:
+    while pid_alive(pid, start) and time.monotonic() < deadline:
         time.sleep(0.02)

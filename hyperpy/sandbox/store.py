@@ -49,6 +49,11 @@ class State:
     pid: int = 0
     monitor_pid: int = 0
     qemu_pid: int = 0
+    # each pid's start time (record.start_time), taken when it is first saved: a pid that
+    # another process took after ours died is then "already gone", never signalled
+    pid_start: int = 0
+    monitor_start: int = 0
+    qemu_start: int = 0
     owner: str = ""
     annotations: dict[str, str] = field(default_factory=dict)
     init_proc: int = 0
@@ -59,6 +64,9 @@ class State:
     sandbox: str = ""  # the id whose VM this container joined; empty: it owns its VM
     driver: str = "qemu"  # [vm] driver the VM was started with (delete cleans up after it)
     schema: int = SCHEMA_VERSION
+
+
+PID_STARTS = (("pid", "pid_start"), ("monitor_pid", "monitor_start"), ("qemu_pid", "qemu_start"))
 
 
 class Store:
@@ -107,6 +115,10 @@ class Store:
         return State(**{k: v for k, v in raw.items() if k in known})
 
     def save(self, state: State) -> None:
+        for pid_field, start_field in PID_STARTS:
+            pid = getattr(state, pid_field)
+            if pid and not getattr(state, start_field):
+                setattr(state, start_field, record.start_time(pid))
         write_json_atomic(os.path.join(self.dir(state.id), "state.json"), dataclasses.asdict(state))
 
     def remove(self, cid: str) -> None:

@@ -24,6 +24,8 @@ import signal
 import socket
 import sys
 
+from hyperpy.sandbox import record
+
 SOCKET = "keeper.sock"
 META = "meta.json"
 CGROUP = "hyperpy-templates"  # the host cgroup keepers (and template VMs) run in
@@ -42,7 +44,7 @@ def serve(directory: str, mem_fd: int, state_fd: int, meta: dict, ready_fd: int)
     for fd in (mem_fd, state_fd):
         if fcntl.fcntl(fd, fcntl.F_GET_SEALS) & seals() != seals():
             raise SystemExit("keeper: the template's memfds must be sealed")
-    meta = {**meta, "pid": os.getpid()}
+    meta = {**meta, "pid": os.getpid(), "start": record.start_time(os.getpid())}
     line = (json.dumps(meta) + "\n").encode()
     os.chdir(directory)  # relative names: a long directory still fits sun_path
     with open(f"{META}.tmp", "w") as f:

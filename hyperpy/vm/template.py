@@ -167,7 +167,7 @@ class Store:
                         meta = json.load(f)
                 except (OSError, ValueError):
                     continue
-                meta["alive"] = _is_keeper(meta.get("pid"), self.path(k))
+                meta["alive"] = _is_keeper(meta.get("pid"), self.path(k), meta.get("start", 0))
                 out.append(meta)
         return out
 
@@ -178,11 +178,12 @@ class Store:
         if not os.path.isdir(directory):
             return False  # its lock, if any, is sweep_locks's
         with contextlib.suppress(OSError, ValueError), open(self.path(k, keeper.META)) as f:
-            pid = json.load(f).get("pid")
+            meta = json.load(f)
+            pid, start = meta.get("pid"), meta.get("start", 0)
             if keeper_pid is not None and pid != keeper_pid:
                 return False
-            if _is_keeper(pid, directory):
-                _stop(pid, timeout)
+            if _is_keeper(pid, directory, start):
+                _stop(pid, timeout, start)
         for name in (keeper.SOCKET, keeper.META, f"{keeper.SOCKET}.tmp", f"{keeper.META}.tmp"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path(k, name))
@@ -429,20 +430,21 @@ def _sealed(fd: int) -> bool:
         return False
 
 
-def _is_keeper(pid: object, directory: str) -> bool:
-    """Whether ``pid`` is still the keeper of ``directory`` (pids are reused)."""
+def _is_keeper(pid: object, directory: str, start: int = 0) -> bool:
+    """Whether ``pid`` is still the keeper of ``directory`` (pids are reused: its start
+    time, as the keeper recorded it, and its command line say)."""
     return (
         isinstance(pid, int)
-        and record.pid_alive(pid)
+        and record.pid_alive(pid, start)
         and record.cmdline_names(pid, "hyperpy.vm.keeper")
         and record.cmdline_names(pid, f"\0{directory}\0")
     )
 
 
-def _stop(pid: int, timeout: float) -> None:
+def _stop(pid: int, timeout: float, start: int = 0) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        record.wait_gone(pid, timeout)
-        if not record.pid_alive(pid):
+        if not record.kill(pid, sig, start):
+            return
+        record.wait_gone(pid, timeout, start)
+        if not record.pid_alive(pid, start):
             return
