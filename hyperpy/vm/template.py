@@ -225,11 +225,17 @@ class Store:
                         os.close(lock)
 
     async def obtain(self, k: str, launch: Launcher, memory_mb: int, timeout: float) -> Held | None:
-        """Template ``k``, built now if no pod has; None when another pod is building it or
-        the build failed (logged: the pod boots cold)."""
+        """Template ``k``, built now if no pod has; None when another pod is building it,
+        the build failed, or this pod may not start a keeper (logged: the pod boots cold)."""
         held = self.fetch(k)
         if held is not None:
             return held
+        reaper = waiting_reaper()
+        if reaper:
+            log.info("no template %s yet, and none is built under %s, which waits for every "
+                     "process below it (a keeper would keep it): booting cold; `hyperpy "
+                     "template build` makes one outside", k, reaper)  # fmt: skip
+            return None
         why = self.failed_recently(k)
         if why:  # a shape whose build fails (QEMU, kernel) would cost every pod two boots
             log.info("template %s failed to build lately (%s): booting cold", k, why)
@@ -428,6 +434,30 @@ def _sealed(fd: int) -> bool:
         return fcntl.fcntl(fd, fcntl.F_GET_SEALS) & keeper.seals() == keeper.seals()
     except OSError:
         return False
+
+
+# Supervisors that, as a child subreaper, wait for every process below them before they
+# exit: a keeper (which outlives its pod) started below one would keep it alive. conmon
+# (podman) does; containerd's shim and dockerd do not.
+WAITING_REAPERS = ("conmon",)
+
+
+def waiting_reaper(pid: int | None = None) -> str:
+    """The name of an ancestor of ``pid`` (default: this process) in WAITING_REAPERS, or ""."""
+    pid = os.getppid() if pid is None else pid
+    for _ in range(64):
+        if pid <= 1:
+            return ""
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                text = f.read()
+        except OSError:
+            return ""
+        comm = text[text.index(b"(") + 1 : text.rindex(b")")].decode(errors="replace")
+        if comm in WAITING_REAPERS:
+            return comm
+        pid = int(text[text.rindex(b")") + 2 :].split()[1])
+    return ""
 
 
 def _is_keeper(pid: object, directory: str, start: int = 0) -> bool:

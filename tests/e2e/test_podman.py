@@ -65,10 +65,10 @@ class Podman:
                 "cgroupfs", "--events-backend", "file", *args]  # fmt: skip
 
     def __call__(
-        self, *args: str, input: bytes | None = None, timeout: float = 180
+        self, *args: str, input: bytes | None = None, timeout: float = 180, cwd: str | None = None
     ) -> subprocess.CompletedProcess:
         return subprocess.run(self.argv(*args), input=input, capture_output=True,
-                              timeout=timeout)  # fmt: skip
+                              timeout=timeout, cwd=cwd)  # fmt: skip
 
     def ok(self, *args: str, timeout: float = 180) -> str:
         res = self(*args, timeout=timeout)
@@ -182,6 +182,32 @@ def test_run_exit_status(podman, clean):
     res = podman(*RUN, "--rm", IMAGE, "sh", "-c", "uname -r; exit 42")
     assert res.returncode == 42, res.stderr.decode()
     assert res.stdout.decode().strip().endswith("-hyperpy"), res.stdout
+
+
+@pytest.mark.parametrize("oom", [True, False], ids=["oom-killed", "killed-otherwise"])
+def test_oom_killed_in_the_guest_reaches_conmon_as_under_runc(podman, clean, tmp_path, oom):
+    """conmon learns of an OOM from the memory cgroup of the pid it was given: for hyperpy,
+    the proxy's host cgroup, where the proxy makes the guest's OOM kill known. Debian 12's
+    conmon 2.1.6 then writes an ``oom`` file into its working directory, while its podman
+    4.3 looks for one in the bundle (and passes no --persist-dir): ``podman inspect`` says
+    OOMKilled false there under runc too. So this compares with runc side by side, where
+    conmon runs in a directory of the test's own: the same exit, the same inspect, and the
+    OOM seen by conmon exactly when the container was OOM-killed."""
+    cmd = ["tail", "/dev/zero"] if oom else ["sh", "-c", 'sh -c "kill -9 \\$\\$"; exit $?']
+    # runc cannot apply podman's default rlimits here (root without CAP_SYS_RESOURCE)
+    limits = ("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096")
+    got = {}
+    for runtime in ("runc", "hyperpy"):
+        cwd = tmp_path / runtime
+        cwd.mkdir()
+        name = f"oom-{oom}-{runtime}".lower()
+        res = podman("run", "--runtime", runtime, *limits, "--name", name, "--memory", "48m",
+                     IMAGE, *cmd, cwd=str(cwd))  # fmt: skip
+        state = podman.ok("inspect", "--format", "{{.State.OOMKilled}} {{.State.ExitCode}}", name)
+        got[runtime] = (res.returncode, state.split(), (cwd / "oom").exists())
+        podman.ok("rm", name)
+    assert got["hyperpy"] == got["runc"], got
+    assert got["hyperpy"][0] == 137 and got["hyperpy"][2] is oom, got
 
 
 def test_run_stdin_to_stdout(podman, clean):

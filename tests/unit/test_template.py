@@ -71,3 +71,22 @@ def test_a_failed_build_is_remembered_until_rm(tmp_path, monkeypatch):
     assert store.failed_recently(k) == ""
     store.sweep_locks()  # template rm
     assert not os.listdir(store.dir)
+
+
+def test_no_keeper_is_started_below_a_supervisor_that_waits_for_it(tmp_path):
+    """conmon waits for every process below it before it exits, so a pod under it must not
+    start a template's keeper (which outlives the pod): its ancestors are looked at."""
+    import shutil
+    import subprocess
+    import sys
+
+    from hyperpy.vm import template
+
+    fake = tmp_path / "conmon"
+    shutil.copy("/bin/sh", fake)
+    probe = "from hyperpy.vm import template; print(repr(template.waiting_reaper()))"
+    for shell, want in ((str(fake), "'conmon'"), ("/bin/sh", "''")):
+        res = subprocess.run([shell, "-c", f"{sys.executable} -c '{probe}'; true"],
+                             capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert res.stdout.strip() == want, (shell, res.stdout, res.stderr)
+    assert template.waiting_reaper(1) == ""
