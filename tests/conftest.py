@@ -5,6 +5,7 @@ console and monitor logs attached."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -220,3 +221,20 @@ def http_get_in(netns: str, url: str, timeout: float = 60) -> str:
             return res.stdout
         time.sleep(0.5)
     raise AssertionError(f"{url}: no answer from {netns}: {res.stderr if res else ''}")
+
+
+# A pod's pause container: waits, ends on TERM or INT (the CRI tests', podman's infra's)
+PAUSE_CMD = ["sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 1000 & wait $!; done"]
+
+
+@contextlib.contextmanager
+def own_netns(name: str, loopback: bool = True):
+    """A network namespace of the test's own (``/run/netns/NAME``), removed after: the
+    only place tests make interfaces, bridges and firewall rules."""
+    subprocess.run(["ip", "netns", "add", name], check=True, timeout=30)
+    try:
+        if loopback:
+            subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, timeout=30)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], timeout=30)

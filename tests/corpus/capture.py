@@ -26,6 +26,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+from tests.conftest import PAUSE_CMD
 from tests.corpus import CASES
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,6 @@ REPO = Path(__file__).resolve().parents[2]
 DOCKER_IMAGE = "hyperpy/busybox:latest"
 IMAGE = "docker.io/hyperpy/busybox:latest"
 PAUSE = "docker.io/hyperpy/pause:latest"
-PAUSE_CMD = ["sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 1000 & wait $!; done"]
 DEVICE = "/dev/fuse"
 POD_UID = "7f1c1e0e-0d0c-4b7b-9d8e-2c3f4a5b6c7d"  # a pod UID as the kubelet makes them
 CGROUP_PARENTS = {

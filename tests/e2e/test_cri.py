@@ -23,8 +23,10 @@ import pytest
 from tests.conftest import (
     HAVE_ARTIFACTS,
     HYPERPY,
+    PAUSE_CMD,
     http_get_in,
     kill_processes_under,
+    own_netns,
     processes_under,
 )
 from tests.e2e.conftest import _stop, _umount_below, _wait_for, readme_snippet
@@ -93,11 +95,7 @@ state = "{b}/state"
         from hyperpy.image import build
 
         build(str(b / "busybox.tar"))
-        build(
-            str(b / "pause.tar"),
-            "hyperpy/pause:latest",
-            ["sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 1000 & wait $!; done"],
-        )
+        build(str(b / "pause.tar"), "hyperpy/pause:latest", PAUSE_CMD)
         for tar in ("busybox.tar", "pause.tar"):
             res = subprocess.run(["ctr", "-a", self.sock, "-n", "k8s.io", "images", "import",
                                   str(b / tar)], capture_output=True, timeout=120)  # fmt: skip
@@ -141,18 +139,16 @@ def cri():
         HAVE_ARTIFACTS and shutil.which("containerd") and os.path.exists("/usr/lib/cni/bridge")
     ):
         pytest.skip("needs the kernel and initrd, containerd and containernetworking-plugins")
-    subprocess.run(["ip", "netns", "add", NETNS], check=True, timeout=30)
-    subprocess.run(["ip", "-n", NETNS, "link", "set", "lo", "up"], check=True, timeout=30)
-    base = Path(tempfile.mkdtemp(prefix="hyperpy-e2e-cri-"))
-    c = Cri(base)
-    try:
-        c.start()
-        yield c
-    finally:
-        c.stop()
-        kill_processes_under(c.root)
-        shutil.rmtree(base, ignore_errors=True)
-        subprocess.run(["ip", "netns", "del", NETNS], timeout=30)
+    with own_netns(NETNS):
+        base = Path(tempfile.mkdtemp(prefix="hyperpy-e2e-cri-"))
+        c = Cri(base)
+        try:
+            c.start()
+            yield c
+        finally:
+            c.stop()
+            kill_processes_under(c.root)
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def test_a_pod_on_cni_through_the_cri_api(cri):

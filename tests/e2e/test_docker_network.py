@@ -15,7 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import HAVE_ARTIFACTS, http_get_in, kill_processes_under, processes_under
+from tests.conftest import (
+    HAVE_ARTIFACTS,
+    http_get_in,
+    kill_processes_under,
+    own_netns,
+    processes_under,
+)
 from tests.e2e.conftest import DOCKER_IMAGE, NS, Daemons, runtime_roots, state_left
 
 pytestmark = pytest.mark.e2e
@@ -31,21 +37,19 @@ def netd():
         pytest.skip("needs the kernel and initrd, docker.io and nsenter")
     from hyperpy.image import build
 
-    subprocess.run(["ip", "netns", "add", NETNS], check=True, timeout=30)
-    subprocess.run(["ip", "-n", NETNS, "link", "set", "lo", "up"], check=True, timeout=30)
-    base = Path(tempfile.mkdtemp(prefix="hyperpy-e2e-net-"))
-    d = Daemons(base, netns=NETNS, ns=f"{NS}-net")
-    try:
-        build(str(base / "busybox.tar"))
-        d.start(str(base / "busybox.tar"))
-        res = d.docker("network", "create", "--subnet", "172.31.251.0/24", "hpnet")
-        assert res.returncode == 0, res.stderr.decode()
-        yield d
-    finally:
-        d.stop()
-        kill_processes_under(*runtime_roots(d))
-        shutil.rmtree(base, ignore_errors=True)
-        subprocess.run(["ip", "netns", "del", NETNS], timeout=30)
+    with own_netns(NETNS):
+        base = Path(tempfile.mkdtemp(prefix="hyperpy-e2e-net-"))
+        d = Daemons(base, netns=NETNS, ns=f"{NS}-net")
+        try:
+            build(str(base / "busybox.tar"))
+            d.start(str(base / "busybox.tar"))
+            res = d.docker("network", "create", "--subnet", "172.31.251.0/24", "hpnet")
+            assert res.returncode == 0, res.stderr.decode()
+            yield d
+        finally:
+            d.stop()
+            kill_processes_under(*runtime_roots(d))
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def taps_left(d: Daemons) -> list[str]:

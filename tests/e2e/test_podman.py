@@ -33,8 +33,10 @@ import pytest
 from tests.conftest import (
     HAVE_ARTIFACTS,
     HYPERPY,
+    PAUSE_CMD,
     http_get_in,
     kill_processes_under,
+    own_netns,
     processes_under,
     settled,
 )
@@ -140,32 +142,29 @@ def podman():
                     "(make deps artifacts)")  # fmt: skip
     from hyperpy.image import build
 
-    subprocess.run(["ip", "netns", "add", NETNS], check=True, timeout=30)
-    subprocess.run(["ip", "-n", NETNS, "link", "set", "lo", "up"], check=True, timeout=30)
-    base = Path(tempfile.mkdtemp(prefix="hyperpy-e2e-podman-"))
-    p = Podman(base)
-    try:
-        p.write_conf()
-        build(str(base / "busybox.tar"))
-        pause = "trap 'exit 0' TERM INT; while :; do sleep 1000 & wait $!; done"
-        build(str(base / "pause.tar"), "hyperpy/pause:latest", ["sh", "-c", pause])
-        for tar in ("busybox.tar", "pause.tar"):
-            p.ok("load", "-i", str(base / tar))
-        yield p
-    finally:
+    with own_netns(NETNS):
+        base = Path(tempfile.mkdtemp(prefix="hyperpy-e2e-podman-"))
+        p = Podman(base)
         try:
-            p("pod", "rm", "-af", "-t", "0")
-            p("rm", "-af", "-t", "0")
-        except (subprocess.TimeoutExpired, OSError):
-            pass
-        for d in p.state_dirs():  # what podman could not remove, removed as hyperpy does
-            if os.path.lexists(d):
-                subprocess.run([HYPERPY, "delete", "--force", os.path.basename(d)],
-                               capture_output=True, timeout=60)  # fmt: skip
-        kill_processes_under(str(base), *p.state_dirs())
-        _umount_below(str(base))
-        shutil.rmtree(base, ignore_errors=True)
-        subprocess.run(["ip", "netns", "del", NETNS], timeout=30)
+            p.write_conf()
+            build(str(base / "busybox.tar"))
+            build(str(base / "pause.tar"), "hyperpy/pause:latest", PAUSE_CMD)
+            for tar in ("busybox.tar", "pause.tar"):
+                p.ok("load", "-i", str(base / tar))
+            yield p
+        finally:
+            try:
+                p("pod", "rm", "-af", "-t", "0")
+                p("rm", "-af", "-t", "0")
+            except (subprocess.TimeoutExpired, OSError):
+                pass
+            for d in p.state_dirs():  # what podman could not remove, removed as hyperpy does
+                if os.path.lexists(d):
+                    subprocess.run([HYPERPY, "delete", "--force", os.path.basename(d)],
+                                   capture_output=True, timeout=60)  # fmt: skip
+            kill_processes_under(str(base), *p.state_dirs())
+            _umount_below(str(base))
+            shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 from hyperpy.vm.ssh import file_hash
-from tests.conftest import ARTIFACTS, HYPERPY, needs_artifacts, processes_under, settled
+from tests.conftest import ARTIFACTS, HYPERPY, needs_artifacts, own_netns, processes_under, settled
 from tests.sshd import Sshd
 from tests.vm.test_lifecycle import subreaper, wait_exit  # noqa: F401 - fixture
 
@@ -189,8 +189,7 @@ def test_a_key_the_remote_host_does_not_know_is_refused(root, bundle, sshd, tmp_
 
 def test_a_pod_network_is_refused_it_cannot_reach_the_remote_vm(root, bundle, remote):
     pod_ns = f"hp-rpod-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", pod_ns], check=True, timeout=30)
-    try:
+    with own_netns(pod_ns, loopback=False):
         subprocess.run(["ip", "-n", pod_ns, "link", "add", "eth0", "type", "veth", "peer",
                         "name", "eth1"], check=True, timeout=30)  # fmt: skip
         b = bundle(["true"])
@@ -206,8 +205,6 @@ def test_a_pod_network_is_refused_it_cannot_reach_the_remote_vm(root, bundle, re
         err = res.stderr.decode()
         assert "eth0" in err and "another host" in err and "--network none" in err, err
         assert os.listdir(root) == []
-    finally:
-        subprocess.run(["ip", "netns", "del", pod_ns], timeout=30)
 
 
 def test_a_silent_link_stops_the_remote_vm_by_its_watchdog(root, bundle, remote):
