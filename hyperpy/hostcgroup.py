@@ -67,6 +67,18 @@ def relative_path(cgroups_path: str, cid: str, systemd: bool) -> str:
         raise SpecError(str(exc), exc.pointer) from None
 
 
+def of_process(pid: int | str = "self", root: str = ROOT) -> HostCgroup | None:
+    """The cgroup ``pid`` is in (its memory controller's on v1, where hyperpy puts a pod's
+    processes at one path in every hierarchy), or None in the root cgroup."""
+    want = "0" if is_v2(root) else "memory"
+    for line in _read_text(f"/proc/{pid}/cgroup").splitlines():
+        num, controllers, path = line.split(":", 2)
+        if (want == "0" and num == "0") or want in controllers.split(","):
+            rel = os.path.normpath("/" + path).lstrip("/")
+            return HostCgroup(rel, root) if rel and rel != "." else None
+    return None
+
+
 def is_v2(root: str = ROOT) -> bool:
     return os.path.exists(os.path.join(root, "cgroup.controllers"))
 
@@ -175,16 +187,29 @@ class HostCgroup:
                 if os.path.exists(path):
                     _write(path, str(limit))
 
-    def add(self, *pids: int) -> None:
-        """Move processes in (threads follow: cgroup.procs moves the whole process)."""
+    def add(self, *pids: int, charges: bool = False) -> None:
+        """Move processes in (threads follow: cgroup.procs moves the whole process); with
+        ``charges``, on a v1 kernel that still moves them, their memory's charges come along
+        (otherwise, and always on v2, only what they allocate afterwards is charged here)."""
         for d in self.dirs:
-            for pid in pids:
-                if pid > 0:
-                    try:
-                        _write(os.path.join(d, "cgroup.procs"), str(pid))
-                    except OSError as exc:
-                        if exc.errno != errno.ESRCH:
-                            raise CgroupError(f"cannot move pid {pid} into {d}: {exc}") from exc
+            move = os.path.join(d, "memory.move_charge_at_immigrate")
+            before = _read_text(move) if charges and os.path.exists(move) else ""
+            if before:
+                try:
+                    _write(move, "3")  # anonymous and file pages
+                except OSError:  # EINVAL: the kernel no longer moves charges (6.x)
+                    before = ""
+            try:
+                for pid in pids:
+                    if pid > 0:
+                        try:
+                            _write(os.path.join(d, "cgroup.procs"), str(pid))
+                        except OSError as exc:
+                            if exc.errno != errno.ESRCH:
+                                raise CgroupError(f"cannot move pid {pid} into {d}: {exc}") from exc
+            finally:
+                if before:
+                    _write(move, before)
 
     def pids(self) -> list[int]:
         out: set[int] = set()
@@ -242,3 +267,11 @@ def _inherit_cpuset(d: str, top: str) -> None:
                     _write(path, f.read().strip())
             except OSError:
                 continue
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""

@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from agent.protocol import IMAGE_TAG, SHARE_TAG
-from hyperpy import share
-from hyperpy.errors import SpecError, VMError
+from hyperpy import hostcgroup, share
+from hyperpy.errors import CgroupError, SpecError, VMError
 from hyperpy.vm import domain, view
 from hyperpy.vm.boot import watch_boot
 from hyperpy.vm.console import DEFAULT_MAX_BYTES, ConsoleListener
@@ -204,6 +204,8 @@ class LibvirtVM(LocalShare, Ending):
             await self.shutdown()
             raise self.failure(str(exc)) from None
 
+        self._account_to_pod()
+
         def on_lifecycle(_conn: Any, _dom: Any, event: int, detail: int, _opaque: Any) -> None:
             if event == libvirt.VIR_DOMAIN_EVENT_STOPPED:
                 how = STOPPED_REASONS.get(detail, f"stopped ({detail})")
@@ -229,6 +231,20 @@ class LibvirtVM(LocalShare, Ending):
         except (VMError, ValueError) as exc:
             await self.shutdown()
             raise self.failure(str(exc)) from None
+
+    def _account_to_pod(self) -> None:
+        """QEMU into the pod's host cgroup (the monitor's), out of libvirt's machine cgroup,
+        with its memory's charges (v1), as the direct driver's QEMU is from its start: the
+        pod's memory ceiling, containerd's stats and OOM watching then cover it."""
+        pid = self.pid
+        pod = hostcgroup.of_process()
+        if not pid or pod is None:
+            return
+        try:
+            pod.add(pid, charges=True)
+        except (CgroupError, OSError) as exc:
+            log.warning("QEMU (pid %d) stays in libvirt's cgroup, not the pod's %s: %s",
+                        pid, pod.rel, exc)  # fmt: skip
 
     async def _hand_nic(self, i: int, nic: Nic) -> None:
         import libvirt_qemu
