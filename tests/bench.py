@@ -16,7 +16,8 @@ instructions, not seconds), so a change in guest-side cost shows there even when
 jitters.  Medians of ``--runs`` (default 5) runs.
 
 Then the network (``bench_network.py``), memory per idle pod with and without templates
-(``bench_template.py``) and the hot verbs beside runc (``bench_verbs.py``); the output ends
+(``bench_template.py``), the hot verbs beside runc (``bench_verbs.py``) and what a console
+flood costs the host (``bench_bounds.py``); the output ends
 with ``summary NAME X`` lines for scripts. The libvirt driver's cold start and QEMU memory
 are measured beside the direct driver's (``bench_libvirt.py``, a libvirtd of its own when
 none runs), and the remote driver's cold start against an sshd on loopback in a network
@@ -37,7 +38,7 @@ import sys
 import tempfile
 import time
 
-from tests import bench_libvirt, bench_template
+from tests import bench_bounds, bench_libvirt, bench_template
 from tests.libvirtd import Daemon
 from tests.sshd import Sshd
 
@@ -243,6 +244,8 @@ def main() -> int:
         pss = bench_template.report_memory(work, busy, cold_env, tmpl_env)
         lv_pss = bench_libvirt.report_memory(work, busy, cold_env, lv_env)
         worst = report_verbs(work, args.verb_calls)
+        flood_rss, flood_log = bench_bounds.report_flood(work, busy)
+        console_cost = bench_bounds.report_console_cost(work, bundle, args.runs, cold_env)
         print(f"\nsummary cold/bare {r / b:.2f}")
         print(f"summary template/cold {t / r:.2f}")
         print(f"summary pss-mib-per-pod {pss:.1f}")
@@ -250,6 +253,9 @@ def main() -> int:
         print(f"summary libvirt/direct-cold {lv_ratio:.2f}")
         print(f"summary libvirt-pss-mib-per-pod {lv_pss:.1f}")
         print(f"summary remote/direct-cold {rm / r:.2f}")
+        print(f"summary flood-qemu-extra-rss-mib {flood_rss:.1f}")
+        print(f"summary flood-console-log-mib {flood_log:.2f}")
+        print(f"summary verbose-console-cold-s {console_cost:+.3f}")
     finally:
         sshd.__exit__()
         libvirtd.__exit__()
