@@ -50,17 +50,12 @@ PAGE = mmap.PAGESIZE
 
 def memory_cgroup(pid: int | str = "self") -> str:
     """The v1 memory cgroup directory of ``pid``, or "" (v2 host, root cgroup, unreadable)."""
-    try:
-        with open(f"/proc/{pid}/cgroup") as f:
-            lines = f.read().splitlines()
-    except OSError:
+    from hyperpy import hostcgroup
+
+    if hostcgroup.is_v2():
         return ""
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if "memory" in controllers.split(","):
-            rel = os.path.normpath("/" + path).lstrip("/")
-            return os.path.join(MEMORY, rel) if rel else ""
-    return ""
+    cg = hostcgroup.of_process(pid)
+    return os.path.join(MEMORY, cg.rel) if cg is not None else ""
 
 
 def _read(cg: str, name: str) -> str:
