@@ -55,13 +55,15 @@ def early_mounts() -> None:
 
 
 def mount_shares(share_tag: str) -> None:
-    """The two 9p exports: the writable share and the read-only image."""
-    for tag, target, flags in ((share_tag, SHARE_DIR, 0), (P.IMAGE_TAG, P.GUEST_IMAGE_DIR,
-                                linux.MS_RDONLY | linux.MS_NODEV)):  # fmt: skip
+    """The two 9p exports: the writable share and the image (which the host serves
+    read-only, or written through with ``[vm] files = "faithful"``: QEMU decides, so the
+    guest mounts it read-write; ``cache=mmap`` for shared writable mappings)."""
+    for tag, target, cache in ((share_tag, SHARE_DIR, "none"), (P.IMAGE_TAG, P.GUEST_IMAGE_DIR,
+                                "mmap")):  # fmt: skip
         os.makedirs(target, exist_ok=True)
         try:
             linux.mount(
-                tag, target, "9p", flags, "trans=virtio,version=9p2000.L,msize=262144,cache=none"
+                tag, target, "9p", 0, f"trans=virtio,version=9p2000.L,msize=262144,cache={cache}"
             )
         except OSError as exc:
             if exc.errno != errno.ENOENT:  # no share device: a bare boot

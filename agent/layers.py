@@ -1,14 +1,16 @@
-"""A container's root in the guest: the image, read-only, under a writable layer in memory.
+"""A container's root in the guest: the bundle's rootfs itself, or the image read-only under
+a writable layer in memory.
 
-Owns mounting and removing the overlay each container runs on, and the memory-backed
-volumes that live only in the guest (:func:`ephemeral`). The host exports the
-bundle's rootfs read-only (9p tag ``hyperpy-image``: real owners, modes and symlinks, and
-QEMU refuses every write); the container's writes go to an upper layer on a tmpfs of its
-own in the guest. So the guest never writes the image on the host, and whatever a container
-makes in its root (setuid files, device nodes, FIFOs, sockets, new owners) exists only in
-the guest, working as on a local disk. The layer's pages are charged to the container's
-memory cgroup; it holds at most half the VM's RAM (tmpfs's default) and is gone with the
-container (as gVisor's in-memory root overlay): data that must last goes to a volume.
+Owns mounting and removing the root each container runs on, and the memory-backed volumes
+that live only in the guest (:func:`ephemeral`). With ``[vm] files = "faithful"`` (the
+host's ``root_layer: "host"``) the root is the bundle's rootfs on the image share, bound
+as it is: the container writes through to the host as under runc (9p passthrough: real
+owners, modes and types; bounded by the host's disk). With ``"strict"`` the host exports
+the rootfs read-only (QEMU refuses every write) and the container's writes go to an upper
+layer on a tmpfs of its own in the guest: whatever it makes in its root (setuid files,
+device nodes, FIFOs, sockets, new owners) exists only in the guest, working as on a local
+disk, charged to the container's memory cgroup, at most half the VM's RAM (tmpfs's
+default), and gone with the container (as gVisor's in-memory root overlay).
 
 Overlay options: no index and no inode number mapping (9p has no file handles to index by).
 """
@@ -27,15 +29,23 @@ LAYERS = "/run/hyperpy/layers"  # a tmpfs per container: upper/ and work/
 OPTIONS = "index=off,xino=off"
 
 
-def mount(cid: str, image: str) -> str:
-    """Mount container ``cid``'s root: ``image`` (below the image share) under a fresh
-    writable layer. Returns the merged directory."""
+def mount(cid: str, image: str, on_host: bool = False) -> str:
+    """Mount container ``cid``'s root: ``image`` (below the image share) itself when
+    ``on_host``, else under a fresh writable layer. Returns the root's directory."""
     lower = os.path.join(GUEST_IMAGE_DIR, image)
     if not os.path.isdir(lower):
         raise SetupError(f"rootfs {image!r} is not in the guest's image share", "/root/path")
     layer, merged = os.path.join(LAYERS, cid), os.path.join(ROOTS, cid)
-    os.makedirs(layer, 0o700, exist_ok=True)
     os.makedirs(merged, 0o755, exist_ok=True)
+    if on_host:  # a mount of its own, for pivot_root
+        try:
+            linux.mount(lower, merged, None, linux.MS_BIND | linux.MS_REC)
+        except OSError as exc:
+            remove(cid)
+            raise SetupError(f"cannot mount the container's root: {exc.strerror}",
+                             "/root/path") from exc  # fmt: skip
+        return merged
+    os.makedirs(layer, 0o700, exist_ok=True)
     try:
         linux.mount("tmpfs", layer, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=0700")
         upper, work = os.path.join(layer, "upper"), os.path.join(layer, "work")

@@ -225,7 +225,7 @@ class Agent:
         )
         try:
             layers.ephemeral(spec)
-            rootfs = layers.mount(cid, msg.get("rootfs", ""))
+            rootfs = layers.mount(cid, msg.get("rootfs", ""), msg.get("root_layer") == "host")
             launch = Launch({}, spec, rootfs)
             launch.cgroup_procs = os.path.join(cgroup, "cgroup.procs")
             launch.no_pivot = bool(msg.get("no_pivot"))

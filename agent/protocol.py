@@ -59,7 +59,7 @@ GUEST_EPHEMERAL_DIR = "/run/hyperpy/ephemeral"
 # version handshake, then the guest's clock, a fresh RNG seed and the 9p mounts:
 # {"version", "time_ns"?, "seed"?: base64 host entropy} -> {"version", "init_ms", "now_ms"}
 OP_HELLO = "hello"
-OP_CREATE = "create"  # {"cid", "spec", "rootfs", "no_pivot"} -> {"proc", "pid"}
+OP_CREATE = "create"  # {"cid", "spec", "rootfs", "root_layer", "no_pivot"} -> {"proc", "pid"}
 OP_START = "start"  # {"cid"} -> {}
 OP_EXEC = "exec"  # {"cid", "process"} -> {"proc", "pid"}
 OP_SIGNAL = "signal"  # {"cid", "proc" | "all": true, "signal"} -> {}
@@ -103,6 +103,7 @@ FIELDS: dict[str, dict[str, type]] = {
         "cid": _STR,
         "spec": _OBJ,
         "rootfs?": _STR,
+        "root_layer?": _STR,  # "host": the root itself, written through; "guest": an overlay
         "bundle?": _STR,
         "state_dir?": _STR,
         "no_pivot?": _BOOL,

@@ -48,6 +48,12 @@ class VMConfig:
     # code, and is most of a cold VM's QEMU overhead: 32 saves ~25 MiB per cold VM at no
     # measured start cost; 16 saves ~45 but slows a cold start by ~0.3 s, 8 doubles it.
     tcg_tb_size_mb: int = 32
+    # How a container's files reach the host (hyperpy/share.py): "faithful" writes its root
+    # and read-write volumes through to the host as runc does (9p passthrough: real owners,
+    # modes, symlinks, set-id bits and device nodes); "strict" keeps the root's writes in
+    # guest memory and what the guest makes in volumes in QEMU's xattrs (docs/files.md).
+    # Only the qemu driver is faithful: libvirt's and the remote host's QEMU are strict.
+    files: str = "faithful"
 
 
 @dataclass(frozen=True)
@@ -173,6 +179,7 @@ def _section(cls: type, raw: dict[str, Any], where: str) -> Any:
         "machine": ("microvm", "q35") if cls is VMConfig else ("q35", "pc"),
         "accel": ("auto", "kvm", "tcg"),
         "channel": ("auto", "serial", "vsock"),
+        "files": ("faithful", "strict"),
     }
     for key, allowed in choices.items():
         if key in raw and raw[key] not in allowed:

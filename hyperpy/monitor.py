@@ -101,7 +101,9 @@ class Monitor:
         shape: dict[str, Any] = dict(share=exports[share.SHARED], image=exports[share.IMAGE],
                      memory_mb=request.get("memory_mb") or None,
                      vcpus=request.get("vcpus") or None,
-                     nics=tuple((t.fd, t.mac) for t in self.taps))  # fmt: skip
+                     nics=tuple((t.fd, t.mac) for t in self.taps),
+                     faithful=driver.faithful)  # fmt: skip
+        self.faithful = driver.faithful
 
         async def launch(memory: Memory | None = None, incoming: Incoming | None = None):
             self.vm = driver.make(shape, memory, incoming)
@@ -463,7 +465,7 @@ class Monitor:
         if not isinstance(msg.get("bundle"), str):
             raise P.ProtocolError("create: field 'bundle' is missing")
         cid = msg["cid"]
-        plan = share.plan(msg["spec"], msg["bundle"], cid)
+        plan = share.plan(msg["spec"], msg["bundle"], cid, self.faithful)
         assert self.vm is not None
         plan.binds = self.vm.check_binds(plan.binds)
         await self.vm.share(plan, self.dir)
@@ -473,6 +475,7 @@ class Monitor:
                 cid=cid,
                 spec=plan.guest_spec,
                 rootfs=plan.guest_rootfs,
+                root_layer="host" if self.faithful else "guest",
                 no_pivot=bool(msg.get("no_pivot")),
             )
         except BaseException:

@@ -147,9 +147,12 @@ class Runtime:
                 "--console-socket was given but /process/terminal is false in config.json"
             )
         from hyperpy import share
+        from hyperpy.config import load as load_config
         from hyperpy.hostcgroup import relative_path
+        from hyperpy.vm.hypervisor import faithful_files
 
-        plan = share.plan(spec, bundle, cid)  # a missing bind source fails here, before any VM
+        # a missing bind source fails here, before any VM
+        plan = share.plan(spec, bundle, cid, faithful_files(load_config()))
         config = os.path.join(bundle, "config.json")
         preflight.resources(spec, config)
         preflight.spec_fits(spec, plan.guest_spec, config)

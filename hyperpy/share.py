@@ -64,6 +64,8 @@ class Bind:
     is_dir: bool
     readonly: bool = False
     export: str = SHARED
+    recursive: bool = True  # rbind (submounts come along) or bind (they do not), as runc
+    readonly_all: bool = False  # rro: the submounts are made read-only too
 
 
 @dataclass
@@ -84,14 +86,16 @@ def _base_name(path: str) -> str:
     return name if name not in ("", ".", "..", "/") else "source"
 
 
-def plan(spec: dict, bundle: str, cid: str) -> Plan:
+def plan(spec: dict, bundle: str, cid: str, faithful: bool = False) -> Plan:
     """The guest's view of ``spec`` and the host binds it needs. No I/O but stat (and an
     xattr probe of read-write sources): a source that cannot be shared fails here, before
-    a VM boots."""
+    a VM boots. ``faithful`` (``[vm] files``): the root and read-write volumes are written
+    through on the image export (9p passthrough), not kept in the guest or in xattrs."""
     guest = copy.deepcopy(spec)
     root = spec.get("root", {}).get("path", "rootfs")
     host_root = root if os.path.isabs(root) else os.path.join(bundle, root)
-    binds = [Bind(host_root, f"{cid}/rootfs", True, True, IMAGE)]
+    root_ro = not faithful or bool(spec.get("root", {}).get("readonly"))
+    binds = [Bind(host_root, f"{cid}/rootfs", True, root_ro, IMAGE)]
     for i, m in enumerate(guest.get("mounts", [])):
         if not is_bind(m):
             continue
@@ -103,13 +107,18 @@ def plan(spec: dict, bundle: str, cid: str) -> Plan:
                 "the mount",
                 pointer=f"/mounts/{i}/source",
             )
-        modes = [o for o in (m.get("options") or []) if o in ("ro", "rw")]
-        readonly = bool(modes) and modes[-1] == "ro"  # the last of ro/rw wins, as in mount(8)
+        opts = m.get("options") or []
+        modes = [o for o in opts if o in ("ro", "rw")]
+        readonly_all = "rro" in opts  # runc's recursive read-only (mount_setattr)
+        readonly = readonly_all or (bool(modes) and modes[-1] == "ro")  # the last one wins
         if not readonly and _stays_in_guest(m, host_src):
             key = hashlib.sha256(os.path.realpath(host_src).encode()).hexdigest()[:16]
             m["source"] = f"{GUEST_EPHEMERAL_DIR}/{key}"
             continue
-        if not readonly and not xattrs_supported(host_src):
+        recursive = "rbind" in opts
+        if faithful and readonly:
+            m["options"] = _guest_options(opts, host_src, recursive and not readonly_all)
+        elif not readonly and not faithful and not xattrs_supported(host_src):
             # 9p's mapped-xattr model keeps the guest's owners in user xattrs
             raise SpecError(
                 f"read-write bind source {src!r} is on a filesystem without user xattrs, "
@@ -120,10 +129,23 @@ def plan(spec: dict, bundle: str, cid: str) -> Plan:
         # The index keeps entries apart; the base name keeps the guest's mountinfo true to
         # the source (its root field ends in the source's name, as with runc).
         rel = f"{cid}/mounts/{i}/{_base_name(host_src)}"
-        export = IMAGE if readonly else SHARED
-        binds.append(Bind(host_src, rel, os.path.isdir(host_src), readonly, export))
+        export = IMAGE if readonly or faithful else SHARED
+        binds.append(Bind(host_src, rel, os.path.isdir(host_src), readonly, export, recursive,
+                          readonly_all))  # fmt: skip
         m["source"] = f"{GUEST[export]}/{rel}"
     return Plan(cid, guest, f"{cid}/rootfs", binds)
+
+
+def _guest_options(opts: list[str], host_src: str, submounts_rw: bool) -> list[str]:
+    """A read-only bind's options as the guest applies them. Its submounts on the host are
+    one 9p mount in the guest: a guest ``ro`` would make all of them read-only, so when a
+    non-recursive ``ro`` bind has submounts (which runc leaves as they are), the host alone
+    makes the bind's own mount read-only and the guest mounts it read-write."""
+    out = ["ro" if o == "rro" else o for o in opts]
+    real = os.path.realpath(host_src)
+    if submounts_rw and any(p != real for p in mounts_below(real)):
+        out = [o for o in out if o != "ro"]
+    return out
 
 
 def _on_tmpfs(path: str) -> bool:
@@ -221,16 +243,19 @@ def _make(real_fd: int, rel: str, is_dir: bool) -> None:
 def _bind(export_fd: int, b: Bind) -> None:
     """Mount ``b.source`` on its entry, on file descriptors: the source is what the plan saw
     (a directory or not), the target is resolved without links beneath the export."""
-    tree = linux.open_tree(
-        AT_FDCWD, b.source, linux.OPEN_TREE_CLONE | linux.OPEN_TREE_CLOEXEC | linux.AT_RECURSIVE
-    )
+    rec = linux.AT_RECURSIVE if b.recursive else 0
+    clone = linux.OPEN_TREE_CLONE | linux.OPEN_TREE_CLOEXEC
+    tree = linux.open_tree(AT_FDCWD, b.source, clone | rec)
     try:
         if stat.S_ISDIR(os.fstat(tree).st_mode) != b.is_dir:
             raise VMError(f"bind source {b.source} changed type since create checked it")
+        # nodev everywhere: no device node below an export is ever opened on the host
         attrs = linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV
-        if b.readonly:
+        if b.readonly and b.readonly_all:
             attrs |= linux.MOUNT_ATTR_RDONLY
         linux.mount_setattr(tree, linux.AT_RECURSIVE, attrs, linux.MS_SLAVE)
+        if b.readonly and not b.readonly_all:  # as runc's ro: the bind's own mount only
+            linux.mount_setattr(tree, 0, linux.MOUNT_ATTR_RDONLY)
         target = linux.openat2(
             export_fd, b.target, os.O_PATH | os.O_NOFOLLOW, _STRICT | linux.RESOLVE_NO_XDEV
         )

@@ -103,8 +103,11 @@ class Share9p:
     The writable share is ``mapped-xattr`` (or ``mapped-file``): the owners, modes and special
     files the guest makes live in QEMU's metadata, never in the host's (a setuid file or a
     device node made in a container is a plain file owned by QEMU's uid on the host). The
-    image share is ``none`` and ``readonly``: real owners, modes and symlinks (which the mapped
-    models cannot read), and QEMU refuses every write."""
+    image share is ``none`` and ``readonly`` with ``[vm] files = "strict"``: real owners,
+    modes and symlinks (which the mapped models cannot read), and QEMU refuses every write;
+    ``passthrough`` with ``"faithful"``: what the guest makes gets its real owner, mode and
+    type on the host, as a runc container leaves it (``vm/jail.py`` gives QEMU the file
+    capabilities that takes)."""
 
     path: str
     tag: str = "hyperpy"

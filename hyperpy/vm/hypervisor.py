@@ -72,13 +72,22 @@ class Capabilities:
     vsock: bool  # the agent channel over vhost-vsock
     jail: bool  # QEMU in hyperpy's jail (vm/jail.py)
     nics: bool = True  # the pod's network namespace reaches the VM (taps on this host)
+    # [vm] files = "faithful" (9p passthrough: QEMU sets real owners, so it needs CAP_CHOWN
+    # and its kin on the host's files): libvirt's QEMU is an unprivileged user, and the
+    # remote host serves copies
+    faithful: bool = False
 
 
 CAPABILITIES = {
-    "qemu": Capabilities(templates=True, vsock=True, jail=True),
+    "qemu": Capabilities(templates=True, vsock=True, jail=True, faithful=True),
     "libvirt": Capabilities(templates=False, vsock=False, jail=False),
     "remote": Capabilities(templates=False, vsock=False, jail=False, nics=False),
 }
+
+
+def faithful_files(config: Config) -> bool:
+    """Whether a pod's files write through to the host as runc's do (docs/files.md)."""
+    return config.vm.files == "faithful" and CAPABILITIES[config.vm.driver].faithful
 
 
 class Driver:
@@ -93,6 +102,7 @@ class Driver:
         self.dir = state_dir
         self.accel = accel
         self.vsock_cid = vsock_cid if self.caps.vsock else None
+        self.faithful = faithful_files(config)
         self.jail: J.Jail | None = None
         if self.caps.jail and config.jail.enabled:
             devices: tuple[str, ...] = ("/dev/kvm",) if accel == "kvm" else ()
@@ -108,6 +118,7 @@ class Driver:
                 share=exports["shared"],
                 image=exports["image"],
                 devices=devices,
+                faithful=self.faithful,
             )
 
     def spec(self, shape: dict[str, Any], chans: Any) -> VMSpec:

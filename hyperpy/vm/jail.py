@@ -16,13 +16,18 @@ confined:
    it, the old root detached, the root read-only;
 3. a uid and gid of its own, ``uid_base + the monitor's pid`` (unique while the pod lives,
    nothing to allocate or leak), no supplementary groups;
-4. one capability, CAP_DAC_OVERRIDE, raised in the ambient set so it survives exec: 9p has
-   to read and write the container's root-owned files; every other capability leaves the
-   bounding set (no CAP_FOWNER: QEMU cannot chmod a host file; no CAP_FSETID, CAP_MKNOD,
-   CAP_CHOWN, CAP_SETUID, CAP_SYS_ADMIN);
-5. no_new_privs, and PDEATHSIG set after the uid switch (which resets it), so QEMU still
+4. with ``[vm] files = "strict"`` one capability, CAP_DAC_OVERRIDE, raised in the ambient
+   set so it survives exec: 9p has to read and write the container's root-owned files
+   (no CAP_FOWNER: QEMU cannot chmod a host file; no CAP_FSETID, CAP_MKNOD, CAP_CHOWN);
+   with ``"faithful"`` (the default) also the file capabilities 9p passthrough needs to
+   leave files as runc would (FAITHFUL_CAPS: CAP_CHOWN, CAP_DAC_READ_SEARCH, CAP_FOWNER,
+   CAP_FSETID, CAP_MKNOD, CAP_SETFCAP), on exports that are nodev; never CAP_SETUID,
+   CAP_SYS_ADMIN or any other: every other capability leaves the bounding set;
+5. RLIMIT_NOFILE at NOFILE: 9p closes its least used files as it nears it, so the guest
+   cannot make QEMU hold more host files open (CVE-2020-10717 was virtiofsd's version);
+6. no_new_privs, and PDEATHSIG set after the uid switch (which resets it), so QEMU still
    dies with the monitor;
-6. QEMU then turns on its own seccomp sandbox (``devices.Sandbox``).
+7. QEMU then turns on its own seccomp sandbox (``devices.Sandbox``).
 
 QEMU's sockets and console are file descriptors the monitor made (``vm/qemu.py``): nothing in
 the state directory is reachable from the jail. A failure is one line on stderr (QEMU's log,
@@ -44,8 +49,15 @@ INITRD = "/boot/initrd.img"
 SHARE = "/share"
 IMAGE = "/image"
 KEEP_CAPS = ("CAP_DAC_OVERRIDE",)
+# [vm] files = "faithful": 9p passthrough gives what the guest makes its real owner and mode
+# (fchownat, fchmodat after create), makes device nodes and keeps set-id bits and file
+# capabilities as a runc container leaves them; the exports are nodev, so no node it makes
+# is ever opened on the host
+FAITHFUL_CAPS = ("CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER",
+                 "CAP_FSETID", "CAP_MKNOD", "CAP_SETFCAP")  # fmt: skip
 BOOTSTRAP = launcher.bootstrap("hyperpy.vm.jailer")
 BASE_DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom")
+NOFILE = 4096  # QEMU's RLIMIT_NOFILE: the guest cannot make it hold more host files open
 
 
 class JailError(VMError):
@@ -68,6 +80,7 @@ class Jail:
     binary: str  # QEMU's real path on the host (under /usr)
     binds: tuple[Bind, ...] = field(default_factory=tuple)
     caps: tuple[str, ...] = KEEP_CAPS
+    nofile: int = NOFILE
 
     def wrap(self, argv: list[str]) -> list[str]:
         """The command that enters the jail and execs ``argv`` (QEMU's) inside it, under
@@ -89,8 +102,10 @@ def plan(
     share: str | None,
     image: str | None = None,
     devices: tuple[str, ...] = (),
+    faithful: bool = False,
 ) -> Jail:
-    """The jail of one pod's QEMU. ``devices``: extra device nodes (/dev/kvm, ...)."""
+    """The jail of one pod's QEMU. ``devices``: extra device nodes (/dev/kvm, ...);
+    ``faithful``: QEMU keeps the capabilities 9p passthrough needs (FAITHFUL_CAPS)."""
     found = shutil.which(qemu)
     if found is None:
         raise JailError(f"QEMU binary {qemu!r} not found: install qemu-system-x86 or set [vm] qemu")
@@ -106,4 +121,6 @@ def plan(
         binds.append(Bind(share, SHARE, "share"))
     if image:
         binds.append(Bind(image, IMAGE, "share"))
-    return Jail(root=root, uid=uid, gid=uid, parent=parent, binary=binary, binds=tuple(binds))
+    caps = FAITHFUL_CAPS if faithful else KEEP_CAPS
+    return Jail(root=root, uid=uid, gid=uid, parent=parent, binary=binary, binds=tuple(binds),
+                caps=caps)  # fmt: skip

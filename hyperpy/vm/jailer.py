@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import sys
 
@@ -68,6 +69,10 @@ def enter(jail: dict) -> None:
     os.chdir("/")
     linux.mount(None, "/", None, linux.MS_REMOUNT | linux.MS_BIND | linux.MS_RDONLY
                 | linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)  # fmt: skip
+    # QEMU's open files are bounded: 9p closes the least used fids as it nears the limit
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = min(jail["nofile"], hard) if hard != resource.RLIM_INFINITY else jail["nofile"]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
     m = caps.masks({s: list(jail["caps"]) for s in caps.SETS})
     caps.before_setuid(m, top, "jail")
     os.setgroups([])

@@ -126,8 +126,10 @@ def build_spec(
     jailed: bool = False,
     name: str = "",
     nics: tuple[tuple[int, str], ...] = (),
+    faithful: bool = False,
 ) -> VMSpec:
-    """The VMSpec of a sandbox; with ``jailed``, paths are those inside QEMU's jail."""
+    """The VMSpec of a sandbox; with ``jailed``, paths are those inside QEMU's jail. With
+    ``faithful`` the image export is read-write ``passthrough`` (``[vm] files``)."""
     machine = Machine(cfg.machine, accel, cfg.icount, cfg.tcg_tb_size_mb)
     bus = machine.bus
     channel: SerialChannel | VsockChannel
@@ -143,8 +145,9 @@ def build_spec(
     if share:
         devices.append(Share9p(J.SHARE if jailed else share, bus=bus))
     if image:
-        devices.append(Share9p(J.IMAGE if jailed else image, IMAGE_TAG, "share1", bus, "none",
-                               readonly=True))  # fmt: skip
+        model, readonly = ("passthrough", False) if faithful else ("none", True)
+        devices.append(Share9p(J.IMAGE if jailed else image, IMAGE_TAG, "share1", bus, model,
+                               readonly=readonly))  # fmt: skip
     devices += [Nic(fd, mac, f"net{i}", bus) for i, (fd, mac) in enumerate(nics)]
     kernel = (J.KERNEL, J.INITRD) if jailed else (cfg.kernel, initrd or cfg.initrd)
     return VMSpec(

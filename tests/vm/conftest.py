@@ -39,3 +39,14 @@ def vm_config(driver, tmp_path):
         return str(path)
 
     return make
+
+
+@pytest.fixture
+def files_mode(request, tmp_path_factory, monkeypatch):
+    """``[vm] files`` for this test (indirect parametrization: "faithful" or "strict"), with
+    the direct QEMU driver; every hyperpy it starts uses it."""
+    mode = getattr(request, "param", "faithful")
+    path = tmp_path_factory.mktemp("files") / "config.toml"
+    path.write_text(config_text("qemu", files=mode))
+    monkeypatch.setenv("HYPERPY_CONFIG", str(path))
+    return mode
