@@ -17,7 +17,8 @@ jitters.  Medians of ``--runs`` (default 5) runs.
 
 Then the network (``bench_network.py``), memory per idle pod with and without templates
 (``bench_template.py``), the hot verbs beside runc (``bench_verbs.py``) and what a console
-flood costs the host (``bench_bounds.py``); the output ends
+flood costs the host (``bench_bounds.py``), file I/O and the start by ``[vm] files`` beside
+runc (``bench_files.py``); the output ends
 with ``summary NAME X`` lines for scripts. The libvirt driver's cold start and QEMU memory
 are measured beside the direct driver's (``bench_libvirt.py``, a libvirtd of its own when
 none runs), and the remote driver's cold start against an sshd on loopback in a network
@@ -38,7 +39,7 @@ import sys
 import tempfile
 import time
 
-from tests import bench_bounds, bench_libvirt, bench_template
+from tests import bench_bounds, bench_files, bench_libvirt, bench_template
 from tests.libvirtd import Daemon
 from tests.sshd import Sshd
 
@@ -246,6 +247,8 @@ def main() -> int:
         worst = report_verbs(work, args.verb_calls)
         flood_rss, flood_log = bench_bounds.report_flood(work, busy)
         console_cost = bench_bounds.report_console_cost(work, bundle, args.runs, cold_env)
+        bench_files.report_start(cold_run, root, bundle, args.runs, (run, tmpl), work)
+        files_write, files_untar = bench_files.report(work, 3, bench_files.envs(work))
         print(f"\nsummary cold/bare {r / b:.2f}")
         print(f"summary template/cold {t / r:.2f}")
         print(f"summary pss-mib-per-pod {pss:.1f}")
@@ -256,6 +259,8 @@ def main() -> int:
         print(f"summary flood-qemu-extra-rss-mib {flood_rss:.1f}")
         print(f"summary flood-console-log-mib {flood_log:.2f}")
         print(f"summary verbose-console-cold-s {console_cost:+.3f}")
+        print(f"summary root-write-mibs/runc {files_write:.2f}")
+        print(f"summary untar/runc {files_untar:.1f}")
     finally:
         sshd.__exit__()
         libvirtd.__exit__()

@@ -137,3 +137,38 @@ def test_oom_killed_in_the_guest_is_state_oomkilled(daemons, no_leftovers, oom):
         assert state.stdout.decode().split() == [str(oom).lower(), "137"], state
     finally:
         daemons.docker("rm", "-f", name)
+
+
+def test_diff_cp_and_commit_see_what_the_container_wrote(daemons, no_leftovers, tmp_path):
+    """The root is written through (``[vm] files = "faithful"``): docker's own view of the
+    container's layer, from the host, is what the container did, as under runc."""
+    name, image = "writer", "hyperpy-committed:test"
+    script = "mkdir -p /data && echo made-in-guest > /data/new.txt && touch /ready; sleep 1000"
+    res = daemons.docker(*RUN, "-d", "--name", name, DOCKER_IMAGE, "sh", "-c", script)
+    assert res.returncode == 0, res.stderr
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if daemons.docker("exec", name, "test", "-e", "/ready").returncode == 0:
+                break
+            time.sleep(0.5)
+        diff = daemons.docker("diff", name).stdout.decode().split("\n")
+        assert "A /data/new.txt" in diff and "A /ready" in diff, diff
+        out = tmp_path / "out"
+        assert daemons.docker("cp", f"{name}:/data/new.txt", str(out)).returncode == 0
+        assert out.read_text() == "made-in-guest\n"
+        into = tmp_path / "into.txt"
+        into.write_text("from the host\n")
+        assert daemons.docker("cp", str(into), f"{name}:/data/into.txt").returncode == 0
+        seen = daemons.docker("exec", name, "cat", "/data/into.txt").stdout
+        assert seen == b"from the host\n"
+        assert daemons.docker("commit", name, image).returncode == 0
+    finally:
+        daemons.docker("rm", "-f", name)
+    try:
+        for runtime in ("runc", "hyperpy"):
+            res = daemons.docker("run", "--rm", "--runtime", runtime, "--network", "none",
+                                 image, "cat", "/data/new.txt", "/data/into.txt")  # fmt: skip
+            assert res.stdout == b"made-in-guest\nfrom the host\n", (runtime, res.stderr)
+    finally:
+        daemons.docker("rmi", "-f", image)
