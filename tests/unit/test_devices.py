@@ -144,3 +144,35 @@ def test_template_memory_and_incoming_state_are_inherited_fds():
     ]
     assert "share=on" in D.Memory(7, 256, shared=True).args()[1]
     assert D.Incoming(9).args() == ["-incoming", "defer"]  # QMP sets x-ignore-shared first
+
+
+def test_faithful_files_serve_the_image_read_write_in_passthrough_with_its_capabilities(
+    tmp_path, chans
+):
+    spec = build_spec(VMConfig(kernel="/k", initrd="/i"), "tcg", chans, share="/s/shared",
+                      image="/s/image", jailed=True, faithful=True)  # fmt: skip
+    assert (f"local,id=share1,path={J.IMAGE},security_model=passthrough,multidevs=remap"
+            in spec.argv())  # fmt: skip
+    faithful = J.plan(root=str(tmp_path / "jail"), uid=2_000_000_123, parent=1,
+                      qemu="qemu-system-x86_64", kernel="/k", initrd="/i", share="/s/shared",
+                      image="/s/image", faithful=True)  # fmt: skip
+    assert set(faithful.caps) == {
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_DAC_READ_SEARCH",
+        "CAP_FOWNER",
+        "CAP_FSETID",
+        "CAP_MKNOD",
+        "CAP_SETFCAP",
+    }
+    assert faithful.nofile == J.NOFILE
+    strict = J.plan(
+        root=str(tmp_path / "jail"),
+        uid=2_000_000_123,
+        parent=1,
+        qemu="qemu-system-x86_64",
+        kernel="/k",
+        initrd="/i",
+        share="/s/shared",
+    )
+    assert strict.caps == ("CAP_DAC_OVERRIDE",)

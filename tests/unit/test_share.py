@@ -9,6 +9,7 @@ import os
 
 import pytest
 
+from agent import linux
 from hyperpy import share
 from hyperpy.errors import HyperpyError, VMError
 from hyperpy.sandbox.store import Store, mounts_below
@@ -197,3 +198,51 @@ def test_memory_volumes_that_mean_nothing_on_the_host_stay_in_the_guest(tmp_path
     finally:
         for d in (shm, empty, plain):
             linux.umount2(str(d), linux.MNT_DETACH)
+
+
+def test_faithful_puts_the_root_and_rw_volumes_on_the_passthrough_export(host, state):
+    b, vol, src, _ = host
+    spec = spec_for(vol, src)
+    spec["mounts"][1]["options"] = ["rbind", "rw"]
+    p = share.plan(spec, str(b), "c1", faithful=True)
+    root, data, hosts = p.binds
+    assert (root.export, root.readonly, root.recursive) == (share.IMAGE, False, True)
+    assert (data.export, data.readonly, data.recursive) == (share.IMAGE, False, True)
+    assert (hosts.export, hosts.recursive) == (share.IMAGE, False)  # "bind": not recursive
+    assert p.guest_spec["mounts"][1]["source"].startswith(share.GUEST[share.IMAGE])
+    spec["root"]["readonly"] = True
+    assert share.plan(spec, str(b), "c2", faithful=True).binds[0].readonly
+    strict = share.plan(spec_for(vol, src), str(b), "c3")
+    assert strict.binds[0].readonly and strict.binds[2].export == share.SHARED
+    share.apply(p, str(state))
+    image = state / "image" / "c1"
+    (image / "rootfs" / "written").write_text("through")  # the root's own mount is rw
+    assert (b / "rootfs" / "written").read_text() == "through"
+    share.release(str(state), "c1")
+
+
+@pytest.mark.parametrize("option", ["ro", "rro"])
+def test_a_read_only_bind_is_read_only_where_runc_makes_it(tmp_path, host, state, option):
+    b, vol, src, _ = host
+    (vol / "sub").mkdir()
+    linux.mount("tmpfs", str(vol / "sub"), "tmpfs", 0, "size=1m")
+    try:
+        spec = spec_for(vol, src)
+        spec["mounts"][1]["options"] = ["rbind", option]
+        p = share.plan(spec, str(b), "c1", faithful=True)
+        guest_opts = p.guest_spec["mounts"][1]["options"]
+        # ro: the guest leaves its 9p mount rw, the host makes the bind's own mount ro
+        assert ("ro" in guest_opts) == (option == "rro"), guest_opts
+        share.apply(p, str(state))
+        data = state / "image" / "c1" / "mounts" / "1" / "vol"
+        with pytest.raises(OSError) as top:
+            (data / "x").write_text("no")
+        assert top.value.errno == errno.EROFS
+        if option == "ro":
+            (data / "sub" / "y").write_text("yes")  # the submount keeps its own flags
+        else:
+            with pytest.raises(OSError):
+                (data / "sub" / "y").write_text("no")
+        share.release(str(state), "c1")
+    finally:
+        linux.umount2(str(vol / "sub"), linux.MNT_DETACH)
