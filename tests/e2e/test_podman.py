@@ -322,3 +322,23 @@ def test_a_pod_is_one_vm_on_localhost(podman, clean):
     podman.ok("pod", "rm", "-f", "-t", "0", "duo")
     left = settled(lambda: processes_under(*dirs) + [d for d in dirs if os.path.lexists(d)])
     assert not left, f"left behind by `podman pod rm -f`: {left}"
+
+
+def test_diff_and_commit_see_what_the_container_wrote(podman, clean):
+    """The root is written through (``[vm] files = "faithful"``): podman's view of the
+    container's layer from the host is what the container did, and a commit keeps it."""
+    podman.ok(*RUN, "-d", "--network", "none", "--name", "writer", IMAGE, "sh", "-c",
+              "echo made-in-guest > /made.txt && touch /ready; sleep 1000")  # fmt: skip
+    deadline = time.monotonic() + 60
+    while podman("exec", "writer", "test", "-e", "/ready").returncode != 0:
+        assert time.monotonic() < deadline, "the container never wrote /ready"
+        time.sleep(0.5)
+    assert "A /made.txt" in podman.ok("diff", "writer").splitlines()
+    podman.ok("commit", "writer", "localhost/hyperpy-committed:test")
+    podman.ok("rm", "-f", "-t", "0", "writer")
+    try:
+        out = podman.ok(*RUN, "--rm", "--network", "none", "localhost/hyperpy-committed:test",
+                        "cat", "/made.txt")  # fmt: skip
+        assert out.strip() == "made-in-guest"
+    finally:
+        podman("rmi", "-f", "localhost/hyperpy-committed:test")
