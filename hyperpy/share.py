@@ -94,8 +94,9 @@ def plan(spec: dict, bundle: str, cid: str, faithful: bool = False) -> Plan:
     guest = copy.deepcopy(spec)
     root = spec.get("root", {}).get("path", "rootfs")
     host_root = root if os.path.isabs(root) else os.path.join(bundle, root)
-    root_ro = not faithful or bool(spec.get("root", {}).get("readonly"))
-    binds = [Bind(host_root, f"{cid}/rootfs", True, root_ro, IMAGE)]
+    # faithful: read-write even with root.readonly, which the guest applies after making
+    # the mount points, as runc does
+    binds = [Bind(host_root, f"{cid}/rootfs", True, not faithful, IMAGE)]
     for i, m in enumerate(guest.get("mounts", [])):
         if not is_bind(m):
             continue
