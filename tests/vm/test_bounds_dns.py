@@ -86,7 +86,7 @@ def _sockets(pid: int) -> int:
     return n
 
 
-def test_a_dns_flood_holds_at_most_its_bound_answered_or_not(root, bundle, net, tmp_path):  # noqa: F811
+def test_a_dns_flood_holds_at_most_its_bound_answered_or_not(root, bundle, net, tmp_path):  # noqa: F811 - the fixture imported above
     n = net()
     b = netns_bundle(bundle, ["sleep", "1000"], n.path)
     cc = tmp_path / "flood.c"
