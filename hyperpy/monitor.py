@@ -315,6 +315,7 @@ class Monitor:
                 if not data:
                     break
                 items = decoder.feed(data)
+                partial_since = 0.0 if items else partial_since  # the next frame's clock: later
                 self._hold_budget()
                 for item in items:
                     if isinstance(item, P.BadFrame):

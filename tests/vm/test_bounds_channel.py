@@ -153,7 +153,7 @@ def test_a_hostile_channel_is_bounded_and_an_oversize_frame_ends_the_pod(root, b
         feeder.start()
         time.sleep(1)
         before = base
-        for _ in range(50):  # 5 s of a deaf guest
+        for _ in range(120):  # 12 s: longer than a client may take to finish a frame (10 s)
             time.sleep(0.1)
             watch()
         held = fed[0]
@@ -185,6 +185,8 @@ def test_a_hostile_channel_is_bounded_and_an_oversize_frame_ends_the_pod(root, b
         )
     finally:
         for p in readers:
+            if p.stdout is not None:
+                p.stdout.close()  # the proxy's writes fail: it reads the monitor again
             if p.poll() is None:
                 p.kill()
             p.wait(30)
