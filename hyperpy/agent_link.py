@@ -5,6 +5,16 @@ frames dispatched to the monitor's callbacks; a garbled or failing frame is logg
 skipped, never the end of the pod) and :class:`Attachment` (a process's output sent to its
 proxy, or kept up to ``PENDING_LIMIT`` until one attaches). Used by ``monitor.py`` only;
 the wire format is ``agent/protocol.py``'s.
+
+Everything the guest sends is hostile input, and what it can make the monitor hold is
+bounded: a frame is at most ``MAX_PAYLOAD`` (a larger length ends the pod, naming it: no
+agent sends one, and skipping it would swallow what follows), the channel is read
+``READ_SIZE`` bytes at a time and each frame handled as it is read (no event waits in a
+queue), warnings about it are rate-limited, and a process's output held for its proxy is at
+most ``OUTPUT_LIMIT`` whether or not the agent honours flow control. Towards the guest: a
+proxy's stdin waits while ``SEND_HIGH`` bytes wait for the agent to read them, and a request
+is refused while ``SEND_LIMIT`` do (a guest that stops reading its channel holds back its
+own work, not the host's memory).
 """
 
 from __future__ import annotations
@@ -27,6 +37,12 @@ PENDING_LIMIT = 8 << 20  # a process's output kept until its proxy attaches
 # blocks on its full pipe, as under runc, and no other process of the pod waits for it.
 FLOW_HIGH = 1 << 20
 FLOW_LOW = 256 << 10
+# Output held for one proxy whatever the agent does: an agent that goes on sending after
+# OP_FLOW (none of ours: at most its own 4 MiB channel buffer follows) has the rest dropped.
+OUTPUT_LIMIT = 8 << 20
+READ_SIZE = 256 << 10
+SEND_HIGH = 1 << 20  # bytes waiting for the agent above which a proxy's stdin waits
+SEND_LIMIT = 8 << 20  # ... above which a request is refused: the agent is not reading
 
 
 class Attachment:
@@ -43,6 +59,7 @@ class Attachment:
         self.done = False
         self.flow = flow
         self.paused: asyncio.Task | None = None
+        self.overflow = 0  # bytes dropped because the agent ignored flow control
 
     def attach(self, writer: asyncio.StreamWriter) -> None:
         writer.transport.set_write_buffer_limits(high=FLOW_HIGH, low=FLOW_LOW)
@@ -50,6 +67,15 @@ class Attachment:
 
     def deliver(self, frame: bytes) -> None:
         if self.writer is not None and not self.writer.is_closing():
+            if self.writer.transport.get_write_buffer_size() > OUTPUT_LIMIT:
+                if not self.overflow:
+                    log.warning(
+                        "the agent sent a process's output past flow control: what "
+                        "exceeds %d bytes for its proxy is dropped",
+                        OUTPUT_LIMIT,
+                    )
+                self.overflow += len(frame)
+                return
             self.writer.write(frame)
             if (
                 self.flow is not None
@@ -66,12 +92,14 @@ class Attachment:
     async def _pause_until_drained(self, writer: asyncio.StreamWriter) -> None:
         assert self.flow is not None
         try:
-            await self.flow(True)
-            with contextlib.suppress(ConnectionError, OSError):
-                await writer.drain()  # until the buffer is under FLOW_LOW (or the proxy left)
-            await self.flow(False)
-        except HyperpyError as exc:
-            log.warning("flow control of a process's output failed: %s", exc)
+            for pause in (True, False):
+                try:
+                    await self.flow(pause)
+                except HyperpyError as exc:
+                    log.warning("flow control of a process's output failed: %s", exc)
+                if pause:  # until the buffer is under FLOW_LOW (or the proxy left)
+                    with contextlib.suppress(ConnectionError, OSError):
+                        await writer.drain()
         finally:
             self.paused = None
 
@@ -91,23 +119,30 @@ class AgentLink:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        writer.transport.set_write_buffer_limits(high=SEND_HIGH)
         self.next_id = 1
         self.waiting: dict[int, asyncio.Future] = {}
         self.owners: dict[int, str] = {}  # request id -> cid of a process it starts
         self.on_new_proc = lambda proc, cid: None
         self.on_event = lambda msg: None
         self.on_data = lambda stream, payload: None
-        self.closed = asyncio.get_running_loop().create_future()
+        # set to why the channel ended: the agent closed it, or broke the protocol
+        self.closed: asyncio.Future = asyncio.get_running_loop().create_future()
         self.warn = GuestWarnings(log)  # the monitor gives it its own
 
     async def pump(self) -> None:
         decoder = P.Decoder()
+        why = "the guest agent closed its channel"
         try:
             while True:
-                data = await self.reader.read(256 * 1024)
+                data = await self.reader.read(READ_SIZE)
                 if not data:
                     break
                 for item in decoder.feed(data):
+                    if isinstance(item, P.BadFrame) and item.fatal:
+                        why = f"the guest agent broke the protocol ({item.reason})"
+                        log.error("%s: the pod ends", why)
+                        return
                     try:
                         if isinstance(item, P.BadFrame):
                             self.warn("bad frame from the agent: %s", item.reason)
@@ -124,7 +159,7 @@ class AgentLink:
                     fut.set_exception(err)
             self.waiting.clear()
             if not self.closed.done():
-                self.closed.set_result(None)
+                self.closed.set_result(why)
 
     def _on_msg(self, msg: dict) -> None:
         if "event" in msg:
@@ -138,17 +173,24 @@ class AgentLink:
             self.on_new_proc(msg["proc"], owner)
         if fut is None:
             if not msg.get("ok", True):
-                log.warning("agent error without a request: %s", msg.get("error"))
+                self.warn("agent error without a request: %.200s", msg.get("error"))
             return
         if not fut.done():
             fut.set_result(msg)
 
-    def send_raw(self, frame: bytes) -> None:
+    async def forward(self, frame: bytes) -> None:
+        """Send a proxy's stdin frame; wait while SEND_HIGH bytes wait for the agent."""
         self.writer.write(frame)
+        with contextlib.suppress(ConnectionError):  # the channel's end is pump's to tell
+            await self.writer.drain()
 
     async def request(self, op: str, timeout: float = AGENT_TIMEOUT, **fields: object) -> dict:
         if self.closed.done():
             raise AgentError(f"cannot send {op!r}: the agent channel is closed")
+        waiting = self.writer.transport.get_write_buffer_size()
+        if waiting > SEND_LIMIT:
+            raise AgentError(f"cannot send {op!r}: the agent has not read the {waiting} bytes "
+                             "already sent to it")  # fmt: skip
         req_id = self.next_id
         self.next_id += 1
         if op in (P.OP_CREATE, P.OP_EXEC):
@@ -160,6 +202,7 @@ class AgentLink:
             reply = await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             self.waiting.pop(req_id, None)
+            self.owners.pop(req_id, None)
             raise AgentError(f"the agent did not answer {op!r} within {timeout:.0f}s") from None
         if not reply.get("ok"):
             if reply.get("kind") == "SpecError":

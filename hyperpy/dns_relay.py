@@ -5,7 +5,10 @@ network namespace, so a query sent from here to 127.0.0.11:53 reaches docker's e
 as one from the container would under runc. What the guest sends is hostile input: only the
 servers the host itself found in the container's resolv.conf are asked (the guest never
 chooses an address), a query is at most ``MAX_QUERY`` bytes, at most ``MAX_INFLIGHT`` are
-asked at once (more are dropped: DNS clients retry), and each waits ``TIMEOUT`` seconds.
+asked at once (more are dropped: DNS clients retry), and each waits ``TIMEOUT`` seconds for
+the server and as long for the agent to take the answer. So a guest that floods the relay,
+or asks what the server never answers, makes the host hold at most ``MAX_INFLIGHT`` sockets
+and queries, whatever it sends; what it drops is counted in rate-limited warnings.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Awaitable, Callable
+
+from hyperpy.log import GuestWarnings
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +53,13 @@ def loopback_nameservers(resolv_conf: str) -> list[str]:
 
 
 class Relay:
-    def __init__(self, servers: list[str], answer: Callable[[int, str], Awaitable[object]]):
+    def __init__(self, servers: list[str], answer: Callable[[int, str], Awaitable[object]],
+                 warn: Callable[..., None] | None = None) -> None:  # fmt: skip
         self.servers = set(servers)
         self.answer = answer  # sends dns_reply to the agent
+        self.warn = warn or GuestWarnings(log)
         self.inflight = 0
+        self.dropped = 0
 
     def query(self, msg: dict) -> Awaitable[None] | None:
         """The coroutine that answers event ``msg``, or None when it is dropped."""
@@ -61,6 +69,9 @@ class Relay:
         if not isinstance(q, int) or not isinstance(data, str):
             return None
         if len(data) > MAX_QUERY * 4 // 3 + 4 or self.inflight >= MAX_INFLIGHT:
+            self.dropped += 1
+            self.warn("DNS query from the guest dropped (%d in flight, %d bytes of base64; "
+                      "%d dropped in all)", self.inflight, len(data), self.dropped)  # fmt: skip
             return None
         try:
             packet = base64.b64decode(data, validate=True)

@@ -317,6 +317,7 @@ class Monitor:
                 if not data:
                     break
                 items = decoder.feed(data)
+                partial_since = 0.0 if items else partial_since  # the next frame's clock: later
                 self._hold_budget()
                 for item in items:
                     if isinstance(item, P.BadFrame):
@@ -326,7 +327,7 @@ class Monitor:
                     elif item.kind == P.DATA:
                         if attached is not None and P.split_stream(item.stream)[0] == attached:
                             assert self.agent is not None
-                            self.agent.send_raw(P.encode(P.DATA, item.stream, item.payload))
+                            await self.agent.forward(P.encode(P.DATA, item.stream, item.payload))
                     else:
                         msg = item.message()
                         try:
@@ -574,7 +575,7 @@ class Monitor:
         if vm_wait.done():
             self._vm_gone(f"the VM exited ({vm_wait.result()})")
         elif self.agent.closed.done() and not stop_wait.done():
-            self._vm_gone("the guest agent closed its channel (the VM is still running)")
+            self._vm_gone(f"{self.agent.closed.result()} (the VM is still running)")
         else:
             # No guest shutdown first: nothing in the guest needs one (its roots are in its
             # memory, volumes are 9p with cache=none), and QMP quit in cleanup is at once.

@@ -200,8 +200,8 @@ class Proxy:
     def _set_interest(self, fd: int) -> None:
         """Register ``fd`` for what it needs now: stdin reads, and writes of pending output."""
         mask = selectors.EVENT_WRITE if self.pending.get(fd) else 0
-        if fd == self.in_fd and self.stdin_open:
-            mask |= selectors.EVENT_READ
+        if fd == self.in_fd and self.stdin_open and len(self.out) < PENDING_HIGH:
+            mask |= selectors.EVENT_READ  # not while the monitor is behind: it holds no more
         registered = fd in self.sel.get_map()
         if mask and registered:
             self.sel.modify(fd, mask, "fd")

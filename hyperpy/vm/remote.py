@@ -11,7 +11,8 @@ The node keeps the OCI CLI, the monitor and the proxies; the remote host needs o
   copied as tar streams when each container is created) and ``shared/`` (empty: a
   read-write bind mount cannot be kept in step with the node, and is refused);
 - exec channels: *control* runs ``remote_side.py run`` (QEMU's console comes back on
-  its stdout into the local console.log, QEMU's stderr into qemu.log; the node writes
+  its stdout into the local console.log, QEMU's stderr into qemu.log, each a bounded
+  ring (``vm/console.py``; SSH's channel windows bound what waits on the way); the node writes
   ``ping`` every ``PING_EVERY`` seconds and ``stop`` to end it; the remote side stops QEMU
   when the pings stop for ``[remote] watchdog_s`` and removes the pod's directory);
   *agent* and, to stop the VM, *qmp* run ``remote_side.py relay`` to QEMU's unix sockets,
@@ -57,6 +58,7 @@ LAUNCH_TIMEOUT = 180.0
 # the read-write files docker binds into every container: copied (the container writes
 # its copy; the node's file does not change)
 RUNTIME_FILES = ("resolv.conf", "hosts", "hostname")
+STDERR_LOG_MAX = 1 << 20  # qemu.log: a ring of two files, as the console log is
 SIDE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "remote_side.py")
 
 
@@ -176,18 +178,20 @@ class RemoteVM(Ending):
             threading.Thread(target=target, name=target.__name__, daemon=True).start()
 
     def _console(self) -> None:
-        log = ConsoleLog(self.console_path, self.vcfg.console_log_max_mb << 20)
+        ring = ConsoleLog(self.console_path, self.vcfg.console_log_max_mb << 20)
         try:
             while data := self.control.recv(65536):
-                log.write(data)
+                ring.write(data)
         finally:
-            log.close()
+            ring.close()
 
     def _stderr(self) -> None:
-        with open(self.stderr_path, "ab") as f:
+        ring = ConsoleLog(self.stderr_path, STDERR_LOG_MAX)  # QEMU warns of what the guest does
+        try:
             while data := self.control.recv_stderr(65536):
-                f.write(data)
-                f.flush()
+                ring.write(data)
+        finally:
+            ring.close()
 
     def _wait(self) -> None:
         rc = self.control.recv_exit_status()  # -1: no status (the connection went away)

@@ -30,9 +30,8 @@ def _log_bytes(d: str) -> int:
                if os.path.exists(os.path.join(d, n)))  # fmt: skip
 
 
-def test_a_console_flood_stays_within_its_bound(root, bundle, tmp_path, vm_config, driver):
-    bound = 1 << 20
-    env = dict(os.environ, HYPERPY_CONFIG=vm_config(console_log_max_mb=1))
+def flood_bundle(bundle, tmp_path: Path) -> Path:  # noqa: ANN001 - the fixture
+    """A bundle of docker --privileged's config whose process floods the serial console."""
     rootfs = str(Path(bundle(["true"])) / "rootfs")
     spec = stand_ins(json.loads((CORPUS / "docker-privileged.json").read_text()), tmp_path,
                      rootfs)  # fmt: skip
@@ -40,6 +39,34 @@ def test_a_console_flood_stays_within_its_bound(root, bundle, tmp_path, vm_confi
     b = tmp_path / "bundle"
     b.mkdir()
     (b / "config.json").write_text(json.dumps(spec))
+    return b
+
+
+def watch_ring(d: str, bound: int, pid: int = 0, turns: int = 6) -> tuple[int, int]:
+    """Until the console log in state dir ``d`` has turned ``turns`` times (its bound passed
+    turns/2 times over), checking it never holds more than ``bound`` (and one read): the
+    most it held, and the most RSS of process ``pid`` meanwhile (KiB)."""
+    rotations, seen, most, rss = 0, None, 0, 0
+    deadline = time.monotonic() + 120
+    while rotations < turns:
+        assert time.monotonic() < deadline, f"only {rotations} rotations"
+        try:
+            ino = os.stat(os.path.join(d, "console.log.1")).st_ino
+        except FileNotFoundError:
+            ino = None
+        if ino is not None and ino != seen:
+            rotations, seen = rotations + 1, ino
+        most = max(most, _log_bytes(d))
+        rss = max(rss, _rss_kib(pid)) if pid else 0
+        assert most <= bound + 65536, most  # one read's worth of slack
+        time.sleep(0.05)
+    return most, rss
+
+
+def test_a_console_flood_stays_within_its_bound(root, bundle, tmp_path, vm_config, driver):
+    bound = 1 << 20
+    env = dict(os.environ, HYPERPY_CONFIG=vm_config(console_log_max_mb=1))
+    b = flood_bundle(bundle, tmp_path)
     cid = "flood1"
     d = os.path.join(root, cid)
     out = tmp_path / "out"
@@ -50,19 +77,7 @@ def test_a_console_flood_stays_within_its_bound(root, bundle, tmp_path, vm_confi
     assert res.returncode == 0, out.read_text()
     try:
         assert hyperpy(root, "start", cid, env=env).returncode == 0
-        rotations, seen, most = 0, None, 0
-        deadline = time.monotonic() + 120
-        while rotations < 6:  # the bound passed three times over
-            assert time.monotonic() < deadline, f"only {rotations} rotations"
-            try:
-                ino = os.stat(os.path.join(d, "console.log.1")).st_ino
-            except FileNotFoundError:
-                ino = None
-            if ino is not None and ino != seen:
-                rotations, seen = rotations + 1, ino
-            most = max(most, _log_bytes(d))
-            assert most <= bound + 65536, most  # one read's worth of slack
-            time.sleep(0.05)
+        watch_ring(d, bound)
         # the pod answers meanwhile
         st = json.loads(hyperpy(root, "state", cid, env=env).stdout)
         assert st["status"] == "running"
