@@ -196,9 +196,16 @@ def confinement(cfg: VMConfig) -> Result:
         return Result(FAIL, "confinement", "QEMU's seccomp sandbox does not start: "
                       + res.stderr.decode(errors="replace").strip()[-200:],
                       "install a QEMU built with seccomp (Debian's is)")  # fmt: skip
+    from hyperpy.vm.hypervisor import faithful_files
+
+    if faithful_files(load()):
+        caps, files = (", ".join(c[4:] for c in jail.FAITHFUL_CAPS), "files written through "
+                       "(9p passthrough, nodev; [vm] files = faithful: docs/files.md)")  # fmt: skip
+    else:
+        caps, files = "DAC_OVERRIDE", "image read-only, volumes 9p mapped-xattr (files strict)"
     return Result(OK, "confinement", f"QEMU jailed: uid/gid {jcfg.uid_base}+monitor pid, own "
-                  "mount namespace and root, CAP_DAC_OVERRIDE only, no_new_privs, seccomp "
-                  "sandbox; image shared read-only, volumes 9p mapped-xattr")  # fmt: skip
+                  f"mount namespace and root, capabilities {caps} only, no_new_privs, seccomp "
+                  f"sandbox; {files}")  # fmt: skip
 
 
 def python_deps(cfg: VMConfig) -> Result:
