@@ -481,6 +481,20 @@ def update(path: str, resources: dict, pointer: str = "/linux/resources") -> Non
     _apply_writes(path, translate(resources, pointer))
 
 
+def freeze(path: str, frozen: bool, timeout: float = 5.0) -> bool:
+    """Freeze (or thaw) the cgroup; whether ``cgroup.events`` says so within ``timeout``."""
+    want = "1" if frozen else "0"
+    with open(os.path.join(path, "cgroup.freeze"), "w") as f:
+        f.write(want)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(os.path.join(path, "cgroup.events")) as f:
+            if f"frozen {want}" in f.read():
+                return True
+        time.sleep(0.005)
+    return False
+
+
 # --- reading ------------------------------------------------------------------------------
 def _read(path: str, name: str) -> str:
     try:
