@@ -28,7 +28,7 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
-from agent import cgroups, layers, linux, procfs
+from agent import cgroups, layers, linux, procfs, sync
 from agent import protocol as P
 from agent.boot import (
     early_mounts,
@@ -39,8 +39,9 @@ from agent.boot import (
     root_as_mount,
 )
 from agent.channel import Channel
-from agent.container import Launch, SetupError, Stdio, died, read_sync, spawn
+from agent.container import Launch, SetupError, Stdio, died, spawn
 from agent.streams import ProcessIO
+from agent.terminal import receive_master, set_winsize
 
 if TYPE_CHECKING:
     from agent.dns import Relay
@@ -232,7 +233,7 @@ class Agent:
 
     def _exec_reported(self, proc: Process):  # noqa: ANN202
         def handler(mask: int) -> None:
-            status = read_sync(proc.sync_r)
+            status = sync.read(proc.sync_r)
             if "error" in status and TRACE:
                 trace(f"{proc.cid}: exec after start failed: {status['error']}")
             self.sel.unregister(proc.sync_r)
@@ -270,14 +271,9 @@ class Agent:
         return {}
 
     def op_winsize(self, msg: dict) -> dict:
-        import fcntl
-        import struct
-        import termios
-
         proc = self.procs[int(msg["proc"])]
         if proc.io.master >= 0:
-            size = struct.pack("HHHH", int(msg["rows"]), int(msg["cols"]), 0, 0)
-            fcntl.ioctl(proc.io.master, termios.TIOCSWINSZ, size)
+            set_winsize(proc.io.master, int(msg["rows"]), int(msg["cols"]))
         return {}
 
     def op_flow(self, msg: dict) -> dict:
@@ -341,7 +337,7 @@ class Agent:
         self.next_proc += 1
         proc.sync_r, proc.start_w = sync_r, start_w
         if terminal:
-            master = self._receive_master(ours[0])
+            master = receive_master(ours[0])
             if master >= 0:
                 proc.io.pty(master)
         else:
@@ -359,23 +355,13 @@ class Agent:
         proc.io.start()
         return proc
 
-    def _receive_master(self, sock: int, timeout: float = 30.0) -> int:
-        """The pty master the child opened in the container, or -1 if setup failed first."""
-        with socket.socket(fileno=sock) as conn:
-            conn.settimeout(timeout)
-            try:
-                _, fds, _, _ = socket.recv_fds(conn, 16, 1)
-            except OSError:
-                return -1
-        return fds[0] if fds else -1
-
     def _read_sync(self, proc: Process, timeout: float = 30.0) -> dict:
         import select
 
         ready, _, _ = select.select([proc.sync_r], [], [], timeout)
         if not ready:
             return {"error": f"container process did not report within {timeout}s"}
-        return read_sync(proc.sync_r)
+        return sync.read(proc.sync_r)
 
     def _await_exec(self, proc: Process) -> dict:
         status = self._read_sync(proc)
