@@ -1,15 +1,17 @@
 """Starting container processes inside the guest: what happens between fork and exec.
 
-Owns: the two-step fork that gives a container its namespaces (the first child unshares,
-the second becomes the container's PID 1), the root filesystem switch, the spec's mounts,
-hostname, rlimits, user and the start gate that holds ``create``'s process until ``start``.
+Owns: the two-step fork that gives a container its namespaces (the first child makes them,
+``agent/namespaces.py``; the second becomes the container's PID 1), the root filesystem
+switch, the spec's mounts, devices and masked and read-only paths, the hostname, and the
+order of the second child's steps: stdio, rootfs, the terminal (``agent/terminal.py``),
+what the process may do (``agent/credentials.py``), the start gate that holds ``create``'s
+process until ``start``, the seccomp filter, exec.
 
-The parent learns the outcome through a ``sync`` pipe: the child writes ``{"ok": true}``
-when it is ready (blocked on the start gate) or ``{"error": ..., "pointer": ...}`` naming the
-config.json field that failed. Past the start gate nobody waits (``start`` returns as
-runc's does): a failed exec is then written on the process's stderr and it exits 127. A
-child that dies without a word (:func:`died`) is described by how it died, or, when its
-cgroup counted an OOM kill, as runc says it: "container init was OOM-killed".
+The parent learns the outcome through a ``sync`` pipe (``agent/sync.py``). Past the start
+gate nobody waits (``start`` returns as runc's does): a failed exec is then written on the
+process's stderr and it exits 127. A child that dies without a word (:func:`died`) is
+described by how it died, or, when its cgroup counted an OOM kill, as runc says it:
+"container init was OOM-killed".
 
 The container's root is switched with pivot_root(2) and the old root detached, so nothing
 of the guest's own filesystem (the agent, its Python) stays reachable from inside.  The
@@ -20,28 +22,17 @@ takes runc's fallback: MS_MOVE over "/" and chroot.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
-import resource
 import signal
-import socket
 import stat
-import struct
-import sys
-import termios
 
-from agent import caps, cgroups, linux, seccomp
+from agent import cgroups, credentials, linux, namespaces, seccomp, sync, terminal
 from agent.errors import SetupError
-from agent.tables import RLIMITS
 
 # Everything the child uses is imported here, before fork: after the chroot into the
 # container's rootfs the guest's standard library is out of reach.
 
-# <asm-generic/ioctls.h>: unlockpt() and ptsname() without libc.
-TIOCSPTLCK = 0x40045431
-TIOCGPTN = 0x80045430
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_DEVICES = (
     # name, type, major, minor, mode
@@ -99,12 +90,12 @@ class Launch:
 def spawn(launch: Launch, gate: bool) -> tuple[int, int, int]:
     """Fork the process; return (pid, sync_read_fd, start_write_fd or -1).
 
-    The caller reads the sync fd (:func:`read_sync`) to learn whether setup worked.
+    The caller reads the sync fd (``agent/sync.py``) to learn whether setup worked.
     """
     info_r, info_w = os.pipe()
     sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
     start_r, start_w = os.pipe2(os.O_CLOEXEC) if gate else (-1, -1)
-    userns = not launch.join_pid and wants_userns(launch.spec)
+    userns = not launch.join_pid and namespaces.wants_userns(launch.spec)
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC) if userns else (-1, -1)
     go_r, go_w = os.pipe2(os.O_CLOEXEC) if userns else (-1, -1)
     first = os.fork()
@@ -117,14 +108,14 @@ def spawn(launch: Launch, gate: bool) -> tuple[int, int, int]:
     if userns:
         if os.read(ready_r, 1) == b"U":
             try:
-                write_id_maps(first, launch.spec)
+                namespaces.write_id_maps(first, launch.spec)
                 os.write(go_w, b"G")
             except SetupError as exc:
                 map_error = exc
         os.close(ready_r)
         os.close(go_w)  # without "G" the child gives up
     try:
-        raw = _read_all(info_r)
+        raw = sync.read_all(info_r)
     finally:
         os.close(info_r)
         _, status = os.waitpid(first, 0)
@@ -164,32 +155,6 @@ def died(launch: Launch, status: int | None = None) -> tuple[str, str]:
     return f"the container's setup process {how} before it could report", ""
 
 
-def read_sync(fd: int) -> dict:
-    """Read one JSON status line from a sync pipe; EOF with no data means exec happened."""
-    raw = b""
-    while not raw.endswith(b"\n"):
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        raw += chunk
-    if not raw:
-        return {"exec": True}
-    return json.loads(raw)
-
-
-def _read_all(fd: int) -> bytes:
-    out = b""
-    while True:
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            return out
-        out += chunk
-
-
-def _report(fd: int, obj: dict) -> None:
-    os.write(fd, json.dumps(obj).encode() + b"\n")
-
-
 def _first_child(
     launch: Launch,
     info_w: int,
@@ -204,9 +169,9 @@ def _first_child(
             with open(launch.cgroup_procs, "w") as f:
                 f.write("0")
         if launch.join_pid:
-            _join_namespaces(launch.join_pid)
+            namespaces.join(launch.join_pid)
         else:
-            _unshare_namespaces(launch.spec, userns_sync)
+            namespaces.unshare(launch.spec, userns_sync)
         pid = os.fork()
         if pid == 0:
             os.close(info_w)
@@ -221,87 +186,6 @@ def _first_child(
             os._exit(1)
 
 
-def wants_userns(spec: dict) -> bool:
-    return any(
-        ns.get("type") == "user" and not ns.get("path")
-        for ns in (spec.get("linux") or {}).get("namespaces") or []
-    )
-
-
-def write_id_maps(pid: int, spec: dict) -> None:
-    """The agent's half of a new user namespace: uid_map and gid_map of the first child."""
-    lx = spec.get("linux") or {}
-    for key, name in (("uidMappings", "uid_map"), ("gidMappings", "gid_map")):
-        lines = "".join(
-            f"{m['containerID']} {m['hostID']} {m['size']}\n" for m in lx.get(key) or []
-        )
-        try:
-            with open(f"/proc/{pid}/{name}", "w") as f:
-                f.write(lines)
-        except OSError as exc:
-            raise SetupError(
-                f"cannot write {name} ({lines!r}): {exc.strerror}", f"/linux/{key}"
-            ) from exc
-
-
-def _unshare_namespaces(spec: dict, userns_sync: tuple[int, int] | None = None) -> None:
-    """Create (or join, for entries with a path) the spec's namespaces.  A new user
-    namespace comes first, on its own: the agent writes its id maps (``userns_sync`` is our
-    end of that handshake) before the other namespaces are made inside it."""
-    if userns_sync is not None:
-        linux.unshare(linux.CLONE_NEWUSER)
-        ready_w, go_r = userns_sync
-        os.write(ready_w, b"U")
-        if os.read(go_r, 1) != b"G":
-            raise SetupError("the agent could not write the user namespace's id maps",
-                             "/linux/uidMappings")  # fmt: skip
-        os.setresgid(0, 0, 0)
-        os.setresuid(0, 0, 0)
-    flags = 0
-    for i, ns in enumerate(spec.get("linux", {}).get("namespaces", [])):
-        kind = ns.get("type", "")
-        if kind == "user" and not ns.get("path"):
-            continue  # done above
-        if kind not in linux.NAMESPACE_FLAGS:
-            raise SetupError(f"unknown namespace type {kind!r}", f"/linux/namespaces/{i}/type")
-        if ns.get("path"):
-            try:
-                fd = os.open(ns["path"], os.O_RDONLY | os.O_CLOEXEC)
-            except OSError as exc:
-                raise SetupError(
-                    f"cannot open namespace {ns['path']}: {exc.strerror}",
-                    f"/linux/namespaces/{i}/path",
-                ) from exc
-            try:
-                linux.setns(fd, linux.NAMESPACE_FLAGS[kind])
-            finally:
-                os.close(fd)
-        else:
-            flags |= linux.NAMESPACE_FLAGS[kind]
-    if flags:
-        linux.unshare(flags)
-    if flags & linux.NAMESPACE_FLAGS["network"]:
-        linux.loopback_up()
-
-
-def _join_namespaces(pid: int) -> None:
-    """Enter every namespace of ``pid`` that differs from ours (mount last: it changes root)."""
-    order = ("user", "cgroup", "ipc", "uts", "network", "pid", "time", "mount")
-    fds = []
-    for kind in order:
-        name = linux.NAMESPACE_FILES[kind]
-        path = f"/proc/{pid}/ns/{name}"
-        try:
-            if os.readlink(path) == os.readlink(f"/proc/self/ns/{name}"):
-                continue
-            fds.append((os.open(path, os.O_RDONLY | os.O_CLOEXEC), linux.NAMESPACE_FLAGS[kind]))
-        except FileNotFoundError:
-            continue
-    for fd, flag in fds:
-        linux.setns(fd, flag)
-        os.close(fd)
-
-
 def _second_child(launch: Launch, sync_w: int, start_r: int) -> None:
     past_gate = False
     try:
@@ -314,15 +198,15 @@ def _second_child(launch: Launch, sync_w: int, start_r: int) -> None:
             _setup_uts(launch.spec)
         proc = launch.process
         if launch.stdio.pty_socket >= 0:
-            _setup_terminal(launch.stdio.pty_socket, proc, console=not launch.join_pid)
+            terminal.open_in_container(launch.stdio.pty_socket, proc, console=not launch.join_pid)
         args = proc.get("args") or []
         env = dict(e.split("=", 1) for e in proc.get("env", []) if "=" in e)
         path = find_executable(args[0] if args else "", env.get("PATH", DEFAULT_PATH))
         profile = (launch.spec.get("linux") or {}).get("seccomp")
         filter_ = seccomp.compile_filter(profile) if profile else None
-        _setup_process(proc, filter_)
+        credentials.apply(proc, filter_)
         if start_r >= 0:
-            _report(sync_w, {"ok": True})
+            sync.report(sync_w, {"ok": True})
             if os.read(start_r, 1) != b"S":
                 os._exit(1)  # the agent went away or destroyed us before start
             os.close(start_r)
@@ -336,66 +220,15 @@ def _second_child(launch: Launch, sync_w: int, start_r: int) -> None:
                 f"cannot execute {args[0]!r}: {exc.strerror}", "/process/args/0"
             ) from exc
     except SetupError as exc:
-        _report_failure(sync_w, str(exc), exc.pointer, past_gate)
+        sync.report_failure(sync_w, str(exc), exc.pointer, past_gate)
     except BaseException as exc:  # noqa: BLE001 - the child reports everything and exits
-        _report_failure(sync_w, f"{type(exc).__name__}: {exc}", "", past_gate)
+        sync.report_failure(sync_w, f"{type(exc).__name__}: {exc}", "", past_gate)
     os._exit(127)
-
-
-def _report_failure(sync_w: int, error: str, pointer: str, started: bool) -> None:
-    """After the start gate nobody waits for the sync pipe: say it on the process's stderr
-    too, as runc's init does for a failed exec."""
-    if started:
-        with contextlib.suppress(OSError):
-            os.write(2, f"hyperpy: {error}\n".encode())
-    with contextlib.suppress(OSError):
-        _report(sync_w, {"error": error, "pointer": pointer})
-
-
-def _setup_terminal(sock: int, process: dict, console: bool) -> None:
-    """Open a pty in the container's devpts, send the master to the agent, make the slave
-    our controlling terminal and stdio; for a container's init (``console``) the slave is
-    also bound over /dev/console, as runc does."""
-    try:
-        master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise SetupError(
-            f"process.terminal is true but /dev/ptmx cannot be opened in the container "
-            f"({exc.strerror}): mount devpts at /dev/pts (newinstance,ptmxmode=0666)",
-            "/process/terminal",
-        ) from exc
-    fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))  # unlockpt
-    n = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, b"\0\0\0\0"))[0]
-    slave = os.open(f"/dev/pts/{n}", os.O_RDWR | os.O_NOCTTY)
-    user = process.get("user") or {}
-    os.chown(slave, user.get("uid", 0), user.get("gid", 0))
-    if console:
-        try:
-            if not os.path.exists("/dev/console"):
-                open("/dev/console", "a").close()
-            linux.mount(f"/dev/pts/{n}", "/dev/console", None, linux.MS_BIND)
-        except OSError as exc:
-            raise SetupError(
-                f"cannot bind the terminal over /dev/console: {exc.strerror}", "/process/terminal"
-            ) from exc
-    if process.get("consoleSize"):
-        size = process["consoleSize"]
-        packed = struct.pack("HHHH", size.get("height", 24), size.get("width", 80), 0, 0)
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, packed)
-    with socket.socket(fileno=sock) as conn:
-        socket.send_fds(conn, [b"M"], [master])
-    os.close(master)
-    os.setsid()
-    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
-    for fd in (0, 1, 2):
-        os.dup2(slave, fd)
-    if slave > 2:
-        os.close(slave)
 
 
 def _setup_stdio(stdio: Stdio) -> None:
     if stdio.pty_socket >= 0:
-        return  # after the rootfs: _setup_terminal
+        return  # after the rootfs: terminal.open_in_container
     for src, dst in ((stdio.stdin, 0), (stdio.stdout, 1), (stdio.stderr, 2)):
         if src >= 0:
             os.dup2(src, dst)
@@ -652,43 +485,3 @@ def _setup_uts(spec: dict) -> None:
         linux.sethostname(spec["hostname"])
     if spec.get("domainname"):
         linux.setdomainname(spec["domainname"])
-
-
-def _setup_process(proc: dict, filter_: tuple[bytes, int] | None) -> None:
-    """Limits, user, capabilities, no_new_privs.  Without no_new_privs the seccomp filter
-    is loaded here, before the uid switch, while CAP_SYS_ADMIN is still effective; otherwise
-    the caller loads it right before exec."""
-    for i, rl in enumerate(proc.get("rlimits", [])):
-        num = RLIMITS.get(rl.get("type", ""))
-        if num is None:
-            raise SetupError(f"unknown rlimit {rl.get('type')!r}", f"/process/rlimits/{i}/type")
-        try:
-            resource.setrlimit(num, (rl.get("soft", 0), rl.get("hard", 0)))
-        except (ValueError, OSError) as exc:
-            raise SetupError(f"cannot set {rl['type']}: {exc}", f"/process/rlimits/{i}") from exc
-    if "oomScoreAdj" in proc:
-        with open("/proc/self/oom_score_adj", "w") as f:
-            f.write(str(proc["oomScoreAdj"]))
-    user = proc.get("user", {})
-    os.umask(user.get("umask", 0o022))
-    cap_masks = caps.masks(proc.get("capabilities"))
-    if filter_ and not proc.get("noNewPrivileges"):
-        # without no_new_privs loading a filter needs CAP_SYS_ADMIN: before setuid empties
-        # the effective set (as runc; the profile must then allow what follows, to execve)
-        seccomp.load(*filter_)
-    caps.before_setuid(cap_masks, caps.last_cap())
-    try:
-        os.setgroups(user.get("additionalGids", []))
-        os.setgid(user.get("gid", 0))
-        os.setuid(user.get("uid", 0))
-    except OSError as exc:
-        raise SetupError(f"cannot switch to user {user}: {exc.strerror}", "/process/user") from exc
-    caps.after_setuid(cap_masks)
-    if proc.get("noNewPrivileges"):
-        linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
-    cwd = proc.get("cwd") or "/"
-    try:
-        os.chdir(cwd)
-    except OSError as exc:
-        raise SetupError(f"cannot enter cwd {cwd!r}: {exc.strerror}", "/process/cwd") from exc
-    sys.stdout.flush()

@@ -1,8 +1,10 @@
 """The guest agent: PID 1 of the hyperpy guest.
 
-Owns, inside the guest: serving the one channel to the host, the containers and their
-processes, their stdio, and reaping every zombie. What PID 1 does around that (the early
-mounts, the 9p shares at hello, finding the channel, powering off) is ``agent/boot.py``'s.
+Owns, inside the guest: the table of operations (the ``op_*`` methods) the host's requests
+are dispatched to, the containers and their processes, and reaping every zombie. The
+channel's framing, buffer and flow control are ``agent/channel.py``'s, each process's stdio
+``agent/streams.py``'s. What PID 1 does around that (the early mounts, the 9p shares at
+hello, finding the channel, powering off) is ``agent/boot.py``'s.
 
 One thread and one ``selectors`` loop: the channel, every process's stdout/stderr (or pty
 master), stdin writes with their own buffers, and a wakeup pipe for SIGCHLD. Requests are
@@ -19,7 +21,6 @@ Kernel command line keys read here (through ``boot.kernel_params``)::
 from __future__ import annotations
 
 import base64
-import errno
 import os
 import selectors
 import signal
@@ -27,7 +28,7 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
-from agent import cgroups, layers, linux
+from agent import cgroups, layers, linux, procfs, sync
 from agent import protocol as P
 from agent.boot import (
     early_mounts,
@@ -37,12 +38,13 @@ from agent.boot import (
     poweroff,
     root_as_mount,
 )
-from agent.container import Launch, SetupError, Stdio, died, read_sync, spawn
+from agent.channel import Channel
+from agent.container import Launch, SetupError, Stdio, died, spawn
+from agent.streams import ProcessIO
+from agent.terminal import receive_master, set_winsize
 
 if TYPE_CHECKING:
     from agent.dns import Relay
-
-OUTBUF_HIGH = 4 << 20
 
 
 def now_ms() -> float:
@@ -52,19 +54,14 @@ def now_ms() -> float:
 class Process:
     """A container process as the agent tracks it."""
 
-    def __init__(self, proc: int, cid: str, pid: int) -> None:
+    def __init__(self, proc: int, cid: str, pid: int, io: ProcessIO) -> None:
         self.proc = proc
         self.cid = cid
         self.pid = pid
-        self.stdin_fd = -1
-        self.stdin_buf = bytearray()
-        self.stdin_eof = False
-        self.outputs: dict[int, int] = {}  # fd -> stream id
-        self.master = -1
+        self.io = io  # its stdio (agent/streams.py)
         self.start_w = -1
         self.sync_r = -1
         self.status: int | None = None
-        self.paused = False  # its reader on the host is behind (OP_FLOW)
 
 
 class Container:
@@ -78,83 +75,28 @@ class Container:
 
 class Agent:
     def __init__(self, chan_fd: int, t_init: float, share_tag: str = P.SHARE_TAG) -> None:
-        self.chan = chan_fd
         self.t_init = t_init
         self.share_tag = share_tag
         self.mounted = False
         self.sel = selectors.DefaultSelector()
-        self.decoder = P.Decoder()
-        self.outbuf = bytearray()
         self.containers: dict[str, Container] = {}
         self.procs: dict[int, Process] = {}
         self.by_pid: dict[int, Process] = {}
         self.next_proc = 1
-        self.paused_outputs = False
         self.shutting_down = False
         self.dns: Relay | None = None  # agent/dns.py, once the host asks for it
-        os.set_blocking(chan_fd, False)
-        self.sel.register(chan_fd, selectors.EVENT_READ, self._on_channel)
+        self.chan = Channel(
+            chan_fd, self.sel, self._on_message, self._on_stdin, self._on_congestion,
+            trace if TRACE else None,
+        )  # fmt: skip
+        self.send_msg = self.chan.send_msg
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         self.sel.register(self.wake_r, selectors.EVENT_READ, self._on_wakeup)
 
-    # --- channel ------------------------------------------------------------------------
-    def send(self, frame: bytes) -> None:
-        was_empty = not self.outbuf
-        self.outbuf += frame
-        if was_empty:
-            self._flush()
-        if self.outbuf and was_empty:
-            self.sel.modify(
-                self.chan, selectors.EVENT_READ | selectors.EVENT_WRITE, self._on_channel
-            )
-        if len(self.outbuf) > OUTBUF_HIGH and not self.paused_outputs:
-            self._pause_outputs(True)
-
-    def send_msg(self, msg: dict) -> None:
-        if TRACE:
-            trace(f"-> {msg}")
-        self.send(P.encode_msg(msg))
-
-    def _flush(self) -> None:
-        while self.outbuf:
-            try:
-                n = os.write(self.chan, self.outbuf[: P.CHUNK * 4])
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                if exc.errno in (errno.EAGAIN, errno.EINTR):
-                    return
-                raise
-            del self.outbuf[:n]
-
-    def _on_channel(self, mask: int) -> None:
-        if mask & selectors.EVENT_WRITE:
-            self._flush()
-            if not self.outbuf:
-                self.sel.modify(self.chan, selectors.EVENT_READ, self._on_channel)
-                if self.paused_outputs:
-                    self._pause_outputs(False)
-        if not mask & selectors.EVENT_READ:
-            return
-        try:
-            data = os.read(self.chan, 256 * 1024)
-        except BlockingIOError:
-            return
-        if not data:
-            # virtio-serial reads EOF while no host end is connected: wait for it.
-            time.sleep(0.05)
-            return
-        for item in self.decoder.feed(data):
-            if isinstance(item, P.BadFrame):
-                self.send_msg(P.error_reply(0, item.reason, "ProtocolError"))
-            elif item.kind == P.MSG:
-                self._on_message(item.message())
-            else:
-                self._on_stdin(item.stream, item.payload)
-
+    # --- requests -----------------------------------------------------------------------
     def _on_message(self, msg: dict) -> None:
         if TRACE:
             trace(f"<- {msg.get('id')} {msg.get('op')}")
@@ -262,16 +204,10 @@ class Agent:
     def op_freeze(self, msg: dict) -> dict:
         """Pause (freeze: true) or resume the container through its cgroup's freezer."""
         ctr = self.containers[msg["cid"]]
-        want = "1" if msg.get("freeze") else "0"
-        with open(os.path.join(ctr.cgroup, "cgroup.freeze"), "w") as f:
-            f.write(want)
-        deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline:
-            with open(os.path.join(ctr.cgroup, "cgroup.events")) as f:
-                if f"frozen {want}" in f.read():
-                    return {}
-            time.sleep(0.005)
-        raise ValueError(f"container {ctr.cid!r} did not {'freeze' if want == '1' else 'thaw'}")
+        freeze = bool(msg.get("freeze"))
+        if not cgroups.freeze(ctr.cgroup, freeze):
+            raise ValueError(f"container {ctr.cid!r} did not {'freeze' if freeze else 'thaw'}")
+        return {}
 
     def op_update(self, msg: dict) -> dict:
         ctr = self.containers[msg["cid"]]
@@ -297,7 +233,7 @@ class Agent:
 
     def _exec_reported(self, proc: Process):  # noqa: ANN202
         def handler(mask: int) -> None:
-            status = read_sync(proc.sync_r)
+            status = sync.read(proc.sync_r)
             if "error" in status and TRACE:
                 trace(f"{proc.cid}: exec after start failed: {status['error']}")
             self.sel.unregister(proc.sync_r)
@@ -324,7 +260,7 @@ class Agent:
         if msg.get("all"):
             ctr = self.containers[msg["cid"]]
             targets = [p.pid for p in ctr.procs.values() if p.status is None]
-            targets += self._pids_in_namespace(ctr.init.pid)
+            targets += procfs.pids_in_namespace(ctr.init.pid)
         else:
             targets = [self.procs[int(msg["proc"])].pid]
         for pid in dict.fromkeys(targets):
@@ -335,20 +271,21 @@ class Agent:
         return {}
 
     def op_winsize(self, msg: dict) -> dict:
-        import fcntl
-        import struct
-        import termios
-
         proc = self.procs[int(msg["proc"])]
-        if proc.master >= 0:
-            size = struct.pack("HHHH", int(msg["rows"]), int(msg["cols"]), 0, 0)
-            fcntl.ioctl(proc.master, termios.TIOCSWINSZ, size)
+        if proc.io.master >= 0:
+            set_winsize(proc.io.master, int(msg["rows"]), int(msg["cols"]))
+        return {}
+
+    def op_flow(self, msg: dict) -> dict:
+        proc = self.procs.get(int(msg["proc"]))
+        if proc is not None:  # else it is gone, and so is its output
+            proc.io.flow(bool(msg["pause"]))
         return {}
 
     def op_ps(self, msg: dict) -> dict:
         ctr = self.containers[msg["cid"]]
-        pids = self._pids_in_namespace(ctr.init.pid)
-        return {"pids": pids, "processes": [p for p in map(_proc_info, pids) if p]}
+        pids = procfs.pids_in_namespace(ctr.init.pid)
+        return {"pids": pids, "processes": [p for p in map(procfs.process_info, pids) if p]}
 
     def op_destroy(self, msg: dict) -> dict:
         ctr = self.containers.pop(msg["cid"], None)
@@ -396,19 +333,15 @@ class Agent:
         finally:
             for fd in theirs:
                 os.close(fd)
-        proc = Process(self.next_proc, cid, pid)
+        proc = Process(self.next_proc, cid, pid, ProcessIO(self.next_proc, self.chan))
         self.next_proc += 1
         proc.sync_r, proc.start_w = sync_r, start_w
         if terminal:
-            master = self._receive_master(ours[0])
+            master = receive_master(ours[0])
             if master >= 0:
-                proc.master = master
-                proc.stdin_fd = master
-                proc.outputs[master] = P.stream_id(proc.proc, P.STDOUT)
+                proc.io.pty(master)
         else:
-            proc.stdin_fd = ours[0]
-            proc.outputs[ours[1]] = P.stream_id(proc.proc, P.STDOUT)
-            proc.outputs[ours[2]] = P.stream_id(proc.proc, P.STDERR)
+            proc.io.pipes(*ours)
         self.procs[proc.proc] = proc
         self.by_pid[pid] = proc
         if gate:
@@ -419,21 +352,8 @@ class Agent:
             if "error" in status:
                 self._fail(proc)
                 raise SetupError(status["error"], status.get("pointer", ""))
-        for fd in proc.outputs:
-            os.set_blocking(fd, False)
-        self._watch_outputs(proc)
-        os.set_blocking(proc.stdin_fd, False)
+        proc.io.start()
         return proc
-
-    def _receive_master(self, sock: int, timeout: float = 30.0) -> int:
-        """The pty master the child opened in the container, or -1 if setup failed first."""
-        with socket.socket(fileno=sock) as conn:
-            conn.settimeout(timeout)
-            try:
-                _, fds, _, _ = socket.recv_fds(conn, 16, 1)
-            except OSError:
-                return -1
-        return fds[0] if fds else -1
 
     def _read_sync(self, proc: Process, timeout: float = 30.0) -> dict:
         import select
@@ -441,7 +361,7 @@ class Agent:
         ready, _, _ = select.select([proc.sync_r], [], [], timeout)
         if not ready:
             return {"error": f"container process did not report within {timeout}s"}
-        return read_sync(proc.sync_r)
+        return sync.read(proc.sync_r)
 
     def _await_exec(self, proc: Process) -> dict:
         status = self._read_sync(proc)
@@ -461,148 +381,26 @@ class Agent:
         self.by_pid.pop(proc.pid, None)  # reaped silently: it never existed for the host
 
     def _close_proc(self, proc: Process) -> None:
-        for fd in list(proc.outputs):
-            self._close_output(proc, fd, send_eof=False)
+        proc.io.close(exited=False)
         if proc.sync_r >= 0 and proc.sync_r in self.sel.get_map():
             self.sel.unregister(proc.sync_r)
-        for attr in ("stdin_fd", "start_w", "sync_r"):
+        for attr in ("start_w", "sync_r"):
             fd = getattr(proc, attr)
-            if fd >= 0 and fd != proc.master:
+            if fd >= 0:
                 os.close(fd)
             setattr(proc, attr, -1)
-        if proc.master >= 0 and not proc.outputs:
-            proc.master = -1
 
-    def _set_winsize(self, fd: int, size: dict) -> None:
-        import fcntl
-        import struct
-        import termios
-
-        packed = struct.pack("HHHH", size.get("height", 24), size.get("width", 80), 0, 0)
-        fcntl.ioctl(fd, termios.TIOCSWINSZ, packed)
-
-    def _pids_in_namespace(self, init_pid: int) -> list[int]:
-        """Every guest pid that shares init_pid's pid namespace (init first)."""
-        try:
-            target = os.readlink(f"/proc/{init_pid}/ns/pid")
-        except OSError:
-            return []
-        pids = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                if os.readlink(f"/proc/{entry}/ns/pid") == target:
-                    pids.append(int(entry))
-            except OSError:
-                continue
-        if target == os.readlink("/proc/self/ns/pid"):
-            return [init_pid] if init_pid in pids else []
-        return sorted(pids, key=lambda p: (p != init_pid, p))
-
-    def _output_handler(self, proc: Process, fd: int):  # noqa: ANN202
-        def handler(mask: int) -> None:
-            self._read_output(proc, fd)
-
-        return handler
-
-    def _read_output(self, proc: Process, fd: int, drain: bool = False) -> None:
-        while True:
-            try:
-                data = os.read(fd, P.CHUNK)
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                if exc.errno == errno.EIO:  # pty: every slave closed
-                    data = b""
-                else:
-                    raise
-            if not data:
-                self._close_output(proc, fd, send_eof=True)
-                return
-            for frame in P.encode_data(proc.outputs[fd], data):
-                self.send(frame)
-            if not drain:
-                return
-
-    def _close_output(self, proc: Process, fd: int, send_eof: bool) -> None:
-        stream = proc.outputs.pop(fd, None)
-        if stream is None:
-            return
-        try:
-            self.sel.unregister(fd)
-        except (KeyError, ValueError):
-            pass
-        if send_eof:
-            self.send(P.encode(P.DATA, stream, b""))
-        if fd != proc.stdin_fd:
-            os.close(fd)
-        elif proc.master == fd:
-            proc.stdin_fd = -1
-            proc.master = -1
-            os.close(fd)
-
-    def _pause_outputs(self, pause: bool) -> None:
-        """Every process's output, while the channel's own buffer is over OUTBUF_HIGH."""
-        self.paused_outputs = pause
-        for proc in self.procs.values():
-            self._watch_outputs(proc)
-
-    def _watch_outputs(self, proc: Process) -> None:
-        """Read ``proc``'s outputs unless the channel or its host reader is behind."""
-        want = not (self.paused_outputs or proc.paused)
-        watched = self.sel.get_map()
-        for fd in proc.outputs:
-            if want and fd not in watched:
-                self.sel.register(fd, selectors.EVENT_READ, self._output_handler(proc, fd))
-            elif not want and fd in watched:
-                self.sel.unregister(fd)
-
-    def op_flow(self, msg: dict) -> dict:
-        proc = self.procs.get(int(msg["proc"]))
-        if proc is not None:  # else it is gone, and so is its output
-            proc.paused = bool(msg["pause"])
-            self._watch_outputs(proc)
-        return {}
-
-    # --- stdin --------------------------------------------------------------------------
+    # --- stdin and congestion, from the channel -----------------------------------------
     def _on_stdin(self, stream: int, data: bytes) -> None:
         proc_id, fd = P.split_stream(stream)
         proc = self.procs.get(proc_id)
-        if proc is None or fd != P.STDIN or proc.stdin_fd < 0 or proc.stdin_eof:
-            return  # the process is gone: its stdin is discarded, as a closed pipe would
-        if not data:
-            proc.stdin_eof = True
-        else:
-            proc.stdin_buf += data
-        self._write_stdin(proc)
+        if proc is not None and fd == P.STDIN:
+            proc.io.write_stdin(data)  # a process that is gone: discarded
 
-    def _write_stdin(self, proc: Process) -> None:
-        fd = proc.stdin_fd
-        while proc.stdin_buf:
-            try:
-                n = os.write(fd, proc.stdin_buf[: P.CHUNK])
-            except BlockingIOError:
-                break
-            except OSError:  # EPIPE: the process closed its stdin
-                proc.stdin_buf.clear()
-                break
-            del proc.stdin_buf[:n]
-        registered = self.sel.get_map().get(fd) if fd not in proc.outputs else None
-        if proc.stdin_buf:
-            if fd in proc.outputs:
-                return  # a pty master: written again when output is read (rare: tty input)
-            if registered is None:
-                self.sel.register(fd, selectors.EVENT_WRITE, lambda _m: self._write_stdin(proc))
-            return
-        if registered is not None:
-            self.sel.unregister(fd)
-        if proc.stdin_eof:
-            if proc.master >= 0:
-                os.write(proc.master, b"\x04")  # a terminal's EOF is ^D
-            else:
-                os.close(fd)
-                proc.stdin_fd = -1
+    def _on_congestion(self) -> None:
+        """The channel's buffer went over its bound or emptied: every output follows."""
+        for proc in self.procs.values():
+            proc.io.watch()
 
     # --- reaping ------------------------------------------------------------------------
     def _on_wakeup(self, mask: int) -> None:
@@ -626,17 +424,7 @@ class Agent:
             code = os.waitstatus_to_exitcode(status)
             sig = -code if code < 0 else None
             proc.status = 128 + sig if sig else code
-            for fd in list(proc.outputs):
-                self._read_output(proc, fd, drain=True)
-                self._close_output(proc, fd, send_eof=True)
-            if proc.stdin_fd >= 0:
-                try:
-                    self.sel.unregister(proc.stdin_fd)
-                except (KeyError, ValueError):
-                    pass
-                if proc.stdin_fd != proc.master:
-                    os.close(proc.stdin_fd)
-                proc.stdin_fd = -1
+            proc.io.close(exited=True)
             self.send_msg(
                 {
                     "event": P.EV_EXIT,
@@ -670,7 +458,7 @@ class Agent:
                 "ready_ms": now_ms(),
             }
         )
-        while not (self.shutting_down and not self.outbuf):
+        while not (self.shutting_down and not self.chan.pending):
             for key, mask in self.sel.select(timeout=1.0):
                 key.data(mask)
             self.reap()
@@ -678,23 +466,6 @@ class Agent:
 
 
 TRACE = False
-
-
-def _proc_info(pid: int) -> dict | None:
-    """pid, ppid, uid, state and command line of a guest process, from /proc."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read().decode(errors="replace")
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmd = f.read().replace(b"\0", b" ").strip().decode(errors="replace")
-        uid = os.stat(f"/proc/{pid}").st_uid
-    except OSError:
-        return None
-    comm_end = stat.rfind(")")
-    fields = stat[comm_end + 2 :].split()
-    comm = stat[stat.find("(") + 1 : comm_end]
-    return {"pid": pid, "ppid": int(fields[1]), "uid": uid, "state": fields[0],
-            "cmd": cmd or f"[{comm}]"}  # fmt: skip
 
 
 def trace(text: str) -> None:

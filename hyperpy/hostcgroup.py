@@ -12,7 +12,7 @@ made, before QEMU starts in it; shares, quota and period (:meth:`HostCgroup.set_
 the VM has booted, so the boot, the runtime's own work, is not throttled.  On v1 they are
 ``cpuset.cpus``/``cpuset.mems``, ``cpu.shares``, ``cpu.cfs_period_us`` and
 ``cpu.cfs_quota_us`` (period first, retried after the quota when the kernel refuses it, as
-runc does); on v2 the guest's conversion (``agent.cgroups.translate``) gives the files.
+runc does); on v2 the guest's conversion (``agent.resources.translate``) gives the files.
 
 Both layouts are handled: cgroup v2 (one hierarchy at /sys/fs/cgroup) and v1 (one
 hierarchy per controller, /sys/fs/cgroup/<controller>), including the hybrid layout where a
@@ -31,6 +31,7 @@ import os
 import time
 
 from agent import cgroups as guest_cgroups
+from agent import resources as guest_resources
 from agent.errors import SetupError
 from hyperpy.errors import CgroupError, SpecError
 
@@ -130,7 +131,7 @@ class HostCgroup:
             return
         if is_v2(self.root):
             try:
-                writes = guest_cgroups.translate({"cpu": cpu})
+                writes = guest_resources.translate({"cpu": cpu})
             except SetupError as exc:
                 raise SpecError(str(exc), exc.pointer) from None
             for name, value, _ in writes:

@@ -11,7 +11,7 @@ process or mount exists, with the flag or the JSON pointer named and the fix sai
   argument or environment string at most MAX_ARG_STRLEN bytes (the guest's execve refuses
   longer ones);
 * resources the guest or the host would refuse: the values the agent would write to the
-  container's cgroup (``agent.cgroups.translate``, the guest's own rules), a memory limit
+  container's cgroup (``agent.resources.translate``, the guest's own rules), a memory limit
   too small for the container's init to start, and CPU and memory-node lists
   (``linux.resources.cpu.cpus``/``mems``) against this host and the VM.
 """
@@ -23,8 +23,8 @@ import os
 import stat
 from typing import Any
 
-from agent import cgroups as guest_cgroups
 from agent import protocol as P
+from agent import resources as guest_resources
 from agent.errors import SetupError
 from hyperpy.errors import SpecError, UsageError
 
@@ -186,7 +186,7 @@ def resources(spec: dict, path: str) -> None:
     """What the guest's cgroup and the host's would refuse, found before the boot."""
     res = (spec.get("linux") or {}).get("resources") or {}
     try:
-        guest_cgroups.translate(res)
+        guest_resources.translate(res)
     except SetupError as exc:
         raise SpecError(str(exc), exc.pointer, path) from None
     limit = (res.get("memory") or {}).get("limit") or 0
@@ -229,7 +229,7 @@ def update_resources(res: dict) -> None:
         # the guest takes swap alone against its current limit (agent.cgroups.update)
         res = {**res, "memory": {**mem, "limit": -1}}
     try:
-        guest_cgroups.translate(res, pointer="")
+        guest_resources.translate(res, pointer="")
     except SetupError as exc:
         raise UsageError(f"update: LinuxResources#{exc.pointer}: {exc}") from None
     cpu = res.get("cpu") or {}
@@ -251,7 +251,7 @@ def vcpus_for(cpu: dict) -> int:
     has) and at least one more than the highest CPU its cpuset names, so the guest takes
     the cpuset (it numbers its vCPUs from 0); 0 when the spec says nothing."""
     n = 0
-    quota, period = cpu.get("quota") or 0, cpu.get("period") or guest_cgroups.DEFAULT_CPU_PERIOD
+    quota, period = cpu.get("quota") or 0, cpu.get("period") or guest_resources.DEFAULT_CPU_PERIOD
     if quota > 0:
         n = max(1, min(os.cpu_count() or 1, -(-quota // period)))
     if cpu.get("cpus"):

@@ -1,4 +1,4 @@
-"""The guest agent's cgroup v2 handling (agent/cgroups.py).
+"""The guest agent's cgroup v2 handling (agent/cgroups.py, agent/resources.py).
 
 Pure tests: the OCI resources → cgroup file conversion (runc's), cgroupsPath resolution, and
 reading/writing against fake cgroup directories. Real tests: cgroups made on this machine's
@@ -20,9 +20,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent import cgroups
-from agent.cgroups import cgroup_dir, translate
+from agent import cgroups, resources
+from agent.cgroups import cgroup_dir
 from agent.errors import SetupError
+from agent.resources import translate
 
 R = "/linux/resources"
 G = 1 << 30
@@ -98,7 +99,7 @@ def test_memory_errors_name_the_field(memory: dict, pointer: str, words: str) ->
     [(2, 1), (1024, 39), (262144, 10000), (512, 20), (1, 1), (1 << 20, 10000)],
 )
 def test_shares_to_weight_is_runcs_formula(shares: int, weight: int) -> None:
-    assert cgroups.shares_to_weight(shares) == weight
+    assert resources.shares_to_weight(shares) == weight
     assert files({"cpu": {"shares": shares}}) == [("cpu.weight", str(weight))]
 
 
@@ -180,7 +181,7 @@ def test_block_io() -> None:
 
 @pytest.mark.parametrize("weight,io_weight", [(10, 1), (1000, 10000), (500, 4950), (100, 910)])
 def test_blkio_weight_to_io_weight(weight: int, io_weight: int) -> None:
-    assert cgroups.blkio_to_io_weight(weight) == io_weight
+    assert resources.blkio_to_io_weight(weight) == io_weight
 
 
 def test_hugetlb_and_rdma() -> None:
