@@ -21,8 +21,8 @@ from pathlib import Path
 HYPERPY = os.path.join(os.path.dirname(sys.executable), "hyperpy")
 SECONDS = 20
 BOUND_MB = 4
-FLOOD = ("mknod /ttyS0 c 4 64 && "
-         'exec yes "$(head -c 2000 /dev/zero | tr "\\0" A)" > /ttyS0')  # fmt: skip
+FLOOD = ("mknod /dev/flood-ttyS0 c 4 64 && "
+         'exec yes "$(head -c 2000 /dev/zero | tr "\\0" A)" > /dev/flood-ttyS0')  # fmt: skip
 
 
 def _rss_mib(pid: int) -> float:

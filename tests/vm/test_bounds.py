@@ -20,8 +20,8 @@ pytestmark = [pytest.mark.vm, needs_artifacts, pytest.mark.usefixtures("driver")
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "data"
 FLOOD = (
-    "mknod /ttyS0 c 4 64 && echo flooding && "
-    'exec yes "$(head -c 2000 /dev/zero | tr "\\0" A)" > /ttyS0'
+    "mknod /dev/flood-ttyS0 c 4 64 && echo flooding && "
+    'exec yes "$(head -c 2000 /dev/zero | tr "\\0" A)" > /dev/flood-ttyS0'
 )
 
 
