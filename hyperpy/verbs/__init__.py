@@ -9,7 +9,8 @@ lifecycle table, the monitor's socket, and each other as listed here, later on e
 - :mod:`.start`, :mod:`.kill`, :mod:`.ps` (``ps``, ``events``), :mod:`.delete`;
 - :mod:`.resources`: ``pause``, ``resume`` and ``update``;
 - :mod:`.spawn`: starting a process proxy; :mod:`.exec` (``exec``, and ``run``'s wait);
-- :mod:`.pod`: which VM a new container joins; :mod:`.create`.
+- :mod:`.pod`: which VM a new container joins; :mod:`.create`; :mod:`.run` (create,
+  start, wait, delete).
 
 The hot verbs (state, start, kill, delete, ps, events --stats: the shim runs them for
 every container) import only the standard library's lean part at the top of their
