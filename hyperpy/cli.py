@@ -11,10 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-import re
-import signal
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,13 +19,12 @@ import click
 
 from hyperpy import __version__
 from hyperpy.cli_template import template
-from hyperpy.errors import HyperpyError, InvalidState, UsageError
-from hyperpy.hot import parse_signal
+from hyperpy.errors import HyperpyError, UsageError
+from hyperpy.runtime import Runtime
+from hyperpy.verbs.flags import no_preserved_fds, parse_duration, parse_signal
 
 
-def _runtime(ctx: click.Context):  # noqa: ANN202
-    from hyperpy.runtime import Runtime
-
+def _runtime(ctx: click.Context) -> Runtime:
     obj = ctx.find_root().obj
     return Runtime(obj["root"], systemd_cgroup=obj["systemd_cgroup"])
 
@@ -58,14 +54,6 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(1)
 
     return wrapper
-
-
-def _no_preserved_fds(n: int) -> None:
-    if n > 0:
-        raise UsageError(
-            f"--preserve-fds {n}: host file descriptors cannot be passed into the container's "
-            "VM; pass data through the bundle's mounts or stdio instead"
-        )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -133,9 +121,9 @@ def create(
     container_id: str,
 ) -> None:
     """Create a container (boots its VM); `start` runs its process."""
-    from hyperpy.runtime import CreateOptions
+    from hyperpy.verbs.create import CreateOptions
 
-    _no_preserved_fds(preserve_fds)
+    no_preserved_fds(preserve_fds)
     opts = CreateOptions(bundle, pid_file, console_socket, no_pivot=no_pivot)
     _runtime(ctx).create(container_id, opts)
 
@@ -176,9 +164,7 @@ def kill(ctx: click.Context, all_: bool, container_id: str, sig: str) -> None:
 @command
 def delete(ctx: click.Context, force: bool, container_id: str) -> None:
     """Delete a container and its VM."""
-    from hyperpy.hot import delete_verb
-
-    delete_verb(ctx.find_root().obj["root"], container_id, force)
+    _runtime(ctx).delete(container_id, force)
 
 
 @cli.command(name="list")
@@ -226,37 +212,12 @@ def run(
     container_id: str,
 ) -> None:
     """Create and start a container; in the foreground, wait and exit with its status."""
-    from hyperpy.runtime import CreateOptions
+    from hyperpy.verbs.create import CreateOptions
 
-    rt = _runtime(ctx)
     opts = CreateOptions(bundle, pid_file, console_socket, no_pivot=no_pivot)
-    st = rt.create(container_id, opts)
-    if detach:
-        rt.start(container_id)
-        return
-    forward = {}
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-        forward[sig] = signal.signal(sig, lambda s, _f: os.kill(st.pid, s))
-    try:
-        rt.start(container_id)
-        status = _wait_child(st.pid)
-    except BaseException:
-        rt.delete(container_id, force=True)
-        raise
-    if not keep:
-        rt.delete(container_id, force=True)
-    sys.exit(status)
-
-
-def _wait_child(pid: int) -> int:
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-            break
-        except InterruptedError:
-            continue
-    code = os.waitstatus_to_exitcode(status)
-    return 128 - code if code < 0 else code
+    status = _runtime(ctx).run(container_id, opts, detach, keep)
+    if not detach:
+        sys.exit(status)
 
 
 @cli.command(name="exec", context_settings={"allow_interspersed_args": False})
@@ -297,8 +258,9 @@ def exec_(
 ) -> None:
     """Run a new process in a running container."""
     from hyperpy.oci import process as oci_process
+    from hyperpy.verbs.exec import ExecOptions
 
-    _no_preserved_fds(preserve_fds)
+    no_preserved_fds(preserve_fds)
     rt = _runtime(ctx)
     if process_file:
         source = f"--process {process_file}"
@@ -308,7 +270,7 @@ def exec_(
             raise UsageError("exec needs a command (or --process FILE)")
         for name in cap:  # before the bundle is read: a bad flag is the caller's to fix
             oci_process.check_cap(name)
-        st = rt.store.load(container_id)
+        st = rt.load(container_id)
         from hyperpy.oci.validate import load_bundle
 
         process = oci_process.from_flags(
@@ -323,7 +285,8 @@ def exec_(
             caps=cap,
         )
         source = "exec's arguments"
-    code = rt.exec(container_id, process, console_socket, pid_file, detach, source=source)
+    opts = ExecOptions(console_socket, pid_file, detach, source)
+    code = rt.exec(container_id, process, opts)
     sys.exit(code)
 
 
@@ -349,32 +312,6 @@ def ps(ctx: click.Context, fmt: str, container_id: str, ps_args: tuple[str, ...]
             click.echo(f"{p['pid']:>7} {p['ppid']:>7} {p['uid']:>6} {p['state']} {p['cmd']}")
 
 
-def parse_bytes(value: str, flag: str) -> int:
-    """runc's sizes: 1024, 300m, 1.5g, 64MiB, 2kb; -1 for unlimited."""
-    v = value.strip().lower()
-    if v == "-1":
-        return -1
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?", v)
-    if not m:
-        raise UsageError(f"{flag} {value!r}: use bytes or a size like 300m, 1g (or -1)")
-    return int(float(m.group(1)) * (1 << (10 * " kmgt".index(m.group(2) or " "))))
-
-
-def parse_duration(value: str, flag: str) -> float:
-    """Go-style durations as runc takes them: 5s, 500ms, 1m, 1.5s."""
-    v = value.strip()
-    for suffix, mult in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
-        if v.endswith(suffix):
-            try:
-                out = float(v[: -len(suffix)]) * mult
-            except ValueError:
-                break
-            if out > 0:
-                return out
-            break
-    raise UsageError(f"{flag} {value!r}: use a duration like 5s, 500ms or 1m")
-
-
 @cli.command()
 @click.option("--resources", "-r", default=None, help="LinuxResources JSON file, - for stdin")
 @click.option("--memory", default=None)
@@ -394,64 +331,13 @@ def parse_duration(value: str, flag: str) -> float:
 @click.argument("container_id")
 @click.pass_context
 @command
-def update(
-    ctx: click.Context,
-    resources: str | None,
-    memory: str | None,
-    memory_reservation: str | None,
-    memory_swap: str | None,
-    kernel_memory: str | None,
-    kernel_memory_tcp: str | None,
-    cpu_shares: int | None,
-    cpu_period: int | None,
-    cpu_quota: int | None,
-    cpu_rt_period: int | None,
-    cpu_rt_runtime: int | None,
-    cpuset_cpus: str | None,
-    cpuset_mems: str | None,
-    pids_limit: int | None,
-    blkio_weight: int | None,
-    container_id: str,
-) -> None:
+def update(ctx: click.Context, resources: str | None, container_id: str, **flags: Any) -> None:
     """Change a container's resource limits (its cgroup in the guest; CPU ones also the
     pod's cgroup on the host, where the direct driver's vCPUs run)."""
-    res: dict = {}
-    if resources:
-        from hyperpy.oci import document
+    from hyperpy.verbs.flags import update_resources
+    from hyperpy.verbs.resources import read_document
 
-        try:
-            if resources == "-":
-                res = document.parse(document.read_stream(sys.stdin.buffer))
-            else:
-                res = document.load(resources)
-        except document.DocumentError as exc:
-            raise UsageError(f"--resources {resources}: {exc}") from None
-        if not isinstance(res, dict):
-            raise UsageError(f"--resources {resources}: expected a JSON object")
-    mem = res.setdefault("memory", {})
-    for flag, value, key in (
-        ("--memory", memory, "limit"),
-        ("--memory-reservation", memory_reservation, "reservation"),
-        ("--memory-swap", memory_swap, "swap"),
-    ):
-        if value is not None:
-            mem[key] = parse_bytes(value, flag)
-    cpu = res.setdefault("cpu", {})
-    cpu_flags: tuple[tuple[str, int | str | None], ...] = (
-        ("shares", cpu_shares), ("period", cpu_period), ("quota", cpu_quota),
-        ("realtimePeriod", cpu_rt_period), ("realtimeRuntime", cpu_rt_runtime),
-        ("cpus", cpuset_cpus), ("mems", cpuset_mems),
-    )  # fmt: skip
-    for key, setting in cpu_flags:
-        if setting is not None:
-            cpu[key] = setting
-    if pids_limit is not None:
-        res["pids"] = {"limit": pids_limit}
-    if blkio_weight is not None:
-        res.setdefault("blockIO", {})["weight"] = blkio_weight
-    res = {k: v for k, v in res.items() if v}
-    if not res:
-        raise UsageError("update: nothing to change: pass --resources FILE or a limit flag")
+    res = update_resources(read_document(resources) if resources else {}, flags)
     _runtime(ctx).update(container_id, res)
 
 
@@ -463,24 +349,13 @@ def update(
 @command
 def events(ctx: click.Context, once: bool, interval: str, container_id: str) -> None:
     """Print the container's resource stats and OOM events as JSON lines (runc events)."""
-    rt = _runtime(ctx)
     period = parse_duration(interval, "--interval")
-    ooms = None
-    while True:
-        try:
-            reply = rt.stats(container_id)
-        except InvalidState:
-            if once:
-                raise
-            return  # the container stopped: the stream ends, as runc's does
-        if ooms is not None and reply.get("oom_kills", 0) > ooms:
-            click.echo(json.dumps({"type": "oom", "id": container_id}))
-        ooms = reply.get("oom_kills", 0)
-        click.echo(json.dumps({"type": "stats", "id": container_id, "data": reply["stats"]}))
-        if once:
-            return
+
+    def emit(line: str) -> None:
+        click.echo(line)
         sys.stdout.flush()
-        time.sleep(period)
+
+    _runtime(ctx).events(container_id, once, period, emit)
 
 
 @cli.command()

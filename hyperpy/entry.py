@@ -4,9 +4,10 @@ containerd's runc shim runs ``hyperpy --root R --log L --log-format json VERB ..
 every state, start, kill, delete, ``ps --format json`` and ``events --stats`` of every
 container: a process each, whose cost is mostly the interpreter's start and its imports.
 This module owns recognising exactly those calls, with runc's spellings of their flags
-(:func:`parse`), and running them through :mod:`hyperpy.hot` with nothing but the standard
-library's lean part imported. Any other call (another verb or flag, ``--help``,
-``--debug``, ``--``, a missing or extra argument) goes unchanged to the click CLI
+(:func:`parse`), and running them through :class:`hyperpy.runtime.Runtime` (its verbs in
+:mod:`hyperpy.verbs`) with nothing but the standard library's lean part imported. Any
+other call (another verb or flag, ``--help``, ``--debug``, ``--``, a missing or extra
+argument) goes unchanged to the click CLI
 (:mod:`hyperpy.cli`), which owns the full command line; both run the same operations and
 report errors the same way (:func:`hyperpy.log.report`), so the output and exit code of a
 call do not depend on which path took it.
@@ -19,6 +20,10 @@ from __future__ import annotations
 
 import os
 import sys
+
+TYPE_CHECKING = False  # typing's import costs the hot verbs
+if TYPE_CHECKING:
+    from hyperpy.runtime import Runtime
 
 GLOBAL_VALUES = {"--root", "--log", "--log-format"}
 GLOBAL_FLAGS = {"--systemd-cgroup"}  # accepted; no hot verb depends on it
@@ -89,8 +94,9 @@ def parse(argv: list[str]) -> dict | None:
 
 def run(call: dict) -> int:
     """Run a parsed hot call; its exit code."""
-    from hyperpy import hot
+    from hyperpy import verbs
     from hyperpy.errors import HyperpyError
+    from hyperpy.runtime import Runtime
 
     log_file, log_format = call["--log"], call["--log-format"]
 
@@ -99,15 +105,14 @@ def run(call: dict) -> int:
 
         log.setup(log_file, log_format, False)
 
-    hot.before_logging.append(setup_logging)
-    root = os.path.abspath(call["--root"])
-    cid = call["args"][0]
+    verbs.before_logging.append(setup_logging)
+    rt = Runtime(os.path.abspath(call["--root"]))
     try:
-        out = _dispatch(hot, call["verb"], root, cid, call)
+        out = _dispatch(rt, call["verb"], call["args"][0], call)
     except HyperpyError as exc:
         from hyperpy import log
 
-        hot.before_logging.clear()
+        verbs.before_logging.clear()
         setup_logging()
         log.report(exc)
         return exc.exit_code
@@ -116,7 +121,7 @@ def run(call: dict) -> int:
     except Exception as exc:  # noqa: BLE001 - outside the tree: still a line in --log
         from hyperpy import log
 
-        hot.before_logging.clear()
+        verbs.before_logging.clear()
         setup_logging()
         log.report_unexpected(exc, call["verb"])
         return 1
@@ -125,23 +130,24 @@ def run(call: dict) -> int:
     return 0
 
 
-def _dispatch(hot, verb: str, root: str, cid: str, call: dict) -> str | None:  # noqa: ANN001
+def _dispatch(rt: Runtime, verb: str, cid: str, call: dict) -> str | None:
     import json
 
     if verb == "state":
-        return json.dumps(hot.state(root, cid), indent=2)
+        return json.dumps(rt.state(cid), indent=2)
     if verb == "start":
-        hot.start(root, cid)
+        rt.start(cid)
     elif verb == "kill":
+        from hyperpy.verbs.flags import parse_signal
+
         args = call["args"]
-        sig = hot.parse_signal(args[1] if len(args) > 1 else "SIGTERM")
-        hot.kill(root, cid, sig, call.get("all", False))
+        rt.kill(cid, parse_signal(args[1] if len(args) > 1 else "SIGTERM"), call.get("all", False))
     elif verb == "delete":
-        hot.delete_verb(root, cid, call.get("force", False))
+        rt.delete(cid, call.get("force", False))
     elif verb == "ps":
-        return json.dumps(hot.ps(root, cid, guest=False)[0])
+        return json.dumps(rt.ps(cid, guest=False)[0])
     elif verb == "events":
-        return json.dumps({"type": "stats", "id": cid, "data": hot.stats(root, cid)["stats"]})
+        return json.dumps({"type": "stats", "id": cid, "data": rt.stats(cid)["stats"]})
     return None
 
 

@@ -1,7 +1,7 @@
 """The CLI's side of a sandbox monitor's socket: one request, its reply, errors re-raised.
 
 A monitor or QEMU stopped by a signal would never answer: a request says so at once instead
-of waiting for its timeout (:func:`stopped_processes`, read from state.json).
+of waiting for its timeout (:func:`stopped_processes`, of the pids in the caller's record).
 
 A monitor reports a failure as ``{"ok": false, "kind": ..., "error": ...}``; the kind maps
 back onto hyperpy's exception tree (:mod:`hyperpy.errors`), so the CLI's exit code is the
@@ -10,7 +10,6 @@ same whether a check failed here or in the monitor.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 
@@ -23,7 +22,11 @@ from hyperpy.errors import (
     UsageError,
     VMError,
 )
-from hyperpy.sandbox.record import proc_state
+from hyperpy.sandbox.record import MONITOR_SOCK, proc_state
+
+TYPE_CHECKING = False  # typing's import costs the hot verbs
+if TYPE_CHECKING:
+    from hyperpy.sandbox.record import State
 
 ERRORS = {
     cls.__name__: cls
@@ -59,14 +62,16 @@ def connect_unix(path: str) -> socket.socket:
 
 
 class MonitorClient:
-    """Synchronous requests to a sandbox monitor over its unix socket."""
+    """Synchronous requests to the sandbox monitor of the container ``st`` (its record, as
+    the caller read it) in ``state_dir``, over the monitor's unix socket."""
 
-    def __init__(self, state_dir: str, timeout: float = 60.0) -> None:
-        self.path = os.path.join(state_dir, "monitor.sock")
+    def __init__(self, state_dir: str, st: State, timeout: float = 60.0) -> None:
+        self.path = os.path.join(state_dir, MONITOR_SOCK)
+        self.st = st
         self.timeout = timeout
 
     def request(self, op: str, timeout: float | None = None, **fields: object) -> dict:
-        if stopped := stopped_processes(os.path.dirname(self.path)):
+        if stopped := stopped_processes(self.st):
             raise VMError(
                 f"the sandbox cannot answer: {stopped} is stopped (SIGSTOP?); resume it with "
                 "kill -CONT, or end the sandbox with delete --force"
@@ -102,16 +107,10 @@ class MonitorClient:
                         return reply
 
 
-def stopped_processes(state_dir: str) -> str:
-    """The sandbox's monitor or QEMU if stopped by a signal (they would never answer), as
-    "the sandbox monitor (pid N)"; empty when neither is. Reads the pids from state.json."""
-    try:
-        with open(os.path.join(state_dir, "state.json")) as f:
-            raw = json.load(f)
-    except (OSError, ValueError):
-        return ""
-    for what, key in (("the sandbox monitor", "monitor_pid"), ("its QEMU", "qemu_pid")):
-        pid = raw.get(key) or 0
+def stopped_processes(st: State) -> str:
+    """The sandbox's monitor or QEMU (the pids in ``st``) if stopped by a signal (they would
+    never answer), as "the sandbox monitor (pid N)"; empty when neither is."""
+    for what, pid in (("the sandbox monitor", st.monitor_pid), ("its QEMU", st.qemu_pid)):
         if isinstance(pid, int) and pid > 0 and proc_state(pid) in ("T", "t"):
             return f"{what} (pid {pid})"
     return ""

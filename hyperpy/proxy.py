@@ -28,6 +28,7 @@ import time
 from agent import protocol as P
 from hyperpy.log import to_file
 from hyperpy.monitor_client import connect_unix
+from hyperpy.sandbox.record import MONITOR_SOCK
 
 log = logging.getLogger("hyperpy.proxy")
 
@@ -75,7 +76,7 @@ class Proxy:
         self.dir = state_dir
         self.proc = proc
         self.console_socket = console_socket
-        self.sock = connect_unix(os.path.join(state_dir, "monitor.sock"))
+        self.sock = connect_unix(os.path.join(state_dir, MONITOR_SOCK))
         self.sel = selectors.DefaultSelector()
         self.decoder = P.Decoder()
         self.out = bytearray()

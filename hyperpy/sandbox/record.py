@@ -1,11 +1,12 @@
-"""The state record under --root at its leanest: what the hot verbs need, stdlib only.
+"""The state record under --root, stdlib only: what every verb reads, writes and locks.
 
-Owns reading a container's state.json as a plain dict, writing JSON atomically (temp file,
-fsync, rename), the per-id lock (flock on the state directory), valid ids, removing a state
-directory, and whether a pid is alive and still the process recorded (its start time).
-:mod:`hyperpy.sandbox.store` builds its typed
-``State`` on these; the hot verbs (:mod:`hyperpy.hot`) use them directly, so that
-``hyperpy state`` imports neither dataclasses, re nor logging.
+Owns the names of a state directory's files (:data:`STATE`, :data:`MONITOR_SOCK`, ...), the
+one record type, :class:`State` (state.json, schema-versioned, read by :func:`load` and
+written by :func:`save`: temp file, fsync, rename), the one per-id lock (:class:`Lock`:
+flock on the state directory), valid ids, removing a state directory, and whether a pid
+is alive and still the process recorded (its start time). :mod:`hyperpy.sandbox.store`
+adds the directory's making and listing. Every verb, the hot ones included, works on
+these, so ``hyperpy state`` imports neither dataclasses, typing nor logging.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from hyperpy.errors import ContainerNotFound, HyperpyError, UsageError
 
 STATE = "state.json"
 EXIT = "exit.json"
+MONITOR_SOCK = "monitor.sock"  # the sandbox monitor's socket (a link to it in a pod member)
 SHARE = "share.json"  # hyperpy/share.py's record of the 9p exports
+SCHEMA_VERSION = 1
 _ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 _ID_CHARS = _ALNUM | frozenset("_.+-")
 
@@ -63,6 +66,76 @@ def read(root: str, cid: str) -> dict:
     if not isinstance(raw, dict):
         raise ContainerNotFound(f"container {cid!r}: state file {path} is corrupt: not an object")
     return raw
+
+
+class State:
+    """A container's state.json, typed: what create records and every verb reads."""
+
+    __slots__ = (
+        "id", "bundle", "rootfs", "created", "status", "pid", "monitor_pid", "qemu_pid",
+        "pid_start", "monitor_start", "qemu_start", "owner", "annotations", "init_proc",
+        "terminal", "cgroups_path", "host_cgroup", "hooks", "sandbox", "driver", "schema",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        id: str,  # noqa: A002 - state.json's own name
+        bundle: str,
+        rootfs: str,
+        created: str,
+        status: str = "creating",
+        pid: int = 0,
+        monitor_pid: int = 0,
+        qemu_pid: int = 0,
+        # each pid's start time (start_time), taken when it is first saved: a pid that
+        # another process took after ours died is then "already gone", never signalled
+        pid_start: int = 0,
+        monitor_start: int = 0,
+        qemu_start: int = 0,
+        owner: str = "",
+        annotations: dict[str, str] | None = None,
+        init_proc: int = 0,
+        terminal: bool = False,
+        cgroups_path: str = "",
+        host_cgroup: str = "",  # below each hierarchy's root; empty: not placed
+        hooks: dict | None = None,  # config.json's hooks, for start and delete
+        sandbox: str = "",  # the id whose VM this container joined; empty: it owns its VM
+        driver: str = "qemu",  # [vm] driver the VM was started with (delete cleans up after it)
+        schema: int = SCHEMA_VERSION,
+    ) -> None:
+        self.id, self.bundle, self.rootfs, self.created = id, bundle, rootfs, created
+        self.status, self.pid, self.monitor_pid, self.qemu_pid = status, pid, monitor_pid, qemu_pid
+        self.pid_start, self.monitor_start, self.qemu_start = pid_start, monitor_start, qemu_start
+        self.owner, self.annotations = owner, {} if annotations is None else annotations
+        self.init_proc, self.terminal, self.cgroups_path = init_proc, terminal, cgroups_path
+        self.host_cgroup, self.hooks = host_cgroup, {} if hooks is None else hooks
+        self.sandbox, self.driver, self.schema = sandbox, driver, schema
+
+    def as_dict(self) -> dict:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    @property
+    def monitor(self) -> tuple[int, int]:
+        """The monitor's pid and start time."""
+        return self.monitor_pid, self.monitor_start
+
+
+PID_STARTS = (("pid", "pid_start"), ("monitor_pid", "monitor_start"), ("qemu_pid", "qemu_start"))
+
+
+def load(root: str, cid: str) -> State:
+    """state.json of ``cid`` (a key this version does not know is left out)."""
+    raw = read(root, cid)
+    return State(**{k: v for k, v in raw.items() if k in State.__slots__})
+
+
+def save(root: str, st: State) -> None:
+    """Write state.json, first taking the start time of each pid not yet saved with one."""
+    for pid_field, start_field in PID_STARTS:
+        pid = getattr(st, pid_field)
+        if pid and not getattr(st, start_field):
+            setattr(st, start_field, start_time(pid))
+    write_json_atomic(os.path.join(state_dir(root, st.id), STATE), st.as_dict())
 
 
 class Lock:

@@ -1,51 +1,12 @@
-"""CLI parsing that needs no VM: sizes, durations, signals, refused flags."""
+"""The CLI without a VM: refused flags, errors reported, a corrupt record (flags: test_flags)."""
 
 from __future__ import annotations
 
-import signal
 import subprocess
 
 import pytest
 
-from hyperpy.cli import parse_bytes, parse_duration, parse_signal
-from hyperpy.errors import UsageError
 from tests.conftest import HYPERPY
-
-
-@pytest.mark.parametrize(
-    "text,value",
-    [("1024", 1024), ("300m", 300 << 20), ("1.5g", 3 << 29), ("64MiB", 64 << 20),
-     ("2kb", 2048), ("-1", -1)],
-)  # fmt: skip
-def test_sizes(text, value):
-    assert parse_bytes(text, "--memory") == value
-
-
-@pytest.mark.parametrize("text", ["lots", "12x", "", "-5"])
-def test_bad_sizes_name_the_flag(text):
-    with pytest.raises(UsageError, match="--memory"):
-        parse_bytes(text, "--memory")
-
-
-def test_durations():
-    assert parse_duration("5s", "--interval") == 5.0
-    assert parse_duration("500ms", "--interval") == 0.5
-    assert parse_duration("1m", "--interval") == 60.0
-    with pytest.raises(UsageError, match="--interval"):
-        parse_duration("soon", "--interval")
-
-
-@pytest.mark.parametrize("text", ["KILL", "SIGKILL", "9", "kill"])
-def test_signals(text):
-    assert parse_signal(text) == signal.SIGKILL
-
-
-def test_realtime_and_bad_signals():
-    assert parse_signal("SIGRTMIN+2") == signal.SIGRTMIN + 2
-    with pytest.raises(UsageError, match="unknown signal"):
-        parse_signal("NOPE")
-    with pytest.raises(UsageError):
-        parse_signal("99")
 
 
 def test_preserve_fds_is_refused_with_a_reason(tmp_path):
@@ -108,12 +69,13 @@ def test_an_error_outside_the_tree_still_ends_create_with_an_error_line(tmp_path
 
 @pytest.mark.usefixtures("root_logging")
 def test_an_error_outside_the_tree_still_ends_a_hot_verb_with_an_error_line(tmp_path, monkeypatch):
-    from hyperpy import entry, hot
+    from hyperpy import entry
+    from hyperpy.runtime import Runtime
 
     def broken(*_a, **_k):  # noqa: ANN202
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(hot, "state", broken)
+    monkeypatch.setattr(Runtime, "state", broken)
     log = tmp_path / "log.json"
     call = entry.parse(["--root", str(tmp_path), "--log", str(log), "--log-format", "json",
                         "state", "c1"])  # fmt: skip
@@ -132,20 +94,20 @@ def test_a_state_file_that_is_not_an_object_is_corrupt_not_a_crash(tmp_path):
 
 def test_a_failed_cleanup_does_not_hide_the_error_that_failed_create(tmp_path, monkeypatch):
     from hyperpy.errors import VMError
-    from hyperpy.runtime import Runtime
-    from hyperpy.sandbox.store import State
+    from hyperpy.sandbox.store import State, Store
+    from hyperpy.verbs import create
 
-    rt = Runtime(str(tmp_path))
-    d = rt.store.make("c1")
+    store = Store(str(tmp_path))
+    d = store.make("c1")
 
     def broken(*_a):  # noqa: ANN202
         raise ProcessLookupError(3, "No such process")
 
-    monkeypatch.setattr(Runtime, "_destroy", broken)
+    monkeypatch.setattr(create, "destroy", broken)
     with pytest.raises(VMError, match="the real reason"):
         try:
             raise VMError("the real reason")
         except BaseException:
-            rt._undo_create(d, State(id="c1", bundle=str(tmp_path), rootfs="", created=""))
+            create.undo(store, d, State(id="c1", bundle=str(tmp_path), rootfs="", created=""))
             raise
-    assert rt.store.ids() == []  # the state went all the same
+    assert store.ids() == []  # the state went all the same

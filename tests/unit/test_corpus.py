@@ -68,7 +68,7 @@ def test_the_cases_are_what_they_say():
 
 
 def _joins_a_sandbox(spec: dict) -> bool:
-    """As runtime._sandbox_of: CRI's annotations, or another container's network by pid."""
+    """As verbs.pod.sandbox_of: CRI's annotations, or another container's network by pid."""
     ann = spec.get("annotations") or {}
     if ann.get(CRI_TYPE) == "container" and ann.get(CRI_SANDBOX):
         return True
@@ -93,7 +93,7 @@ def test_create_accepts_it(name, tmp_path):
     config = str(tmp_path / "config.json")
     (tmp_path / "config.json").write_text(json.dumps(spec))
 
-    # hyperpy create, in its order, up to the VM (runtime.Runtime.create)
+    # hyperpy create, in its order, up to the VM (verbs.create.create)
     validate_spec(spec, config, systemd_cgroup=False)
     plan = share.plan(spec, str(tmp_path), cid)
     preflight.resources(spec, config)
@@ -108,7 +108,7 @@ def test_create_accepts_it(name, tmp_path):
                 del ns["path"]  # CRI's cni-* namespace, gone with the capture
         guest, _ = network.plan(planned)
     for i, ns in enumerate(guest["linux"].get("namespaces") or []):
-        # runtime._resolve_namespace_paths: a path names a container of the same VM
+        # verbs.pod.resolve_namespace_paths: a path names a container of the same VM
         if ns.get("path"):
             assert joins and re.fullmatch(
                 r"/proc/\d+/ns/\w+", ns["path"]

@@ -17,7 +17,7 @@ import pytest
 from hyperpy.oci import document
 from hyperpy.oci.spec import default_spec
 from hyperpy.preflight import MAX_ARG_STRLEN, long_string, vcpus_for
-from hyperpy.runtime import _vm_request
+from hyperpy.verbs.create import _vm_request
 from tests.conftest import HYPERPY, processes_under
 
 
