@@ -26,12 +26,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import shutil
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from hyperpy.errors import VMError
 from hyperpy.vm import jail as J
-from hyperpy.vm import qemu
+from hyperpy.vm import qemu, template
 
 if TYPE_CHECKING:
     from hyperpy.config import Config
@@ -82,20 +83,36 @@ CAPABILITIES = {
 
 
 class Driver:
-    """Makes a pod's VM from its shape (share, image, NICs, size), one driver's way."""
+    """Makes a pod's VM from its shape (share, image, NICs, size), one driver's way:
+    ``Driver(...)`` checks that the guest's kernel and initrd exist, :meth:`prepare` probes
+    the host for what its VMs use, :meth:`make` makes one."""
 
-    def __init__(self, config: Config, state_dir: str, accel: str, vsock_cid: int | None,
-                 exports: dict[str, str], sock: Any = None) -> None:  # fmt: skip
+    def __init__(self, config: Config, state_dir: str, sock: Any = None) -> None:
+        qemu.check_artifacts(config.vm)
         self.config = config
         self.sock = sock  # the remote driver's TCP connection, made before the pod's netns
         self.name = config.vm.driver
         self.caps = CAPABILITIES[self.name]
         self.dir = state_dir
-        self.accel = accel
-        self.vsock_cid = vsock_cid if self.caps.vsock else None
+        self.accel = ""
+        self.vsock_cid: int | None = None
         self.jail: J.Jail | None = None
+
+    def prepare(self, exports: dict[str, str]) -> None:
+        """Choose the accelerator and the agent channel, and plan the jail over the pod's
+        exports. The remote driver's accelerator is the remote host's, probed there at
+        launch: here it is only ``[vm] accel`` (``auto`` stands as tcg until then)."""
+        cfg, config, state_dir = self.config.vm, self.config, self.dir
+        if self.name == "remote":
+            self.accel = "tcg" if cfg.accel == "auto" else cfg.accel
+        else:
+            self.accel = qemu.choose_accel(cfg)
+        if self.caps.vsock and (
+            cfg.channel == "vsock" or (cfg.channel == "auto" and qemu.vsock_usable())
+        ):
+            self.vsock_cid = 3 + (os.getpid() % 0x7FFFFFF0)
         if self.caps.jail and config.jail.enabled:
-            devices: tuple[str, ...] = ("/dev/kvm",) if accel == "kvm" else ()
+            devices: tuple[str, ...] = ("/dev/kvm",) if self.accel == "kvm" else ()
             if self.vsock_cid is not None:
                 devices += ("/dev/vhost-vsock",)
             self.jail = J.plan(
@@ -109,6 +126,19 @@ class Driver:
                 image=exports["image"],
                 devices=devices,
             )
+
+    @property
+    def templates(self) -> bool:
+        """Whether this pod's VM can start from a template (vsock-channel VMs cannot)."""
+        return self.caps.templates and self.vsock_cid is None
+
+    def template_key(self, shape: dict[str, Any]) -> str:
+        """The key of the template of VMs of ``shape``: their command line as the jail sees
+        it, without the pod's name or fds, and the files it runs (OSError: one is gone)."""
+        cfg = self.config.vm
+        keyspec = qemu.build_spec(cfg, self.accel, qemu.Placeholder(), jailed=True, **shape)
+        binary = shutil.which(keyspec.binary) or keyspec.binary
+        return template.key(keyspec.argv(), (binary, cfg.kernel, cfg.initrd))
 
     def spec(self, shape: dict[str, Any], chans: Any) -> VMSpec:
         jailed = self.jail is not None
