@@ -1,9 +1,9 @@
 """The monitor process: ``python -m hyperpy.monitor STATE_DIR READY_FD``.
 
-Owns the process's setup before the pod runs: its log (``monitor.log``), the config, the
-remote driver's connection (made in the host's network namespace), entering the pod's
-network namespace, and the one JSON line on READY_FD that reports readiness or the boot
-error (the caller's stdio is /dev/null: the runc shim waits on those pipes).
+Owns the process's setup before the pod runs: its log (``monitor.log``), the config, what
+the driver must open in the host's network namespace, entering the pod's network
+namespace, and the one JSON line on READY_FD that reports readiness or the boot error (the
+caller's stdio is /dev/null: the runc shim waits on those pipes).
 """
 
 from __future__ import annotations
@@ -14,24 +14,14 @@ import json
 import logging
 import os
 import sys
-from typing import Any
 
 from hyperpy import network
-from hyperpy.config import Config
 from hyperpy.config import load as load_config
 from hyperpy.log import to_file
 from hyperpy.monitor.pod import Monitor
+from hyperpy.vm import hypervisor
 
 log = logging.getLogger("hyperpy.monitor")
-
-
-def _remote_connection(config: Config) -> Any:
-    """With [vm] driver = "remote", a TCP connection to the remote host, or None."""
-    if config.vm.driver != "remote":
-        return None
-    from hyperpy.vm.ssh import tcp_connection
-
-    return tcp_connection(config.remote)
 
 
 def report(fd: int, obj: dict) -> None:
@@ -51,7 +41,7 @@ def main() -> None:
     request = json.loads(os.environ.get("HYPERPY_MONITOR_REQUEST", "{}"))
     try:
         config = load_config()
-        sock = _remote_connection(config)  # before the pod's namespace: the host's network
+        sock = hypervisor.connect_early(config)  # before the pod's namespace
         if request.get("network") is not None:  # first: every thread is then in it
             network.enter(request["network"].get("netns", ""))
         code = asyncio.run(Monitor(state_dir, config, sock).main(lambda obj: report(ready_fd, obj)))

@@ -32,7 +32,7 @@ from hyperpy.log import GuestWarnings
 from hyperpy.monitor.procs import Processes
 from hyperpy.monitor.server import Server
 from hyperpy.sandbox.store import write_json_atomic
-from hyperpy.vm import hypervisor, template
+from hyperpy.vm import hypervisor, snapshot, template
 from hyperpy.vm.devices import Incoming, Memory
 
 log = logging.getLogger("hyperpy.monitor")
@@ -105,7 +105,7 @@ class Monitor:
         }
 
     async def _from_template(
-        self, driver: hypervisor.Driver, shape: dict, launch: template.Launcher
+        self, driver: hypervisor.Driver, shape: dict, launch: snapshot.Launcher
     ) -> dict | None:
         """The agent's hello from a VM restored from this shape's template (built first if
         this is the shape's first pod), or None: boot cold (the reason is logged)."""
@@ -121,7 +121,7 @@ class Monitor:
         if held is None:
             return None
         try:
-            await template.restore(held, launch, memory_mb)
+            await snapshot.restore(held.mem, held.state, launch, memory_mb)
             hello = await self._agent_ready(RESTORE_TIMEOUT)
         except HyperpyError as exc:
             log.warning("template %s failed to restore, removed; booting cold: %s", k, exc)
