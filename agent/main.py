@@ -425,6 +425,9 @@ class Agent:
             sig = -code if code < 0 else None
             proc.status = 128 + sig if sig else code
             proc.io.close(exited=True)
+            # what it wrote (mmap'd pages too) is on the host before its exit is, as under
+            # runc: with [vm] files = "faithful" the pod may be gone right after
+            os.sync()
             self.send_msg(
                 {
                     "event": P.EV_EXIT,

@@ -3,8 +3,8 @@
 Owns :class:`AgentLink` (requests by id with a timeout each, the agent's events and DATA
 frames dispatched to the monitor's callbacks; a garbled or failing frame is logged and
 skipped, never the end of the pod) and :class:`Attachment` (a process's output sent to its
-proxy, or kept up to ``PENDING_LIMIT`` until one attaches). Used by ``monitor.py`` only;
-the wire format is ``agent/protocol.py``'s.
+proxy, or kept up to ``PENDING_LIMIT`` until one attaches). Used by the monitor
+(``hyperpy/monitor/``) only; the wire format is ``agent/protocol.py``'s.
 
 Everything the guest sends is hostile input, and what it can make the monitor hold is
 bounded: a frame is at most ``MAX_PAYLOAD`` (a larger length ends the pod, naming it: no

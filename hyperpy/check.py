@@ -54,7 +54,7 @@ def artifacts(cfg: VMConfig) -> Result:
 
 def accelerator(cfg: VMConfig) -> Result:
     from hyperpy.config import artifacts_dir
-    from hyperpy.vm import qemu as vmq
+    from hyperpy.vm import probes
 
     if cfg.driver == "remote":
         return Result(OK, "accelerator", "the remote host's (the hypervisor driver line)")
@@ -65,7 +65,7 @@ def accelerator(cfg: VMConfig) -> Result:
     if not os.path.exists(bare) or not os.path.exists(cfg.kernel):
         return Result(WARN, "accelerator", "/dev/kvm exists but was not tried (no bare initrd)",
                       "make initrd")  # fmt: skip
-    if vmq.kvm_usable(cfg, bare):
+    if probes.kvm_usable(cfg, bare):
         return Result(OK, "accelerator", "KVM: a probe guest booted on it")
     return Result(
         WARN,
@@ -76,12 +76,12 @@ def accelerator(cfg: VMConfig) -> Result:
 
 
 def channel(cfg: VMConfig) -> Result:
-    from hyperpy.vm import qemu as vmq
+    from hyperpy.vm import probes
 
     if cfg.driver != "qemu":
         how = "relayed over SSH" if cfg.driver == "remote" else "a unix socket libvirtd binds"
         return Result(OK, "agent channel", f"virtio-serial, {how}")
-    if vmq.vsock_usable():
+    if probes.vsock_usable():
         return Result(OK, "agent channel", "vhost-vsock available: vsock")
     return Result(WARN, "agent channel", "no usable /dev/vhost-vsock: virtio-serial is used",
                   "modprobe vhost_vsock for the vsock channel")  # fmt: skip

@@ -61,13 +61,13 @@ def bare_boot(tmp: str, icount: bool) -> float:
 
     from hyperpy.config import artifacts_dir
     from hyperpy.config import load as load_config
-    from hyperpy.vm import qemu
+    from hyperpy.vm import plan, probes, qemu
 
     cfg = dataclasses.replace(load_config().vm, icount=icount)
-    accel = qemu.choose_accel(cfg)
+    accel = probes.choose_accel(cfg)
     chans = qemu.Channels(tmp)
     bare = os.path.join(artifacts_dir(), "initrd-bare.img")
-    spec = qemu.build_spec(cfg, accel, chans, initrd=bare)
+    spec = plan.build_spec(cfg, accel, chans, initrd=bare)
     start = time.monotonic()
     try:
         res = subprocess.run(
@@ -159,7 +159,7 @@ def main() -> int:
     args = ap.parse_args()
     from hyperpy.bundle import make_bundle
     from hyperpy.config import load as load_config
-    from hyperpy.vm import qemu
+    from hyperpy.vm import probes
 
     work = tempfile.mkdtemp(prefix="hyperpy-bench-")
     libvirtd = Daemon(work)
@@ -188,7 +188,7 @@ def main() -> int:
         cold_env, tmpl_env = bench_template.envs(work)
         q35_env, lv_env = bench_libvirt.envs(work)
         cold_run(root, bundle, 999, env=tmpl_env)  # builds the template of this shape
-        accel = qemu.choose_accel(load_config().vm)
+        accel = probes.choose_accel(load_config().vm)
         print(
             f"accelerator: {accel}; {args.runs} runs each ({args.icount_runs} under -icount), "
             "interleaved; medians"

@@ -1,7 +1,7 @@
 """The narrow interface between the sandbox monitor and whatever runs its VM.
 
 Owns choosing the driver (``[vm] driver``) and what a driver offers the monitor. The device
-plan is written once (``qemu.build_spec``: a :class:`~hyperpy.vm.devices.VMSpec`); each
+plan is written once (``plan.build_spec``: a :class:`~hyperpy.vm.devices.VMSpec`); each
 driver renders it: the direct driver to QEMU's argv (``vm/devices.py``, started jailed by
 ``vm/qemu.py``), the libvirt driver to a domain XML (``vm/domain.py``, ``vm/libvirt.py``),
 the remote driver to QEMU's argv on another host (``vm/remote.py``, over SSH).
@@ -18,7 +18,10 @@ A :class:`VM` (``qemu.QemuVM`` or ``libvirt.LibvirtVM``) is what the monitor hol
     share(p), unshare(c) make a container's files reach the guest, and take them back
 
 :class:`Capabilities` says what else a driver can do (templates need QMP on an fd and the
-jail; vsock needs a host device QEMU opens itself).
+jail; vsock needs a host device QEMU opens itself). A :class:`Driver` is how the monitor
+gets one: it checks the artifacts, probes the host (``prepare``), names the shape's
+template (``template_key``) and makes the VM; :func:`connect_early` opens what a driver
+needs from the host's network namespace.
 """
 
 from __future__ import annotations
@@ -26,12 +29,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import shutil
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from hyperpy.errors import VMError
 from hyperpy.vm import jail as J
-from hyperpy.vm import qemu
+from hyperpy.vm import plan, probes, qemu, template
 
 if TYPE_CHECKING:
     from hyperpy.config import Config
@@ -90,22 +94,49 @@ def faithful_files(config: Config) -> bool:
     return config.vm.files == "faithful" and CAPABILITIES[config.vm.driver].faithful
 
 
-class Driver:
-    """Makes a pod's VM from its shape (share, image, NICs, size), one driver's way."""
+def connect_early(config: Config) -> Any:
+    """What the driver must open before the monitor enters the pod's network namespace,
+    in the host's: with [vm] driver = "remote", a TCP connection to the remote host, or
+    None."""
+    if config.vm.driver != "remote":
+        return None
+    from hyperpy.vm.ssh import tcp_connection
 
-    def __init__(self, config: Config, state_dir: str, accel: str, vsock_cid: int | None,
-                 exports: dict[str, str], sock: Any = None) -> None:  # fmt: skip
+    return tcp_connection(config.remote)
+
+
+class Driver:
+    """Makes a pod's VM from its shape (share, image, NICs, size), one driver's way:
+    ``Driver(...)`` checks that the guest's kernel and initrd exist, :meth:`prepare` probes
+    the host for what its VMs use, :meth:`make` makes one."""
+
+    def __init__(self, config: Config, state_dir: str, sock: Any = None) -> None:
+        probes.check_artifacts(config.vm)
         self.config = config
         self.sock = sock  # the remote driver's TCP connection, made before the pod's netns
         self.name = config.vm.driver
         self.caps = CAPABILITIES[self.name]
         self.dir = state_dir
-        self.accel = accel
-        self.vsock_cid = vsock_cid if self.caps.vsock else None
+        self.accel = ""
+        self.vsock_cid: int | None = None
         self.faithful = faithful_files(config)
         self.jail: J.Jail | None = None
+
+    def prepare(self, exports: dict[str, str]) -> None:
+        """Choose the accelerator and the agent channel, and plan the jail over the pod's
+        exports. The remote driver's accelerator is the remote host's, probed there at
+        launch: here it is only ``[vm] accel`` (``auto`` stands as tcg until then)."""
+        cfg, config, state_dir = self.config.vm, self.config, self.dir
+        if self.name == "remote":
+            self.accel = "tcg" if cfg.accel == "auto" else cfg.accel
+        else:
+            self.accel = probes.choose_accel(cfg)
+        if self.caps.vsock and (
+            cfg.channel == "vsock" or (cfg.channel == "auto" and probes.vsock_usable())
+        ):
+            self.vsock_cid = 3 + (os.getpid() % 0x7FFFFFF0)
         if self.caps.jail and config.jail.enabled:
-            devices: tuple[str, ...] = ("/dev/kvm",) if accel == "kvm" else ()
+            devices: tuple[str, ...] = ("/dev/kvm",) if self.accel == "kvm" else ()
             if self.vsock_cid is not None:
                 devices += ("/dev/vhost-vsock",)
             self.jail = J.plan(
@@ -121,9 +152,22 @@ class Driver:
                 faithful=self.faithful,
             )
 
+    @property
+    def templates(self) -> bool:
+        """Whether this pod's VM can start from a template (vsock-channel VMs cannot)."""
+        return self.caps.templates and self.vsock_cid is None
+
+    def template_key(self, shape: dict[str, Any]) -> str:
+        """The key of the template of VMs of ``shape``: their command line as the jail sees
+        it, without the pod's name or fds, and the files it runs (OSError: one is gone)."""
+        cfg = self.config.vm
+        keyspec = plan.build_spec(cfg, self.accel, plan.Placeholder(), jailed=True, **shape)
+        binary = shutil.which(keyspec.binary) or keyspec.binary
+        return template.key(keyspec.argv(), (binary, cfg.kernel, cfg.initrd))
+
     def spec(self, shape: dict[str, Any], chans: Any) -> VMSpec:
         jailed = self.jail is not None
-        return qemu.build_spec(self.config.vm, self.accel, chans, jailed=jailed, name=self.dir,
+        return plan.build_spec(self.config.vm, self.accel, chans, jailed=jailed, name=self.dir,
                                vsock_cid=self.vsock_cid, **shape)  # fmt: skip
 
     def make(self, shape: dict[str, Any], memory: Memory | None = None,
@@ -132,18 +176,18 @@ class Driver:
             from hyperpy.vm.remote import RemoteVM
 
             vcfg = self.config.vm
-            placeholder = qemu.Placeholder()
+            placeholder = plan.Placeholder()
             placeholder.console_path = os.path.join(self.dir, "console.log")
-            spec = qemu.build_spec(vcfg, self.accel, placeholder, name=self.dir, **shape)
+            spec = plan.build_spec(vcfg, self.accel, placeholder, name=self.dir, **shape)
             return RemoteVM(spec, self.dir, self.config.remote, vcfg, self.sock)
         if self.name == "libvirt":
             from hyperpy.vm.libvirt import LibvirtVM
 
             vcfg = self.config.vm
             machine = dataclasses.replace(self.config.vm, machine=self.config.libvirt.machine)
-            placeholder = qemu.Placeholder()
+            placeholder = plan.Placeholder()
             placeholder.console_path = os.path.join(self.dir, "console.log")
-            spec = qemu.build_spec(machine, self.accel, placeholder, name=self.dir, **shape)
+            spec = plan.build_spec(machine, self.accel, placeholder, name=self.dir, **shape)
             return LibvirtVM(spec, self.dir, self.config.libvirt, vcfg.kernel, vcfg.initrd,
                              vcfg.console_log_max_mb << 20)  # fmt: skip
         chans = qemu.Channels(self.dir, serial=self.vsock_cid is None,

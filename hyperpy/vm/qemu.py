@@ -1,4 +1,5 @@
-"""One QEMU guest: build its spec, launch it, and stop it in stages (boot watching is
+"""One QEMU guest: launch it, and stop it in stages (its device plan is
+:mod:`hyperpy.vm.plan`'s, the host's probes :mod:`hyperpy.vm.probes`', boot watching
 :mod:`hyperpy.vm.boot`'s).
 
 Owns the QEMU process, its QMP connection (qemu.qmp), and its channels (:class:`Channels`):
@@ -7,45 +8,27 @@ log of :mod:`hyperpy.vm.console` (QEMU inherits one end of each, so it never mak
 or file the host later opens by path). Used by the sandbox monitor inside
 its asyncio loop. :class:`QemuVM` is an async context manager whose cleanup always runs:
 QMP ``quit``, then SIGTERM, then SIGKILL (after QEMU's QEMUMachine). With a
-:class:`~hyperpy.vm.jail.Jail`, QEMU starts through the jail wrapper, confined.
-
-Also owns choosing the accelerator: KVM is used only when a probe guest really ran on it
-(a device node is not enough: nested PVM hosts have /dev/kvm that cannot run guests).
+:class:`~hyperpy.vm.jail.Jail`, QEMU starts through the jail wrapper, confined. It offers
+the template snapshot step its narrow interface (``snapshot.Snapshottable``: ``command``,
+``send_fd``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
 import socket
 import subprocess
-import time
 from typing import TYPE_CHECKING
 
-from agent.protocol import IMAGE_TAG
-from hyperpy.config import VMConfig
-from hyperpy.errors import ArtifactMissing, VMError
+from hyperpy.errors import VMError
 from hyperpy.vm import console
-from hyperpy.vm import jail as J
 from hyperpy.vm.boot import watch_boot
 from hyperpy.vm.console import DEFAULT_MAX_BYTES, ConsolePipe
-from hyperpy.vm.devices import (
-    Console,
-    Kernel,
-    Machine,
-    Nic,
-    Qmp,
-    Resources,
-    Rng,
-    SerialChannel,
-    Share9p,
-    VMSpec,
-    VsockChannel,
-)
+from hyperpy.vm.devices import VMSpec, VsockChannel
 from hyperpy.vm.share_local import LocalShare
 
 if TYPE_CHECKING:
@@ -54,14 +37,6 @@ if TYPE_CHECKING:
     from hyperpy.vm.jail import Jail
 
 log = logging.getLogger(__name__)
-
-# Fixed guest timing under TCG: a pinned TSC and no timer check avoid the calibration
-# hangs seen on microvm; nokaslr keeps guest time deterministic under -icount.
-BASE_CMDLINE = (
-    "console=ttyS0 reboot=t panic=-1 tsc_early_khz=2000000 no_timer_check nokaslr "
-    "i8042.noaux i8042.nokbd rdinit=/init"
-)
-KVM_PROBE_CACHE = "/run/hyperpy/kvm-probe.json"
 
 
 class Channels:
@@ -103,141 +78,6 @@ class Channels:
             if sock is not None:
                 sock.close()
         self.console.close()
-
-
-class Placeholder:
-    """Stands for :class:`Channels` where only a VM's shape matters (a template's key)."""
-
-    console_path = ""
-    console_fd = qmp_fd = agent_fd = 0
-
-
-def build_spec(
-    cfg: VMConfig,
-    accel: str,
-    chans: Channels | Placeholder,
-    *,
-    share: str | None = None,
-    image: str | None = None,
-    vsock_cid: int | None = None,
-    memory_mb: int | None = None,
-    vcpus: int | None = None,
-    initrd: str | None = None,
-    jailed: bool = False,
-    name: str = "",
-    nics: tuple[tuple[int, str], ...] = (),
-    faithful: bool = False,
-) -> VMSpec:
-    """The VMSpec of a sandbox; with ``jailed``, paths are those inside QEMU's jail. With
-    ``faithful`` the image export is read-write ``passthrough`` (``[vm] files``)."""
-    machine = Machine(cfg.machine, accel, cfg.icount, cfg.tcg_tb_size_mb)
-    bus = machine.bus
-    channel: SerialChannel | VsockChannel
-    if vsock_cid is not None:
-        channel = VsockChannel(vsock_cid, bus=bus)
-    else:
-        channel = SerialChannel(chans.agent_fd, bus=bus)
-    params = [BASE_CMDLINE, channel.kernel_param()]
-    params.append("hyperpy.debug=1" if cfg.verbose_console else "quiet")
-    if cfg.kernel_params:
-        params.append(cfg.kernel_params)
-    devices: list[Rng | Share9p | Nic] = [Rng(bus)]
-    if share:
-        devices.append(Share9p(J.SHARE if jailed else share, bus=bus))
-    if image:
-        model, readonly = ("passthrough", False) if faithful else ("none", True)
-        devices.append(Share9p(J.IMAGE if jailed else image, IMAGE_TAG, "share1", bus, model,
-                               readonly=readonly))  # fmt: skip
-    devices += [Nic(fd, mac, f"net{i}", bus) for i, (fd, mac) in enumerate(nics)]
-    kernel = (J.KERNEL, J.INITRD) if jailed else (cfg.kernel, initrd or cfg.initrd)
-    return VMSpec(
-        binary=cfg.qemu,
-        machine=machine,
-        resources=Resources(vcpus or cfg.vcpus, memory_mb or cfg.memory_mb),
-        kernel=Kernel(*kernel, " ".join(params)),
-        console=Console(chans.console_path, chans.console_fd),
-        qmp=Qmp(chans.qmp_fd),
-        channel=channel,
-        devices=tuple(devices),
-        name=name,
-    )
-
-
-def check_artifacts(cfg: VMConfig) -> None:
-    for what, path in (("kernel", cfg.kernel), ("initrd", cfg.initrd)):
-        if not os.path.exists(path):
-            raise ArtifactMissing(
-                f"the guest {what} {path} does not exist: run `make kernel initrd` "
-                f"(or set [vm] {what} in the hyperpy config)"
-            )
-
-
-def choose_accel(cfg: VMConfig, bare_initrd: str | None = None) -> str:
-    if cfg.accel != "auto":
-        return cfg.accel
-    return "kvm" if kvm_usable(cfg, bare_initrd) else "tcg"
-
-
-def kvm_usable(cfg: VMConfig, bare_initrd: str | None = None, timeout: float = 10.0) -> bool:
-    """Boot the bare initrd under KVM once per host boot; cache the answer in /run."""
-    if not os.path.exists("/dev/kvm"):
-        return False
-    mtime = os.path.getmtime(cfg.kernel) if os.path.exists(cfg.kernel) else 0
-    key = f"{cfg.qemu}|{cfg.kernel}|{mtime}"
-    try:
-        with open(KVM_PROBE_CACHE) as f:
-            cached = json.load(f)
-        if cached.get("key") == key:
-            return bool(cached["usable"])
-    except (OSError, ValueError, KeyError):
-        pass
-    initrd = bare_initrd or os.path.join(os.path.dirname(cfg.initrd), "initrd-bare.img")
-    usable = False
-    detail = ""
-    if os.path.exists(initrd) and os.path.exists(cfg.kernel):
-        argv = [
-            cfg.qemu,
-            *"-nodefaults -no-user-config -display none -no-reboot".split(),
-            *Machine(cfg.machine, "kvm").args(),
-            "-m",
-            "128M",
-            "-kernel",
-            cfg.kernel,
-            "-initrd",
-            initrd,
-            "-append",
-            BASE_CMDLINE + " quiet",
-            "-serial",
-            "none",
-        ]
-        start = time.monotonic()
-        try:
-            res = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
-            usable = res.returncode == 0
-            detail = res.stderr.decode(errors="replace")[-300:]
-        except subprocess.TimeoutExpired:
-            detail = f"the probe guest did not finish within {timeout}s"
-        except OSError as exc:
-            detail = str(exc)
-        log.debug("KVM probe: usable=%s in %.2fs %s", usable, time.monotonic() - start, detail)
-    else:
-        detail = "no bare initrd to probe with"
-    with contextlib.suppress(OSError):
-        os.makedirs(os.path.dirname(KVM_PROBE_CACHE), exist_ok=True)
-        tmp = f"{KVM_PROBE_CACHE}.{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump({"key": key, "usable": usable, "detail": detail}, f)
-        os.rename(tmp, KVM_PROBE_CACHE)
-    return usable
-
-
-def vsock_usable() -> bool:
-    try:
-        fd = os.open("/dev/vhost-vsock", os.O_RDWR)
-    except OSError:
-        return False
-    os.close(fd)
-    return True
 
 
 class QemuVM(LocalShare):
@@ -307,6 +147,16 @@ class QemuVM(LocalShare):
                 ) from None
             raise self.failure(f"QMP did not answer within {timeout}s ({exc!r})") from None
         self.qmp = client
+
+    async def command(self, cmd: str, args: dict | None = None) -> object:
+        """One QMP command (the template snapshot step's)."""
+        assert self.qmp is not None
+        return await self.qmp.execute(cmd, args)
+
+    def send_fd(self, fd: int) -> None:
+        """Hand QEMU ``fd`` with the next QMP command (``getfd`` names it)."""
+        assert self.qmp is not None
+        self.qmp.send_fd_scm(fd)
 
     def failure(self, what: str, cls: type[VMError] = VMError) -> VMError:
         self.chans.console.drain()  # its last lines, before they are quoted

@@ -42,7 +42,7 @@ from hyperpy.vm.console import ConsoleLog
 from hyperpy.vm.console import tail as console_tail
 from hyperpy.vm.devices import BASE_ARGS, SANDBOX, Machine, Rng, SerialChannel, Share9p
 from hyperpy.vm.ending import Ending
-from hyperpy.vm.qemu import BASE_CMDLINE
+from hyperpy.vm.plan import BASE_CMDLINE
 from hyperpy.vm.view import view_name
 
 if TYPE_CHECKING:

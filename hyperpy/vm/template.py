@@ -1,25 +1,25 @@
 """VM templates, after Kata's template factory and runV: boot once, start every later pod
 from a copy of that booted VM.
 
-Owns the template of each VM shape: its key, building it, restoring a pod's VM from it, and
-listing and removing templates.
+Owns the catalog of templates, one per VM shape: its key, its keeper (started with a built
+template's memfds, asked for them by each later pod), the build lock and failed-build marks,
+and listing and removing templates. Saving a VM and restoring one from a template is the
+snapshot step's (``vm/snapshot.py``).
 
 - **Key**: a hash of the template VM's whole QEMU command line as the jail sees it (machine,
   vCPUs, memory, kernel command line, every device, fds and the pod's name left out), the
   identity (device, inode, size, mtime) of the QEMU binary, kernel and initrd, and the agent
   protocol version. A change to any of them makes a new template.
 - **Build** (the first pod of a shape; after a failed build, pods of that shape boot cold
-  for ten minutes, ``KEY.failed``): boot a VM whose RAM is a memfd QEMU maps shared, to
-  the agent's ``ready`` event (before ``hello``: the guest has mounted nothing from the host,
-  so 9p does not block migration, and no pod's data is in it), ``stop`` it, save its device
-  state with the ``x-ignore-shared`` capability (RAM stays in the memfd) into a second
-  memfd, quit it, seal both, and hand them to a keeper process (``vm/keeper.py``). One pod
-  builds (``KEY.lock``, flock, not waited for); a pod that finds it held boots cold.
-- **Restore**: QEMU with the same devices, RAM mapped privately (copy-on-write) from the
-  template's memfd, ``-incoming defer`` and ``migrate-incoming`` from the state, then
-  ``cont``. The monitor's ``hello`` then sets the guest clock, reseeds its RNG with fresh
-  host entropy and mounts the pod's shares. A template that fails to restore is removed and
-  the pod boots cold (a warning in monitor.log), never a failed container.
+  for ten minutes, ``KEY.failed``): the snapshot step saves a VM booted to the agent's
+  ``ready`` event (before ``hello``: the guest has mounted nothing from the host, so 9p does
+  not block migration, and no pod's data is in it) into two sealed memfds, handed to a
+  keeper process (``vm/keeper.py``). One pod builds (``KEY.lock``, flock, not waited for); a
+  pod that finds it held boots cold.
+- **Restore**: the snapshot step starts the pod's QEMU from them. The monitor's ``hello``
+  then sets the guest clock, reseeds its RNG with fresh host entropy and mounts the pod's
+  shares. A template that fails to restore is removed and the pod boots cold (a warning in
+  monitor.log), never a failed container.
 
 Where templates live: ``[template] dir`` (default /run/hyperpy/templates) holds per
 template ``KEY/keeper.sock`` and ``KEY/meta.json`` and the builder's ``KEY.lock``; the memory
@@ -31,7 +31,6 @@ drops them all.
 from __future__ import annotations
 
 import array
-import asyncio
 import contextlib
 import fcntl
 import hashlib
@@ -44,7 +43,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from typing import NamedTuple
 
 from agent import protocol as P
@@ -52,23 +51,16 @@ from hyperpy import launcher
 from hyperpy.errors import UsageError, VMError
 from hyperpy.sandbox import record
 from hyperpy.vm import keeper
-from hyperpy.vm.devices import Incoming, Memory
-from hyperpy.vm.qemu import QemuVM
+from hyperpy.vm.snapshot import Launcher, build
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1  # what a template is made of; bumped when that changes
-MIGRATION_TIMEOUT = 30.0
-QMP_TIMEOUT = 10.0
 FETCH_TIMEOUT = 2.0
 KEEPER_TIMEOUT = 10.0
 FAILED_FOR = 600.0  # a shape whose template failed to build boots cold this long
 _FD = re.compile(r"(fd[=:/])\d+")
 _KEY = re.compile(r"[0-9a-f]{32}")
-IGNORE_SHARED = {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}
-
-# Launches a VM of the pod's shape with this memory (and saved state): the monitor's.
-Launcher = Callable[[Memory, Incoming | None], Awaitable[QemuVM]]
 
 
 class Held(NamedTuple):
@@ -298,135 +290,6 @@ class Store:
         finally:
             os.close(ready_r)
         proc.returncode = 0  # it outlives this process: keep Popen from warning about it
-
-
-async def build(launch: Launcher, memory_mb: int, timeout: float) -> tuple[int, int]:
-    """Boot a template VM to agent ready and save it: (memory memfd, state memfd), sealed."""
-    flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
-    mem = os.memfd_create("hyperpy-template-ram", flags)
-    state = os.memfd_create("hyperpy-template-state", flags)
-    try:
-        os.ftruncate(mem, memory_mb << 20)
-        vm = await launch(Memory(mem, memory_mb, shared=True), None)
-        try:
-            _into_template_cgroup(vm)
-            await _guest_ready(vm, timeout)
-            assert vm.qmp is not None
-            await _qmp(vm, "stop")
-            await _qmp(vm, "migrate-set-capabilities", IGNORE_SHARED)
-            vm.qmp.send_fd_scm(state)
-            await _qmp(vm, "getfd", {"fdname": "template-state"})
-            await _qmp(vm, "migrate", {"uri": "fd:template-state"})
-            await _migrated(vm)
-        except VMError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - QMP's errors: say which step failed
-            raise vm.failure(f"saving the template VM failed: {exc!r}") from None
-        finally:
-            await vm.shutdown()
-            vm.chans.close()
-        for fd in (mem, state):
-            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, keeper.seals())
-        os.lseek(state, 0, os.SEEK_SET)
-    except BaseException:
-        os.close(mem)
-        os.close(state)
-        raise
-    return mem, state
-
-
-async def restore(held: Held, launch: Launcher, memory_mb: int) -> QemuVM:
-    """A pod's VM, running, from template ``held`` (whose descriptors the caller closes)."""
-    # A description of its own: the keeper's is shared by every pod, and so its offset.
-    state = os.open(f"/proc/self/fd/{held.state}", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        vm = await launch(Memory(held.mem, memory_mb, shared=False), Incoming(state))
-    finally:
-        os.close(state)
-    try:
-        assert vm.qmp is not None
-        await _qmp(vm, "migrate-set-capabilities", IGNORE_SHARED)
-        await _qmp(vm, "migrate-incoming", {"uri": f"fd:{state}"})
-        await _migrated(vm)
-        await _qmp(vm, "cont")
-    except BaseException as exc:
-        await vm.shutdown()
-        vm.chans.close()
-        if isinstance(exc, VMError):
-            raise
-        if isinstance(exc, Exception):
-            raise vm.failure(f"restoring from the template failed: {exc!r}") from None
-        raise
-    return vm
-
-
-def _into_template_cgroup(vm: QemuVM) -> None:
-    """The template VM's memory is the template's, not the first pod's: charge it there."""
-    from hyperpy.hostcgroup import HostCgroup
-
-    try:
-        cgroup = HostCgroup(keeper.CGROUP)
-        cgroup.create()
-        if vm.proc is not None:
-            cgroup.add(vm.proc.pid)
-    except Exception as exc:  # noqa: BLE001 - accounting only
-        log.warning("the template VM stays in the pod's cgroup: %s", exc)
-
-
-async def _guest_ready(vm: QemuVM, timeout: float) -> None:
-    """Wait for the template guest's ``ready`` event (its agent then waits for hello)."""
-    assert vm.chans.agent is not None
-    reader, writer = await asyncio.open_connection(sock=vm.chans.agent)
-    ready = asyncio.get_running_loop().create_future()
-
-    async def read() -> None:
-        decoder = P.Decoder()
-        try:
-            while not ready.done():
-                data = await reader.read(65536)
-                if not data:
-                    raise VMError("the template guest closed its agent channel")
-                for item in decoder.feed(data):
-                    if isinstance(item, P.Frame) and item.kind == P.MSG:
-                        if item.message().get("event") == P.EV_READY:
-                            ready.set_result(True)
-        except Exception as exc:  # noqa: BLE001 - the boot waiter says it
-            if not ready.done():
-                ready.set_exception(exc)
-
-    task = asyncio.ensure_future(read())
-    try:
-        await vm.watch_boot(ready, timeout)
-        ready.result()
-    finally:
-        task.cancel()
-        writer.close()  # the transport first: the socket is closed under it otherwise
-
-
-async def _qmp(vm: QemuVM, cmd: str, args: dict | None = None) -> object:
-    assert vm.qmp is not None
-    try:
-        return await asyncio.wait_for(vm.qmp.execute(cmd, args), QMP_TIMEOUT)
-    except TimeoutError:
-        raise vm.failure(f"QMP {cmd} got no answer within {QMP_TIMEOUT:.0f}s") from None
-
-
-async def _migrated(vm: QemuVM) -> None:
-    """Wait for the migration (out or in) to complete; fail if it fails or QEMU exits."""
-    assert vm.qmp is not None
-    deadline = time.monotonic() + MIGRATION_TIMEOUT
-    while True:
-        info = await _qmp(vm, "query-migrate")
-        status = info.get("status") if isinstance(info, dict) else None
-        if status == "completed":
-            return
-        if status == "failed" or not vm.running:
-            why = info.get("error-desc", "") if isinstance(info, dict) else ""
-            raise vm.failure(f"the template migration ended as {status or 'QEMU exited'}"
-                             + (f": {why}" if why else ""))  # fmt: skip
-        if time.monotonic() > deadline:
-            raise vm.failure(f"the template migration took over {MIGRATION_TIMEOUT:.0f}s")
-        await asyncio.sleep(0.005)
 
 
 def _sealed(fd: int) -> bool:

@@ -8,7 +8,8 @@ import pytest
 from hyperpy.config import VMConfig
 from hyperpy.vm import devices as D
 from hyperpy.vm import jail as J
-from hyperpy.vm.qemu import Channels, build_spec
+from hyperpy.vm.plan import build_spec
+from hyperpy.vm.qemu import Channels
 
 
 @pytest.fixture

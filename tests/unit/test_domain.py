@@ -13,7 +13,7 @@ from hyperpy.errors import SpecError
 from hyperpy.share import Bind
 from hyperpy.vm import domain
 from hyperpy.vm.libvirt import check_access, mac_models, qemu_label
-from hyperpy.vm.qemu import Placeholder, build_spec
+from hyperpy.vm.plan import Placeholder, build_spec
 from hyperpy.vm.view import domain_name
 
 STATE = "/run/r/pod'\"<&>"

@@ -14,7 +14,7 @@ from agent.protocol import IMAGE_TAG
 from hyperpy.config import ConfigError, VMConfig, from_dict
 from hyperpy.errors import SpecError
 from hyperpy.share import Bind
-from hyperpy.vm.qemu import Placeholder, build_spec
+from hyperpy.vm.plan import Placeholder, build_spec
 from hyperpy.vm.remote import SIDE, RemoteVM, remote_argv
 
 POD = "/var/lib/hyperpy-remote/pods/0123abcd-0123456789ab-a1b2c3"

@@ -1,25 +1,13 @@
-"""The sandbox monitor: one long-lived process per VM.
+"""The sandbox monitor's pod: the VM, the agent channel, and what the CLI asks of them.
 
-Owns the VM through its hypervisor driver (``vm/hypervisor.py``: QEMU here and jailed by
-``vm/jail.py``, a libvirt domain, or a QEMU on a remote host), the single agent channel
+Owns the VM through its hypervisor driver (``vm/hypervisor.py``), the single agent channel
 (multiplexed here; its requests and frames are ``agent_link.py``'s), the sandbox's 9p
-export (``share.py``), and the record of exit statuses (exit.json). Serves the
-CLI and the process proxies on ``monitor.sock`` with the agent's own framing
-(:mod:`agent.protocol`):
-
-- CLI requests (``create``, ``start``, ``exec``, ``signal``, ``ps``, ``pause``, ``resume``,
-  ``shutdown``) are answered on the connection that sent them;
-- a proxy sends ``attach {"proc": N}``: from then on the monitor sends it that process's
-  stdout/stderr DATA frames and its ``exit`` event, and forwards its stdin DATA frames and
-  ``signal``/``winsize`` requests to the agent. Output produced before a proxy attaches is
-  kept until it does.
+export (``share.py``), the pod's network (taps, wiring, the DNS relay), the pod's
+processes (``procs.py``) and the record of exit statuses (exit.json). ``server.py`` serves
+monitor.sock and hands each request to :meth:`Monitor.handle`.
 
 If QEMU or the agent dies, every process without an exit gets a synthetic ``exit`` with
 status 255 and a reason, the proxies are told, and the monitor cleans up and exits.
-
-Started by ``hyperpy create`` as ``python -m hyperpy.monitor STATE_DIR READY_FD``: it
-detaches from the caller's stdio (the runc shim waits on those pipes), reports readiness or
-the boot error as one JSON line on READY_FD, then closes it.
 """
 
 from __future__ import annotations
@@ -30,30 +18,26 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import signal
-import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from agent import protocol as P
 from hyperpy import network, share
-from hyperpy.agent_link import AgentLink, Attachment
+from hyperpy.agent_link import AgentLink
 from hyperpy.config import Config
-from hyperpy.config import load as load_config
-from hyperpy.errors import AgentError, HyperpyError, SpecError, VMError
-from hyperpy.log import GuestWarnings, to_file
+from hyperpy.errors import AgentError, HyperpyError, VMError
+from hyperpy.log import GuestWarnings
+from hyperpy.monitor.procs import Processes
+from hyperpy.monitor.server import Server
 from hyperpy.sandbox.store import write_json_atomic
-from hyperpy.vm import hypervisor, qemu, template
+from hyperpy.vm import hypervisor, snapshot, template
 from hyperpy.vm.devices import Incoming, Memory
 
 log = logging.getLogger("hyperpy.monitor")
 
 RESTORE_TIMEOUT = 15.0  # a VM restored from a template says hello in ~0.1 s under TCG
-# monitor.sock's peers and the agent are hostile input: bounded connections, bounded bytes.
-MAX_CLIENTS = 256
-PARTIAL_FRAME_TIMEOUT = 10.0  # a client that leaves a frame incomplete this long is dropped
-DECODE_BUDGET = 32 << 20  # incomplete frames held over all clients; the largest goes first
 DNS_BUFFER_LIMIT = 1 << 20  # relayed DNS answers are dropped while the channel holds more
 
 
@@ -62,6 +46,7 @@ class Monitor:
         self.dir = state_dir
         self.sock = sock  # the remote driver's connection to its host (made in main())
         self.nics = True
+        self.faithful = False  # [vm] files, as the driver serves it (boot)
         self.config = config
         self.cfg = config.vm
         self.jail_cfg = config.jail
@@ -69,13 +54,9 @@ class Monitor:
         self.template: str | None = None  # the key of the template this VM came from
         self.vm: hypervisor.VM | None = None
         self.agent: AgentLink | None = None
-        self.attachments: dict[int, Attachment] = {}
-        self.procs: dict[int, str] = {}  # proc -> cid
-        self.inits: dict[str, int] = {}  # cid -> init proc
-        self.state_dirs: dict[str, str] = {}  # cid -> its state dir (exit.json goes there)
+        self.procs = Processes(self._flow)
         self.stop = asyncio.Event()
         self.server: asyncio.AbstractServer | None = None
-        self.clients: dict[asyncio.StreamWriter, P.Decoder] = {}
         self.tasks: set[asyncio.Task] = set()  # kept, so they are not collected mid-run
         self.warnings = GuestWarnings(log)
         self.timings: dict[str, float] = {}  # host CLOCK_MONOTONIC seconds
@@ -87,14 +68,10 @@ class Monitor:
     # --- boot ---------------------------------------------------------------------------
     async def boot(self, request: dict) -> dict:
         cfg = self.cfg
-        qemu.check_artifacts(cfg)
-        exports = share.prepare(self.dir)
-        accel = qemu.choose_accel(cfg)
-        vsock_cid = None
-        if cfg.channel == "vsock" or (cfg.channel == "auto" and qemu.vsock_usable()):
-            vsock_cid = 3 + (os.getpid() % 0x7FFFFFF0)
-        driver = hypervisor.Driver(self.config, self.dir, accel, vsock_cid, exports, self.sock)
+        driver = hypervisor.Driver(self.config, self.dir, self.sock)  # the artifacts exist
         self.sock = None
+        exports = share.prepare(self.dir)
+        driver.prepare(exports)  # the host's probes: the accelerator, vsock
         self.nics = driver.caps.nics
         if request.get("network") is not None and self.nics:
             self.taps = network.make_taps(int(request["network"].get("interfaces", 1)))
@@ -113,8 +90,7 @@ class Monitor:
         self.timings["launch"] = time.monotonic()
         hello = None
         try:
-            templates = driver.caps.templates and driver.vsock_cid is None
-            if self.template_cfg.enabled and templates:
+            if self.template_cfg.enabled and driver.templates:
                 hello = await self._from_template(driver, shape, launch)
             if hello is None:
                 await launch()
@@ -132,16 +108,14 @@ class Monitor:
         }
 
     async def _from_template(
-        self, driver: hypervisor.Driver, shape: dict, launch: template.Launcher
+        self, driver: hypervisor.Driver, shape: dict, launch: snapshot.Launcher
     ) -> dict | None:
         """The agent's hello from a VM restored from this shape's template (built first if
         this is the shape's first pod), or None: boot cold (the reason is logged)."""
         cfg = self.cfg
         memory_mb = shape["memory_mb"] or cfg.memory_mb
-        keyspec = qemu.build_spec(cfg, driver.accel, qemu.Placeholder(), jailed=True, **shape)
         try:
-            binary = shutil.which(keyspec.binary) or keyspec.binary
-            k = template.key(keyspec.argv(), (binary, cfg.kernel, cfg.initrd))
+            k = driver.template_key(shape)
         except OSError as exc:
             log.warning("no template (%s): booting cold", exc)
             return None
@@ -150,17 +124,12 @@ class Monitor:
         if held is None:
             return None
         try:
-            await template.restore(held, launch, memory_mb)
+            await snapshot.restore(held.mem, held.state, launch, memory_mb)
             hello = await self._agent_ready(RESTORE_TIMEOUT)
         except HyperpyError as exc:
             log.warning("template %s failed to restore, removed; booting cold: %s", k, exc)
-            if self.vm is not None:
-                await self.vm.shutdown()
-            if self.agent is not None:  # the transport first: its socket is closed next
-                self.agent.writer.close()
-                self.agent = None
-            if self.vm is not None:
-                self.vm.close()
+            await self._stop_vm()
+            self.vm = None
             store.remove(k, keeper_pid=held.meta.get("pid"))
             return None
         finally:
@@ -192,7 +161,7 @@ class Monitor:
             self.agent = AgentLink(reader, writer)
             self.agent.on_event = self._on_agent_event
             self.agent.on_data = self._on_agent_data
-            self.agent.on_new_proc = self.procs.__setitem__
+            self.agent.on_new_proc = self.procs.add
             self.agent.warn = self.warnings  # one count of what this guest sent
             asyncio.ensure_future(self.agent.pump())
             hello = await self.agent.request(
@@ -211,21 +180,17 @@ class Monitor:
                 ready.set_exception(exc)
 
     # --- agent events -------------------------------------------------------------------
-    def _attachment(self, proc: int) -> Attachment:
-        if proc not in self.attachments:
-            self.attachments[proc] = Attachment(lambda pause: self._flow(proc, pause))
-        return self.attachments[proc]
-
     async def _flow(self, proc: int, pause: bool) -> None:
         if self.agent is not None:
             await self.agent.request(P.OP_FLOW, proc=proc, pause=pause, timeout=10)
 
     def _on_agent_data(self, stream: int, payload: bytes) -> None:
         proc, _ = P.split_stream(stream)
-        if proc not in self.procs:
+        entry = self.procs.get(proc)
+        if entry is None:
             self._warn("the agent sent output of unknown process %d: dropped", proc)
             return
-        self._attachment(proc).deliver(P.encode(P.DATA, stream, payload))
+        entry.attachment.deliver(P.encode(P.DATA, stream, payload))
 
     def _on_agent_event(self, msg: dict) -> None:
         if msg.get("event") == P.EV_READY:
@@ -235,25 +200,25 @@ class Monitor:
         if msg.get("event") == P.EV_DNS and self.dns is not None:
             coro = self.dns.query(msg)
             if coro is not None:
-                self._spawn(coro)
+                self.spawn(coro)
 
     def _record_exit(self, msg: dict) -> None:
         proc = msg.get("proc")
-        if not isinstance(proc, int) or proc not in self.procs:
+        entry = self.procs.get(proc)
+        if entry is None:
             self._warn("the agent reported the exit of unknown process %r: ignored", proc)
             return
-        att = self._attachment(proc)
+        att = entry.attachment
         if att.exit is not None:
             return
         status = msg.get("status")
         msg["status"] = status if isinstance(status, int) and 0 <= status <= 255 else 255
         att.exit = msg
-        cid = self.procs[proc]  # what the host recorded, not what the guest says
-        if self.inits.get(cid) == proc:
+        if entry.exit_dir is not None:  # a container's init, as the host recorded it
             if msg.get("t_ms"):
                 self.guest["exit_ms"] = msg["t_ms"]
             write_json_atomic(
-                os.path.join(self.state_dirs.get(cid, self.dir), "exit.json"),
+                os.path.join(entry.exit_dir, "exit.json"),
                 {
                     "status": msg.get("status"),
                     "signal": msg.get("signal"),
@@ -264,9 +229,7 @@ class Monitor:
             )
         if att.writer is not None and not att.writer.is_closing():
             att.finish(att.writer)
-        if self.inits and all(
-            p in self.attachments and self.attachments[p].exit is not None for p in self.procs
-        ):
+        if self.procs.all_exited():
             # Every process of every container in this VM has exited, and a stopped container
             # can only be deleted: the VM goes now (its memory is the host's again at once,
             # and delete has no VM to wait for). The proxies get their exits first.
@@ -280,7 +243,7 @@ class Monitor:
     def _end(self, procs: list[int], status: int, sig: int | None, reason: str) -> None:
         """Record an exit, made up here, for each of ``procs`` that has none yet."""
         for proc in procs:
-            if (att := self.attachments.get(proc)) is None or att.exit is None:
+            if (entry := self.procs.get(proc)) is None or not entry.exited:
                 self._record_exit({"event": P.EV_EXIT, "proc": proc, "status": status,
                                    "signal": sig, "reason": reason})  # fmt: skip
 
@@ -288,72 +251,13 @@ class Monitor:
         self._end(list(self.procs), 255, None, reason)
         self.stop.set()
 
-    # --- clients ------------------------------------------------------------------------
-    async def serve_client(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        if len(self.clients) >= MAX_CLIENTS:
-            self._refuse(writer, 0, f"too many connections to the monitor (limit {MAX_CLIENTS})")
-            writer.close()
-            return
-        decoder = P.Decoder()
-        self.clients[writer] = decoder
-        attached: int | None = None
-        partial_since = 0.0  # when the incomplete frame in the decoder began
-        try:
-            while True:
-                timeout = None
-                if decoder.buffered:
-                    partial_since = partial_since or time.monotonic()
-                    timeout = max(0.0, partial_since + PARTIAL_FRAME_TIMEOUT - time.monotonic())
-                else:
-                    partial_since = 0.0
-                try:
-                    data = await asyncio.wait_for(reader.read(256 * 1024), timeout)
-                except TimeoutError:
-                    log.warning("dropped a client that left a frame incomplete for %.0fs",
-                                PARTIAL_FRAME_TIMEOUT)  # fmt: skip
-                    break
-                if not data:
-                    break
-                items = decoder.feed(data)
-                partial_since = 0.0 if items else partial_since  # the next frame's clock: later
-                self._hold_budget()
-                for item in items:
-                    if isinstance(item, P.BadFrame):
-                        self._refuse(writer, 0, item.reason)
-                        if item.fatal:
-                            raise ConnectionAbortedError(item.reason)
-                    elif item.kind == P.DATA:
-                        if attached is not None and P.split_stream(item.stream)[0] == attached:
-                            assert self.agent is not None
-                            await self.agent.forward(P.encode(P.DATA, item.stream, item.payload))
-                    else:
-                        msg = item.message()
-                        try:
-                            P.check_fields(msg)
-                        except P.ProtocolError as exc:
-                            self._refuse(writer, msg.get("id"), str(exc))
-                            continue
-                        if msg["op"] == "attach":
-                            if self._attach(msg["proc"], writer, msg):
-                                attached = msg["proc"]
-                        else:
-                            self._spawn(self._answer(msg, writer))
-                await writer.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            self.clients.pop(writer, None)
-            att = self.attachments.get(attached) if attached is not None else None
-            if att is not None and att.writer is writer:
-                att.writer = None
-                att.done = True  # nobody reads its output any more
-                if att.exit is None and not self.stop.is_set() and attached is not None:
-                    self._orphaned(attached)
-            writer.close()
+    # --- what the server asks (server.Session) ------------------------------------------
+    async def stdin(self, stream: int, payload: bytes) -> None:
+        """A proxy's stdin DATA frame, to the agent (waiting while the guest is behind)."""
+        assert self.agent is not None
+        await self.agent.forward(P.encode(P.DATA, stream, payload))
 
-    def _orphaned(self, proc: int) -> None:
+    def orphaned(self, proc: int) -> None:
         """The proxy of ``proc`` went away before its exit: the pid the caller holds (in
         --pid-file) stands for the process, so the process dies too, as under runc."""
         log.warning("the proxy of process %d went away: killing the process", proc)
@@ -364,71 +268,14 @@ class Monitor:
                     await self.agent.request(P.OP_SIGNAL, proc=proc, signal=signal.SIGKILL,
                                              timeout=10)  # fmt: skip
 
-        self._spawn(kill())
+        self.spawn(kill())
 
-    @staticmethod
-    def _refuse(writer: asyncio.StreamWriter, req_id: object, error: str) -> None:
-        req_id = req_id if isinstance(req_id, int) and not isinstance(req_id, bool) else 0
-        writer.write(P.encode_msg(P.error_reply(req_id, error, "ProtocolError")))
-
-    def _spawn(self, coro: Any) -> None:
+    def spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    def _hold_budget(self) -> None:
-        """Drop the clients holding the most incomplete-frame bytes while over budget."""
-        total = sum(d.buffered for d in self.clients.values())
-        while total > DECODE_BUDGET:
-            writer, decoder = max(self.clients.items(), key=lambda kv: kv[1].buffered)
-            log.warning("dropped a client holding %d bytes of an incomplete frame",
-                        decoder.buffered)  # fmt: skip
-            total -= decoder.buffered
-            decoder.reset()
-            self.clients.pop(writer, None)
-            writer.transport.abort()
-
-    def _attach(self, proc: int, writer: asyncio.StreamWriter, msg: dict) -> bool:
-        """Make ``writer`` the one proxy of ``proc``; a second proxy is refused, so the exit
-        always reaches the process's own proxy."""
-        if proc not in self.procs:
-            self._refuse(writer, msg.get("id"), f"no process {proc} in this sandbox")
-            return False
-        att = self._attachment(proc)
-        if att.writer is not None and att.writer is not writer and not att.writer.is_closing():
-            self._refuse(writer, msg.get("id"), f"process {proc} already has a proxy attached")
-            return False
-        att.attach(writer)
-        writer.write(P.encode_msg(P.reply(msg)))
-        for frame in att.pending:
-            writer.write(frame)
-        att.pending.clear()
-        att.pending_bytes = 0
-        if att.dropped:
-            log.warning("process %d: %d bytes of output exceeded what is kept before its proxy "
-                        "attached and were dropped", proc, att.dropped)  # fmt: skip
-        if att.exit is not None:
-            att.finish(writer)
-        return True
-
-    async def _answer(self, msg: dict, writer: asyncio.StreamWriter) -> None:
-        try:
-            result = await self.handle(msg)
-            # An agent reply carries the agent's own request id: never the client's.
-            out = P.reply(msg, **{k: v for k, v in result.items() if k not in ("id", "ok")})
-        except SpecError as exc:
-            out = P.error_reply(msg.get("id", 0), exc.message, "SpecError")
-            out["pointer"] = exc.pointer
-        except P.ProtocolError as exc:
-            out = P.error_reply(msg.get("id", 0), str(exc), "ProtocolError")
-        except HyperpyError as exc:
-            out = P.error_reply(msg.get("id", 0), str(exc), type(exc).__name__)
-        except Exception as exc:  # noqa: BLE001 - every failure is answered
-            log.exception("request %s failed", msg.get("op"))
-            out = P.error_reply(msg.get("id", 0), f"{type(exc).__name__}: {exc}", "HyperpyError")
-        if not writer.is_closing():
-            writer.write(P.encode_msg(out))
-
+    # --- requests ---------------------------------------------------------------------
     async def handle(self, msg: dict) -> dict:
         op = msg.get("op")
         agent = self.agent
@@ -482,8 +329,8 @@ class Monitor:
         except BaseException:
             await self.vm.unshare(cid, self.dir)
             raise
-        self.inits[cid] = reply["proc"]  # self.procs has it already (AgentLink.on_new_proc)
-        self.state_dirs[cid] = msg.get("state_dir") or self.dir
+        # self.procs has it already (AgentLink.on_new_proc)
+        self.procs.set_init(reply["proc"], msg.get("state_dir") or self.dir)
         return {"proc": reply["proc"], "pid": reply["pid"]}
 
     async def _wire(self, cid: str, dns: list[str]) -> dict:
@@ -534,30 +381,29 @@ class Monitor:
         assert self.agent is not None
         cid = msg["cid"]
         await self.agent.request(P.OP_DESTROY, cid=cid)
-        procs = [p for p, c in self.procs.items() if c == cid]
+        procs = self.procs.of(cid)
         # The agent reaps after it answers: say now how they ended, or their proxies would
         # wait for exits that come after the host forgot the processes.
         self._end(procs, 128 + signal.SIGKILL, signal.SIGKILL, "the container was deleted")
         assert self.vm is not None
         await self.vm.unshare(cid, self.dir)
-        self.inits.pop(cid, None)
-        self.state_dirs.pop(cid, None)
-        for proc in procs:
-            self.procs.pop(proc)
+        self.procs.forget(procs)
         return {}
 
     # --- main ---------------------------------------------------------------------------
-    async def main(self, ready_fd: int) -> int:
+    async def main(self, ready: Callable[[dict], None]) -> int:
+        """Boot, say so with ``ready`` (or why not), serve until the pod ends, clean up."""
         os.chdir(self.dir)
         request = json.loads(os.environ.get("HYPERPY_MONITOR_REQUEST", "{}"))
         try:
             info = await self.boot(request)
-            self.server = await asyncio.start_unix_server(self.serve_client, path="monitor.sock")
+            self.server = await asyncio.start_unix_server(Server(self).serve_client,
+                                                          path="monitor.sock")  # fmt: skip
         except BaseException as exc:
-            _report(ready_fd, {"ok": False, "error": str(exc), "kind": type(exc).__name__})
+            ready({"ok": False, "error": str(exc), "kind": type(exc).__name__})
             await self.cleanup()
             return 1
-        _report(ready_fd, {"ok": True, "pid": os.getpid(), **info})
+        ready({"ok": True, "pid": os.getpid(), **info})
         assert self.vm is not None and self.agent is not None
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -583,12 +429,26 @@ class Monitor:
         await self.cleanup()
         return 0
 
+    async def _stop_vm(self) -> None:
+        """Stop the VM in stages, then release the monitor's ends of it: the agent's
+        transport first (its socket is closed next), even if the stop failed."""
+        vm = self.vm
+        if vm is None:
+            return
+        try:
+            await vm.shutdown()
+        finally:
+            if self.agent is not None:
+                self.agent.writer.close()
+                self.agent = None
+            vm.close()
+
     async def cleanup(self) -> None:
         """Flush the proxies, stop QEMU, release the share: each step even if one fails."""
         try:
             if self.server is not None:
                 self.server.close()
-            for att in self.attachments.values():
+            for att in self.procs.attachments():
                 writer = att.writer  # the client's handler may drop it while we wait
                 if writer is not None:
                     with contextlib.suppress(Exception):
@@ -596,54 +456,10 @@ class Monitor:
                     writer.close()
         finally:
             try:
-                if self.vm is not None:
-                    await self.vm.shutdown()
+                await self._stop_vm()
             finally:
-                if self.vm is not None:
-                    self.vm.close()
                 with contextlib.suppress(Exception):
                     network.unwire(self.wired or [])
                 share.release(self.dir)
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(self.dir, "monitor.sock"))
-
-
-def _remote_connection(config: Config) -> Any:
-    """With [vm] driver = "remote", a TCP connection to the remote host, or None."""
-    if config.vm.driver != "remote":
-        return None
-    from hyperpy.vm.ssh import tcp_connection
-
-    return tcp_connection(config.remote)
-
-
-def _report(fd: int, obj: dict) -> None:
-    if fd < 0:
-        return
-    with contextlib.suppress(OSError):
-        os.write(fd, json.dumps(obj).encode() + b"\n")
-        os.close(fd)
-
-
-def main() -> None:
-    state_dir, ready_fd = sys.argv[1], int(sys.argv[2])
-    level = logging.DEBUG if os.environ.get("HYPERPY_DEBUG") else logging.INFO
-    to_file(os.path.join(state_dir, "monitor.log"),
-            "%(asctime)s %(levelname)s %(name)s: %(message)s", level)  # fmt: skip
-    request = json.loads(os.environ.get("HYPERPY_MONITOR_REQUEST", "{}"))
-    try:
-        config = load_config()
-        sock = _remote_connection(config)  # before the pod's namespace: the host's network
-        if request.get("network") is not None:  # first: every thread is then in it
-            network.enter(request["network"].get("netns", ""))
-        code = asyncio.run(Monitor(state_dir, config, sock).main(ready_fd))
-    except Exception as exc:  # noqa: BLE001 - last resort: say why in the log and to create
-        log.exception("monitor failed")
-        _report(ready_fd, {"ok": False, "error": f"monitor failed: {exc}", "kind": "VMError"})
-        code = 1
-    logging.shutdown()
-    os._exit(code)  # everything is released: skip the interpreter's teardown (delete waits)
-
-
-if __name__ == "__main__":
-    main()
