@@ -28,7 +28,7 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
-from agent import cgroups, layers, linux, procfs, sync
+from agent import cgroups, layers, linux, procfs, sync, vcpus
 from agent import protocol as P
 from agent.boot import (
     early_mounts,
@@ -213,6 +213,11 @@ class Agent:
         ctr = self.containers[msg["cid"]]
         cgroups.update(ctr.cgroup, msg.get("resources") or {})
         return {}
+
+    def op_resize(self, msg: dict) -> dict:
+        if msg.get("vcpus"):
+            vcpus.set_online(msg["vcpus"])
+        return vcpus.report()
 
     def op_stats(self, msg: dict) -> dict:
         ctr = self.containers[msg["cid"]]

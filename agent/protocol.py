@@ -34,7 +34,7 @@ import json
 import struct
 
 MAGIC = b"HY"
-PROTOCOL_VERSION = 2  # 2: the network operation
+PROTOCOL_VERSION = 3  # 2: the network operation; 3: resize
 HEADER = struct.Struct(">2sBBII")
 HEADER_SIZE = HEADER.size
 MAX_PAYLOAD = 1 << 20
@@ -69,6 +69,9 @@ OP_FREEZE = "freeze"  # {"cid", "freeze": bool} -> {} once cgroup.events says so
 OP_UPDATE = "update"  # {"cid", "resources": OCI linux.resources} -> {}
 OP_STATS = "stats"  # {"cid"} -> {"stats": runc events --stats data, "oom_kills"}
 OP_DESTROY = "destroy"  # {"cid"} -> {}
+# the guest's vCPUs online, and its memory: {"vcpus"?} -> {"online": [cpu], "present",
+# "mem_total_kb", "mem_available_kb"} (agent/vcpus.py)
+OP_RESIZE = "resize"
 # {"proc", "pause": bool} -> {}: stop (or resume) reading a process's output, whose writes
 # then block in the guest as on a full pipe; the host asks while its proxy reads slowly
 OP_FLOW = "flow"
@@ -117,6 +120,7 @@ FIELDS: dict[str, dict[str, type]] = {
     OP_UPDATE: {"cid": _STR, "resources": _OBJ},
     OP_STATS: {"cid": _STR},
     OP_DESTROY: {"cid": _STR},
+    OP_RESIZE: {"vcpus?": _INT},
     OP_FLOW: {"proc": _INT, "pause": _BOOL},
     OP_SHUTDOWN: {},
     OP_NETWORK: {

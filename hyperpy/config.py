@@ -37,6 +37,12 @@ class VMConfig:
     memory_mb: int = 256
     # Memory added to the container's limit for the guest kernel, agent and QEMU itself.
     overhead_mb: int = 160
+    # The most `update` can grow a pod's VM to (docs/resize.md): vCPUs (0: the host's
+    # CPUs) and memory in MiB (0: no growth past its boot size, and no balloon). The VM
+    # boots with this much memory, a virtio balloon holding what the pod is not given; the
+    # guest's page structures for it (1/64 of it) are in overhead_mb.
+    max_vcpus: int = 0
+    max_memory_mb: int = 2048
     boot_timeout: float = 60.0
     kernel_params: str = ""
     icount: bool = False

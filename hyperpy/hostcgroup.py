@@ -181,6 +181,15 @@ class HostCgroup:
             "(the parent cgroup's cpuset and CPU bandwidth)"
         )
 
+    def set_memory_limit(self, limit: int) -> None:
+        """The pod's memory ceiling, when its VM is resized (``monitor/resize.py``)."""
+        try:
+            self._write_memory(limit)
+        except OSError as exc:
+            raise CgroupError(
+                f"cannot set the memory ceiling of {self.rel} to {limit}: {exc}"
+            ) from None
+
     def _write_memory(self, limit: int) -> None:
         for d in self.dirs:
             for name in ("memory.max", "memory.limit_in_bytes"):

@@ -244,16 +244,3 @@ def _online_text(path: str) -> str:
             return f.read().strip()
     except OSError:
         return "unknown"
-
-
-def vcpus_for(cpu: dict) -> int:
-    """vCPUs a spec's CPU settings need: enough for the quota (never more than the host
-    has) and at least one more than the highest CPU its cpuset names, so the guest takes
-    the cpuset (it numbers its vCPUs from 0); 0 when the spec says nothing."""
-    n = 0
-    quota, period = cpu.get("quota") or 0, cpu.get("period") or guest_resources.DEFAULT_CPU_PERIOD
-    if quota > 0:
-        n = max(1, min(os.cpu_count() or 1, -(-quota // period)))
-    if cpu.get("cpus"):
-        n = max(n, max(id_list(cpu["cpus"], "/linux/resources/cpu/cpus", "")) + 1)
-    return n

@@ -30,9 +30,10 @@ from hyperpy.config import Config
 from hyperpy.errors import AgentError, HyperpyError, VMError
 from hyperpy.log import GuestWarnings
 from hyperpy.monitor.procs import Processes
+from hyperpy.monitor.resize import Sizer
 from hyperpy.monitor.server import Server
 from hyperpy.sandbox.store import write_json_atomic
-from hyperpy.vm import hypervisor, snapshot, template
+from hyperpy.vm import hypervisor, sizing, snapshot, template
 from hyperpy.vm.devices import Incoming, Memory
 
 log = logging.getLogger("hyperpy.monitor")
@@ -64,6 +65,7 @@ class Monitor:
         self.taps: list[network.Tap] = []  # made in the pod's namespace (network.py)
         self.wired: list[str] | None = None  # the interfaces redirected to them, once wired
         self.dns: Any = None  # dns_relay.Relay, when the pod's resolver is on its loopback
+        self.sizer: Sizer | None = None  # the VM's size while it runs (resize.py)
 
     # --- boot ---------------------------------------------------------------------------
     async def boot(self, request: dict) -> dict:
@@ -97,8 +99,13 @@ class Monitor:
                 hello = await self._agent_ready(cfg.boot_timeout)
         finally:
             network.close_taps(self.taps)  # QEMU holds them now: they go with it
+        assert self.vm is not None and self.agent is not None
+        boot = sizing.Size(shape["memory_mb"] or cfg.memory_mb, shape["vcpus"] or cfg.vcpus)
+        self.sizer = Sizer(self.config, self.vm, self.agent.request, boot,
+                           request.get("ceiling_cgroup"))  # fmt: skip
+        await self.sizer.start()
+        self._record_size()
         self.timings["agent_ready"] = time.monotonic()
-        assert self.vm is not None
         return {
             "accel": self.vm.spec.machine.accel,  # the remote driver's is the remote host's
             "hello": hello,
@@ -113,14 +120,16 @@ class Monitor:
         """The agent's hello from a VM restored from this shape's template (built first if
         this is the shape's first pod), or None: boot cold (the reason is logged)."""
         cfg = self.cfg
-        memory_mb = shape["memory_mb"] or cfg.memory_mb
+        res = sizing.resources(cfg, shape["memory_mb"], shape["vcpus"])
+        memory_mb = res.ram_mb
         try:
             k = driver.template_key(shape)
         except OSError as exc:
             log.warning("no template (%s): booting cold", exc)
             return None
         store = template.Store(self.template_cfg.dir)
-        held = await store.obtain(k, launch, memory_mb, cfg.boot_timeout)
+        held = await store.obtain(k, launch, memory_mb, cfg.boot_timeout,
+                                  cfg.memory_mb if res.balloon else 0)  # fmt: skip
         if held is None:
             return None
         try:
@@ -293,6 +302,14 @@ class Monitor:
             return reply
         if op == "exec":
             return await agent.request(P.OP_EXEC, cid=msg["cid"], process=msg["process"])
+        if op == P.OP_UPDATE and self.sizer is not None:
+            await self.sizer.update(msg["cid"], msg.get("resources") or {})
+            self._record_size()
+            return {"vm": self.sizer.report()}
+        if op == P.OP_STATS and self.sizer is not None:
+            reply = await agent.request(op, cid=msg["cid"])
+            reply.get("stats", {})["vm"] = self.sizer.report()
+            return reply
         if op in (P.OP_SIGNAL, P.OP_WINSIZE, P.OP_PS, P.OP_UPDATE, P.OP_STATS, P.OP_FREEZE):
             known = {k.rstrip("?") for k in P.FIELDS[op]}  # only what the op defines
             return await agent.request(op, **{k: v for k, v in msg.items() if k in known})
@@ -316,6 +333,10 @@ class Monitor:
         plan = share.plan(msg["spec"], msg["bundle"], cid, self.faithful)
         assert self.vm is not None
         plan.binds = self.vm.check_binds(plan.binds)
+        if self.sizer is not None:
+            resources = (msg["spec"].get("linux") or {}).get("resources") or {}
+            await self.sizer.join(cid, resources)
+            self._record_size()
         await self.vm.share(plan, self.dir)
         try:
             reply = await self.agent.request(
@@ -388,7 +409,14 @@ class Monitor:
         assert self.vm is not None
         await self.vm.unshare(cid, self.dir)
         self.procs.forget(procs)
+        if self.sizer is not None:
+            self.sizer.leave(cid)
         return {}
+
+    def _record_size(self) -> None:
+        """The VM's size where ``state`` reads it (vm.json beside monitor.sock)."""
+        if self.sizer is not None:
+            write_json_atomic(os.path.join(self.dir, "vm.json"), self.sizer.report())
 
     # --- main ---------------------------------------------------------------------------
     async def main(self, ready: Callable[[dict], None]) -> int:

@@ -23,12 +23,9 @@ from hyperpy.verbs import cgroup, pod
 from hyperpy.verbs.delete import destroy
 from hyperpy.verbs.spawn import read_ready, spawn_detached, spawn_proxy, write_pid_file
 from hyperpy.verbs.state import run_hooks
+from hyperpy.vm import sizing
 
 log = logging.getLogger("hyperpy.runtime")
-
-# QEMU's own memory beside the guest's RAM (TCG translation cache, device state), measured
-# as RSS minus guest RAM under TCG: well under this.
-QEMU_OVERHEAD_MB = 256
 
 
 @dataclass
@@ -152,6 +149,8 @@ def _boot(store: Store, d: str, st: State, spec: dict, netns: str) -> None:
     config = load_config()
     cfg = config.vm
     req = _vm_request(spec, cfg.memory_mb, cfg.overhead_mb)
+    if req["limited"]:
+        req["ceiling_cgroup"] = st.host_cgroup  # the monitor moves it with the VM's size
     req["network"] = {"netns": netns, "interfaces": config.network.interfaces}
     r, w = os.pipe()
     env = dict(os.environ)
@@ -167,7 +166,7 @@ def _boot(store: Store, d: str, st: State, spec: dict, netns: str) -> None:
     cg = cgroup(st.host_cgroup)
     # The guest enforces the container's limit; the host ceiling is the whole VM plus
     # QEMU's own memory, so the host never OOM-kills the VM for that limit.
-    ceiling = (req["memory_mb"] + QEMU_OVERHEAD_MB) << 20 if req["limited"] else None
+    ceiling = (req["memory_mb"] + sizing.QEMU_OVERHEAD_MB) << 20 if req["limited"] else None
     cpu = (spec.get("linux", {}).get("resources") or {}).get("cpu") or {}
     cg.create(memory_limit=ceiling, cpu=cpu)  # the cpuset, before QEMU starts in it
     cg.add(st.monitor_pid)
@@ -203,12 +202,9 @@ def _pod_resolvers(spec: dict) -> list[str]:
 
 
 def _vm_request(spec: dict, default_mb: int, overhead_mb: int) -> dict:
-    """VM size from the spec: its memory limit plus the guest's own overhead; the vCPUs its
-    quota and cpuset need (``preflight.vcpus_for``; 0: the configured default)."""
-    from hyperpy.preflight import vcpus_for
-
+    """VM size from the spec (``vm/sizing.py``: its memory limit plus the guest's own
+    overhead; the vCPUs its quota and cpuset need, 0: the configured default)."""
     res = spec.get("linux", {}).get("resources", {}) or {}
-    limit = (res.get("memory") or {}).get("limit") or 0
-    memory_mb = max(default_mb, limit // (1 << 20) + overhead_mb) if limit > 0 else default_mb
-    vcpus = vcpus_for(res.get("cpu") or {})
-    return {"memory_mb": memory_mb, "vcpus": vcpus, "limited": limit > 0}
+    size = sizing.need([res], default_mb, 0, overhead_mb)
+    limited = ((res.get("memory") or {}).get("limit") or 0) > 0
+    return {"memory_mb": size.memory_mb, "vcpus": size.vcpus, "limited": limited}

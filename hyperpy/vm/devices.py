@@ -52,11 +52,40 @@ class Machine:
 
 @dataclass(frozen=True)
 class Resources:
+    """The pod's size (``vcpus`` online, ``memory_mb`` outside the balloon) and the VM's
+    (``max_*``: what QEMU gets, so that a resize is a balloon and CPUs onlined in the
+    guest, ``vm/sizing.py``; 0: the pod's size, no balloon)."""
+
     vcpus: int = 1
     memory_mb: int = 256
+    max_vcpus: int = 0
+    max_memory_mb: int = 0
+
+    @property
+    def cpus(self) -> int:
+        return max(self.vcpus, self.max_vcpus)
+
+    @property
+    def ram_mb(self) -> int:
+        return max(self.memory_mb, self.max_memory_mb)
+
+    @property
+    def balloon(self) -> bool:
+        return self.max_memory_mb > 0
 
     def args(self) -> list[str]:
-        return ["-smp", str(self.vcpus), "-m", f"{self.memory_mb}M"]
+        return ["-smp", str(self.cpus), "-m", f"{self.ram_mb}M"]
+
+
+@dataclass(frozen=True)
+class Balloon:
+    """virtio-balloon: holds the VM's memory past the pod's size (``vm/sizing.py``). No
+    deflate-on-OOM: the guest's MemTotal is what the pod was given."""
+
+    bus: str = "mmio"
+
+    def args(self) -> list[str]:
+        return ["-device", f"{_virtio('virtio-balloon', self.bus)},id=balloon0"]
 
 
 @dataclass(frozen=True)
@@ -251,7 +280,7 @@ class VMSpec:
     console: Console
     qmp: Qmp
     channel: SerialChannel | VsockChannel
-    devices: tuple[Rng | Share9p | Nic, ...] = field(default_factory=tuple)
+    devices: tuple[Rng | Share9p | Nic | Balloon, ...] = field(default_factory=tuple)
     name: str = ""  # the sandbox's state dir: what ps shows of a QEMU (it holds no paths)
     memory: Memory | None = None  # RAM in a template's memfd
     incoming: Incoming | None = None  # restored from a template's saved state

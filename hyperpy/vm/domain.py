@@ -68,8 +68,9 @@ def render(
     _text(dom, "title", f"hyperpy pod {state_dir.rstrip('/').rsplit('/', 1)[-1]}")
     meta = ET.SubElement(dom, "metadata")
     ET.SubElement(meta, f"{{{HYPERPY_NS}}}sandbox", {"state-dir": state_dir})
-    _text(dom, "memory", str(spec.resources.memory_mb), unit="MiB")
-    _text(dom, "vcpu", str(spec.resources.vcpus))
+    _text(dom, "memory", str(spec.resources.ram_mb), unit="MiB")
+    _text(dom, "currentMemory", str(spec.resources.memory_mb), unit="MiB")
+    _text(dom, "vcpu", str(spec.resources.cpus))
     os_ = ET.SubElement(dom, "os")
     _text(os_, "type", "hvm", arch="x86_64", machine=machine)
     _text(os_, "kernel", paths.kernel)
@@ -117,7 +118,10 @@ def render(
         ET.SubElement(port, "alias", name=nic_port(i))
         _address(port, next(slots))
     ET.SubElement(devs, "controller", type="usb", model="none")
-    ET.SubElement(devs, "memballoon", model="none")
+    if spec.resources.balloon:  # vm/sizing.py: <currentMemory> is its target
+        _address(ET.SubElement(devs, "memballoon", model="virtio"), next(slots))
+    else:
+        ET.SubElement(devs, "memballoon", model="none")
     if spec.machine.icount:
         cmd = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")
         for arg in ("-icount", "shift=0,sleep=off"):

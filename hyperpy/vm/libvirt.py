@@ -232,6 +232,19 @@ class LibvirtVM(LocalShare, Ending):
             await self.shutdown()
             raise self.failure(str(exc)) from None
 
+    async def set_memory(self, memory_mb: int) -> None:
+        """The balloon's target (``<currentMemory>``), live."""
+        import libvirt
+
+        assert self.dom is not None
+        await _call("setting the balloon", self.dom.setMemoryFlags, memory_mb << 10,
+                    libvirt.VIR_DOMAIN_AFFECT_LIVE)  # fmt: skip
+
+    async def memory_mb(self) -> int:
+        assert self.dom is not None
+        stats = await _call("reading the balloon", self.dom.memoryStats)
+        return int(stats.get("actual", 0)) >> 10
+
     def _account_to_pod(self) -> None:
         """QEMU into the pod's host cgroup (the monitor's), out of libvirt's machine cgroup,
         with its memory's charges (v1), as the direct driver's QEMU is from its start: the

@@ -15,13 +15,14 @@ from typing import Protocol
 from agent.protocol import IMAGE_TAG
 from hyperpy.config import VMConfig
 from hyperpy.vm import jail as J
+from hyperpy.vm import sizing
 from hyperpy.vm.devices import (
+    Balloon,
     Console,
     Kernel,
     Machine,
     Nic,
     Qmp,
-    Resources,
     Rng,
     SerialChannel,
     Share9p,
@@ -82,11 +83,16 @@ def build_spec(
         channel = VsockChannel(vsock_cid, bus=bus)
     else:
         channel = SerialChannel(chans.agent_fd, bus=bus)
+    resources = sizing.resources(cfg, memory_mb, vcpus)
     params = [BASE_CMDLINE, channel.kernel_param()]
+    if resources.cpus > 1:
+        params.append("maxcpus=1")  # the agent onlines the pod's vCPUs (vm/sizing.py)
     params.append("hyperpy.debug=1" if cfg.verbose_console else "quiet")
     if cfg.kernel_params:
         params.append(cfg.kernel_params)
-    devices: list[Rng | Share9p | Nic] = [Rng(bus)]
+    devices: list[Rng | Share9p | Nic | Balloon] = [Rng(bus)]
+    if resources.balloon:
+        devices.append(Balloon(bus))
     if share:
         devices.append(Share9p(J.SHARE if jailed else share, bus=bus))
     if image:
@@ -98,7 +104,7 @@ def build_spec(
     return VMSpec(
         binary=cfg.qemu,
         machine=machine,
-        resources=Resources(vcpus or cfg.vcpus, memory_mb or cfg.memory_mb),
+        resources=resources,
         kernel=Kernel(*kernel, " ".join(params)),
         console=Console(chans.console_path, chans.console_fd),
         qmp=Qmp(chans.qmp_fd),

@@ -25,7 +25,7 @@ import subprocess
 from typing import TYPE_CHECKING
 
 from hyperpy.errors import VMError
-from hyperpy.vm import console
+from hyperpy.vm import balloon, console
 from hyperpy.vm.boot import watch_boot
 from hyperpy.vm.console import DEFAULT_MAX_BYTES, ConsolePipe
 from hyperpy.vm.devices import VMSpec, VsockChannel
@@ -152,6 +152,13 @@ class QemuVM(LocalShare):
         """One QMP command (the template snapshot step's)."""
         assert self.qmp is not None
         return await self.qmp.execute(cmd, args)
+
+    async def set_memory(self, memory_mb: int) -> None:
+        """The balloon's target: the guest's memory outside it (``vm/sizing.py``)."""
+        await balloon.set_target(self.command, memory_mb)
+
+    async def memory_mb(self) -> int:
+        return await balloon.actual(self.command)
 
     def send_fd(self, fd: int) -> None:
         """Hand QEMU ``fd`` with the next QMP command (``getfd`` names it)."""

@@ -36,11 +36,19 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from hyperpy.errors import SpecError, VMError
-from hyperpy.vm import ssh
+from hyperpy.vm import balloon, ssh
 from hyperpy.vm.boot import watch_boot
 from hyperpy.vm.console import ConsoleLog
 from hyperpy.vm.console import tail as console_tail
-from hyperpy.vm.devices import BASE_ARGS, SANDBOX, Machine, Rng, SerialChannel, Share9p
+from hyperpy.vm.devices import (
+    BASE_ARGS,
+    SANDBOX,
+    Balloon,
+    Machine,
+    Rng,
+    SerialChannel,
+    Share9p,
+)
 from hyperpy.vm.ending import Ending
 from hyperpy.vm.plan import BASE_CMDLINE
 from hyperpy.vm.view import view_name
@@ -74,7 +82,7 @@ def remote_argv(spec: VMSpec, poddir: str, kernel: str, initrd: str) -> list[str
         if isinstance(dev, Share9p):
             sub = "shared" if dev.tag == "hyperpy" else "image"
             out += dataclasses.replace(dev, path=f"{poddir}/{sub}").args()
-        elif isinstance(dev, Rng):
+        elif isinstance(dev, Rng | Balloon):
             out += dev.args()
     assert isinstance(spec.channel, SerialChannel)
     out += dataclasses.replace(spec.channel, path=f"{poddir}/agent.sock").args()
@@ -260,8 +268,8 @@ class RemoteVM(Ending):
             threading.Thread(target=target, name=f"{name}-{target.__name__}", daemon=True).start()
         return mine, theirs
 
-    async def _quit(self, timeout: float) -> bool:
-        """QMP ``quit``, tunnelled over SSH as the agent channel is: QEMU ends cleanly."""
+    async def command(self, cmd: str, args: dict | None = None, timeout: float = 10.0) -> object:
+        """One QMP command, tunnelled over SSH as the agent channel is."""
         from qemu.qmp import QMPClient
 
         ends = None
@@ -269,17 +277,28 @@ class RemoteVM(Ending):
         try:
             ends = await asyncio.wait_for(asyncio.to_thread(self._tunnel, "qmp.sock"), timeout)
             await asyncio.wait_for(client.connect(ends[0]), timeout)
-            await asyncio.wait_for(client.execute("quit"), timeout)
-            log.info("QMP quit sent to QEMU on %s", self.cfg.host)
-            return True
-        except Exception as exc:  # noqa: BLE001 - the remote side's stop is the fallback
-            log.warning("QMP quit over SSH failed (%r): stopping through the remote side", exc)
-            return False
+            return await asyncio.wait_for(client.execute(cmd, args), timeout)
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.disconnect(), timeout)
             for end in ends or ():
                 end.close()
+
+    async def set_memory(self, memory_mb: int) -> None:
+        await balloon.set_target(self.command, memory_mb)
+
+    async def memory_mb(self) -> int:
+        return await balloon.actual(self.command)
+
+    async def _quit(self, timeout: float) -> bool:
+        """QMP ``quit``: QEMU ends cleanly."""
+        try:
+            await self.command("quit", None, timeout)
+            log.info("QMP quit sent to QEMU on %s", self.cfg.host)
+            return True
+        except Exception as exc:  # noqa: BLE001 - the remote side's stop is the fallback
+            log.warning("QMP quit over SSH failed (%r): stopping through the remote side", exc)
+            return False
 
     async def watch_boot(self, ready: asyncio.Future, timeout: float) -> None:
         await watch_boot(self, ready, timeout)

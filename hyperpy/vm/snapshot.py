@@ -22,7 +22,7 @@ from typing import Protocol
 
 from agent import protocol as P
 from hyperpy.errors import VMError
-from hyperpy.vm import keeper
+from hyperpy.vm import balloon, keeper
 from hyperpy.vm.devices import Incoming, Memory
 
 log = logging.getLogger("hyperpy.vm.template")
@@ -54,8 +54,11 @@ class Snapshottable(Protocol):
 Launcher = Callable[[Memory, Incoming | None], Awaitable[Snapshottable]]
 
 
-async def build(launch: Launcher, memory_mb: int, timeout: float) -> tuple[int, int]:
-    """Boot a template VM to agent ready and save it: (memory memfd, state memfd), sealed."""
+async def build(launch: Launcher, memory_mb: int, timeout: float,
+                balloon_mb: int = 0) -> tuple[int, int]:  # fmt: skip
+    """Boot a template VM to agent ready and save it: (memory memfd, state memfd), sealed.
+    With ``balloon_mb``, its balloon holds all but that much (a pod of that size then
+    starts with nothing to move)."""
     flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
     mem = os.memfd_create("hyperpy-template-ram", flags)
     state = os.memfd_create("hyperpy-template-state", flags)
@@ -64,7 +67,11 @@ async def build(launch: Launcher, memory_mb: int, timeout: float) -> tuple[int, 
         vm = await launch(Memory(mem, memory_mb, shared=True), None)
         try:
             _into_template_cgroup(vm)
+            if balloon_mb:
+                await _qmp(vm, "balloon", {"value": balloon_mb << 20})
             await _guest_ready(vm, timeout)
+            if balloon_mb:
+                await balloon.settle(lambda: balloon.actual(vm.command), balloon_mb)
             await _qmp(vm, "stop")
             await _qmp(vm, "migrate-set-capabilities", IGNORE_SHARED)
             vm.send_fd(state)

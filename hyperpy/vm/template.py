@@ -216,7 +216,8 @@ class Store:
                         os.unlink(os.path.join(self.dir, name))
                         os.close(lock)
 
-    async def obtain(self, k: str, launch: Launcher, memory_mb: int, timeout: float) -> Held | None:
+    async def obtain(self, k: str, launch: Launcher, memory_mb: int, timeout: float,
+                     balloon_mb: int = 0) -> Held | None:  # fmt: skip
         """Template ``k``, built now if no pod has; None when another pod is building it,
         the build failed, or this pod may not start a keeper (logged: the pod boots cold)."""
         held = self.fetch(k)
@@ -245,7 +246,7 @@ class Store:
             if held is None:
                 self.remove(k)  # a dead keeper's leftovers
                 start = time.monotonic()
-                mem, state = await build(launch, memory_mb, timeout)
+                mem, state = await build(launch, memory_mb, timeout, balloon_mb)
                 try:
                     meta = {"key": k, "memory_mb": memory_mb, "created": time.time(),
                             "build_s": round(time.monotonic() - start, 3),

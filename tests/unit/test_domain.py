@@ -37,8 +37,11 @@ def test_the_domain_is_the_plan_of_the_direct_driver():
     spec, dom = render()
     assert dom.get("type") == "qemu"  # TCG
     assert dom.findtext("name") == "hyperpy-pod-1234abcd"
-    assert dom.findtext("memory") == "300" and dom.find("memory").get("unit") == "MiB"
-    assert dom.findtext("vcpu") == "2"
+    # booted at its most, the balloon holding what the pod is not given (vm/sizing.py)
+    assert dom.findtext("memory") == "2048" and dom.find("memory").get("unit") == "MiB"
+    assert dom.findtext("currentMemory") == "300"
+    assert dom.find("devices/memballoon").get("model") == "virtio"
+    assert dom.findtext("vcpu") == str(max(2, os.cpu_count() or 1))
     assert dom.find("os/type").get("machine") == "q35"
     assert dom.findtext("os/kernel") == "/v/vmlinux"
     assert dom.findtext("os/initrd") == "/v/initrd.img"
@@ -63,7 +66,7 @@ def test_the_domain_is_the_plan_of_the_direct_driver():
     assert fss[IMAGE_TAG].get("accessmode") == "squash"  # QEMU's "none", read-only
     assert fss[IMAGE_TAG].find("readonly") is not None
     assert all(fs.get("multidevs") == "remap" for fs in fss.values())
-    assert dom.find("devices/memballoon").get("model") == "none"
+    assert dom.find("devices/memballoon").get("model") == "virtio"  # vm/sizing.py
 
 
 def test_markup_in_a_path_stays_text():

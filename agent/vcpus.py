@@ -1,0 +1,69 @@
+"""The guest's size as the host set it: online vCPUs and memory.
+
+The VM boots with its most vCPUs and the kernel onlines one (``maxcpus=1``); the host asks
+for the pod's count (``resize``): CPUs 1..n-1 go online, the rest offline, highest first.
+Memory is the host's balloon; this reads what the guest has (``/proc/meminfo``: MemTotal
+follows the balloon) so the host never inflates it past what the guest uses.
+"""
+
+from __future__ import annotations
+
+import os
+
+CPU_DIR = "/sys/devices/system/cpu"
+
+
+def _ids(text: str) -> list[int]:
+    out: list[int] = []
+    for part in text.strip().split(","):
+        if part:
+            lo, _, hi = part.partition("-")
+            out += range(int(lo), int(hi or lo) + 1)
+    return out
+
+
+def _read(name: str) -> list[int]:
+    with open(os.path.join(CPU_DIR, name)) as f:
+        return _ids(f.read())
+
+
+def set_online(n: int) -> list[int]:
+    """Online the first ``n`` present vCPUs (at least one, at most all), offline the rest;
+    the online CPUs afterwards."""
+    present = _read("present")
+    online = set(_read("online"))
+    n = max(1, min(n, len(present)))
+    for cpu in present[1:n]:
+        if cpu not in online:
+            _write_online(cpu, True)
+    for cpu in reversed(present[n:]):
+        if cpu in online:
+            _write_online(cpu, False)
+    return _read("online")
+
+
+def _write_online(cpu: int, on: bool) -> None:
+    path = os.path.join(CPU_DIR, f"cpu{cpu}", "online")
+    try:
+        with open(path, "w") as f:
+            f.write("1" if on else "0")
+    except OSError as exc:
+        raise ValueError(f"cannot take vCPU {cpu} {'on' if on else 'off'}line: {exc}") from None
+
+
+def meminfo() -> dict[str, int]:
+    """MemTotal and MemAvailable, KiB."""
+    out = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("MemTotal", "MemAvailable"):
+                out[key] = int(rest.split()[0])
+    return out
+
+
+def report() -> dict:
+    info = meminfo()
+    return {"online": _read("online"), "present": len(_read("present")),
+            "mem_total_kb": info.get("MemTotal", 0),
+            "mem_available_kb": info.get("MemAvailable", 0)}  # fmt: skip
