@@ -87,6 +87,9 @@ class Monitor:
         async def launch(memory: Memory | None = None, incoming: Incoming | None = None):
             self.vm = driver.make(shape, memory, incoming)
             await self.vm.launch()
+            if incoming is None and memory is None and self.vm.spec.resources.balloon:
+                # a cold boot: the guest's driver inflates it as it comes up
+                await self.vm.set_memory(self.vm.spec.resources.memory_mb)
             return self.vm
 
         self.timings["launch"] = time.monotonic()
@@ -101,8 +104,14 @@ class Monitor:
             network.close_taps(self.taps)  # QEMU holds them now: they go with it
         assert self.vm is not None and self.agent is not None
         boot = sizing.Size(shape["memory_mb"] or cfg.memory_mb, shape["vcpus"] or cfg.vcpus)
-        self.sizer = Sizer(self.config, self.vm, self.agent.request, boot,
-                           request.get("ceiling_cgroup"))  # fmt: skip
+        self.sizer = Sizer(
+            self.config,
+            self.vm,
+            self.agent.request,
+            boot,
+            request.get("ceiling_cgroup"),
+            returns_memory=self.template is None,
+        )
         await self.sizer.start()
         self._record_size()
         self.timings["agent_ready"] = time.monotonic()
@@ -319,6 +328,7 @@ class Monitor:
                 "qemu_pid": self.vm.pid if self.vm else 0,
                 "timings": self.timings,
                 "guest": self.guest,
+                "resize": self.sizer.last if self.sizer else {},
             }
         if op == "shutdown":
             asyncio.get_running_loop().call_soon(self.stop.set)

@@ -37,7 +37,7 @@ class Sizer:
     """One pod's size. ``request`` is the agent's (``AgentLink.request``)."""
 
     def __init__(self, config: Config, vm: Any, request: Request, boot: Size,
-                 ceiling_cgroup: str | None) -> None:  # fmt: skip
+                 ceiling_cgroup: str | None, returns_memory: bool = True) -> None:  # fmt: skip
         self.cfg = config.vm
         self.config_path = os.environ.get("HYPERPY_CONFIG") or "/etc/hyperpy/config.toml"
         self.vm = vm
@@ -46,6 +46,10 @@ class Sizer:
         res = vm.spec.resources
         self.most = Size(res.ram_mb if res.balloon else res.memory_mb, res.cpus)
         self.ceiling_cgroup = ceiling_cgroup  # the pod's host cgroup, if create gave it one
+        # whether what the balloon takes is the host's again: not in a VM restored from a
+        # template (QEMU 7.2 cannot discard a private file mapping's pages: vm/devices.py
+        # Balloon), whose host ceiling then stays where it is, or QEMU would be OOM-killed
+        self.returns_memory = returns_memory
         self.containers: dict[str, dict] = {}  # cid -> its LinuxResources
         self.lock = asyncio.Lock()
         self.last: dict[str, float] = {}  # the last resize's timings, ms
@@ -62,6 +66,9 @@ class Sizer:
             await self.request(P.OP_RESIZE, vcpus=self.now.vcpus)
         if self.vm.spec.resources.balloon:
             await self.vm.set_memory(self.now.memory_mb)
+            t = time.monotonic()
+            await balloon.settle(self.vm.memory_mb, self.now.memory_mb)
+            self.last = {"balloon_at_start": round((time.monotonic() - t) * 1e3, 1)}
 
     async def join(self, cid: str, resources: dict) -> None:
         """Container ``cid`` is being made in this pod: grow the VM to what the pod needs
@@ -150,7 +157,7 @@ class Sizer:
                         self.now.vcpus)  # fmt: skip
 
     def _ceiling(self, memory_mb: int, grow: bool) -> None:
-        if self.ceiling_cgroup is None:
+        if self.ceiling_cgroup is None or not (grow or self.returns_memory):
             return
         from hyperpy.errors import CgroupError
         from hyperpy.hostcgroup import HostCgroup

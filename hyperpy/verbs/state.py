@@ -35,8 +35,9 @@ def checked(root: str, cid: str, op: str) -> tuple[State, str, Status]:
 
 def state(root: str, cid: str) -> dict:
     st = record.load(root, cid)
-    now = status(record.state_dir(root, cid), st)
-    return {
+    d = record.state_dir(root, cid)
+    now = status(d, st)
+    out = {
         "ociVersion": OCI_VERSION,
         "id": st.id,
         "pid": st.pid if now != Status.STOPPED else 0,
@@ -47,6 +48,22 @@ def state(root: str, cid: str) -> dict:
         "owner": st.owner,
         "annotations": st.annotations,
     }
+    if now != Status.STOPPED and (size := vm_size(d)):
+        out["vm"] = size  # beside runc's fields: what the pod's VM has now (docs/resize.md)
+    return out
+
+
+def vm_size(d: str) -> dict | None:
+    """The pod's VM size, as its monitor last wrote it beside monitor.sock."""
+    import json
+
+    sock = os.path.realpath(os.path.join(d, record.MONITOR_SOCK))
+    try:
+        with open(os.path.join(os.path.dirname(sock), "vm.json")) as f:
+            size = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return size if isinstance(size, dict) else None
 
 
 def list_states(root: str, ids: list[str]) -> list[dict]:

@@ -80,12 +80,20 @@ class Resources:
 @dataclass(frozen=True)
 class Balloon:
     """virtio-balloon: holds the VM's memory past the pod's size (``vm/sizing.py``). No
-    deflate-on-OOM: the guest's MemTotal is what the pod was given."""
+    deflate-on-OOM: the guest's MemTotal is what the pod was given. Free page reporting:
+    the guest hands back what it freed (2 MiB at a time), so what it touched while it
+    booted in its full memory returns to the host (~50 MiB PSS of a cold pod with 2 GiB)."""
 
     bus: str = "mmio"
+    # Off for VMs that templates make or restore: QEMU 7.2 discards the RAM of a private
+    # file mapping by punching a hole in the file, which a template's sealed memfd refuses
+    # (it logs each page), so a restored guest's free pages could not go back anyway.
+    reporting: bool = True
 
     def args(self) -> list[str]:
-        return ["-device", f"{_virtio('virtio-balloon', self.bus)},id=balloon0"]
+        dev = _virtio("virtio-balloon", self.bus)
+        report = "on" if self.reporting else "off"
+        return ["-device", f"{dev},id=balloon0,free-page-reporting={report}"]
 
 
 @dataclass(frozen=True)

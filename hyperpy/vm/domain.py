@@ -119,7 +119,8 @@ def render(
         _address(port, next(slots))
     ET.SubElement(devs, "controller", type="usb", model="none")
     if spec.resources.balloon:  # vm/sizing.py: <currentMemory> is its target
-        _address(ET.SubElement(devs, "memballoon", model="virtio"), next(slots))
+        balloon = ET.SubElement(devs, "memballoon", model="virtio", freePageReporting="on")
+        _address(balloon, next(slots))
     else:
         ET.SubElement(devs, "memballoon", model="none")
     if spec.machine.icount:

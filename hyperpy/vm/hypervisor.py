@@ -16,6 +16,7 @@ A :class:`VM` (``qemu.QemuVM`` or ``libvirt.LibvirtVM``) is what the monitor hol
     shutdown(); close() stop it in stages, then release the monitor's ends
     check_binds(b)      the share binds as this driver's QEMU can serve them (or SpecError)
     share(p), unshare(c) make a container's files reach the guest, and take them back
+    set_memory(m)       the balloon's target, MiB; memory_mb(): where the guest is now
 
 :class:`Capabilities` says what else a driver can do (templates need QMP on an fd and the
 jail; vsock needs a host device QEMU opens itself). A :class:`Driver` is how the monitor
@@ -59,6 +60,8 @@ class VM(Protocol):
     def check_binds(self, binds: list) -> list: ...
     async def share(self, plan: Any, state_dir: str) -> None: ...
     async def unshare(self, cid: str, state_dir: str) -> None: ...
+    async def set_memory(self, memory_mb: int) -> None: ...
+    async def memory_mb(self) -> int: ...
 
     @property
     def console_path(self) -> str: ...
@@ -161,14 +164,17 @@ class Driver:
         """The key of the template of VMs of ``shape``: their command line as the jail sees
         it, without the pod's name or fds, and the files it runs (OSError: one is gone)."""
         cfg = self.config.vm
-        keyspec = plan.build_spec(cfg, self.accel, plan.Placeholder(), jailed=True, **shape)
+        keyspec = plan.build_spec(cfg, self.accel, plan.Placeholder(), jailed=True,
+                                  templated=True, **shape)  # fmt: skip
         binary = shutil.which(keyspec.binary) or keyspec.binary
         return template.key(keyspec.argv(), (binary, cfg.kernel, cfg.initrd))
 
     def spec(self, shape: dict[str, Any], chans: Any) -> VMSpec:
         jailed = self.jail is not None
+        templated = self.templates and self.config.template.enabled
         return plan.build_spec(self.config.vm, self.accel, chans, jailed=jailed, name=self.dir,
-                               vsock_cid=self.vsock_cid, **shape)  # fmt: skip
+                               vsock_cid=self.vsock_cid, templated=templated,
+                               **shape)  # fmt: skip
 
     def make(self, shape: dict[str, Any], memory: Memory | None = None,
              incoming: Incoming | None = None) -> VM:  # fmt: skip

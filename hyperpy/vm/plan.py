@@ -73,9 +73,12 @@ def build_spec(
     name: str = "",
     nics: tuple[tuple[int, str], ...] = (),
     faithful: bool = False,
+    templated: bool = False,
 ) -> VMSpec:
     """The VMSpec of a sandbox; with ``jailed``, paths are those inside QEMU's jail. With
-    ``faithful`` the image export is read-write ``passthrough`` (``[vm] files``)."""
+    ``faithful`` the image export is read-write ``passthrough`` (``[vm] files``); with
+    ``templated`` the VM is one a template makes or restores (its balloon reports no free
+    pages: ``devices.Balloon``)."""
     machine = Machine(cfg.machine, accel, cfg.icount, cfg.tcg_tb_size_mb)
     bus = machine.bus
     channel: SerialChannel | VsockChannel
@@ -92,7 +95,7 @@ def build_spec(
         params.append(cfg.kernel_params)
     devices: list[Rng | Share9p | Nic | Balloon] = [Rng(bus)]
     if resources.balloon:
-        devices.append(Balloon(bus))
+        devices.append(Balloon(bus, reporting=not templated))
     if share:
         devices.append(Share9p(J.SHARE if jailed else share, bus=bus))
     if image:
