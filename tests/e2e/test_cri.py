@@ -425,28 +425,34 @@ def test_stats_are_the_vms_at_the_pod_level(cri):
 
 def test_update_container_resources_reaches_the_guest(cri):
     """The kubelet's in-place resize: containerd runs `hyperpy update --resources -`; the
-    member's cgroup in the guest gets the new memory limit and CPU quota."""
+    member's cgroup in the guest gets the new memory limit and CPU quota, and the pod's VM
+    follows (docs/resize.md): a member that joins with a limit past the VM's boot size grows
+    it, a resize grows its memory and vCPUs, and the container sees them."""
     pb, rt = cri.pb, cri.rt
     pod, pod_config = _pod(cri, "update")
+    two = (os.cpu_count() or 1) >= 2
     try:
-        res = pb.LinuxContainerResources(memory_limit_in_bytes=48 << 20, cpu_period=100000,
+        res = pb.LinuxContainerResources(memory_limit_in_bytes=300 << 20, cpu_period=100000,
                                          cpu_quota=20000, cpu_shares=256)  # fmt: skip
         cid = _container(cri, pod, pod_config, "resized", ["sleep", "999999"], res)
 
         def limits() -> list[str]:
-            out = _exec(cri, cid, ["sh", "-c", f"{GUEST_CGROUP}; cat $g/memory.max $g/cpu.max"])
-            return out.split("\n")[:2]
+            script = f"{GUEST_CGROUP}; cat $g/memory.max $g/cpu.max; grep MemTotal /proc/meminfo"
+            out = _exec(cri, cid, ["sh", "-c", script + "; nproc"]).split("\n")
+            return [out[0], out[1], str(int(out[2].split()[1]) >= int(out[0]) >> 10), out[3]]
 
-        assert limits() == [str(48 << 20), "20000 100000"]
-        new = pb.LinuxContainerResources(memory_limit_in_bytes=96 << 20, cpu_period=100000,
-                                         cpu_quota=50000, cpu_shares=512)  # fmt: skip
+        # the pause container booted the VM at 256 MiB: the member's 300 MiB grew it
+        assert limits() == [str(300 << 20), "20000 100000", "True", "1"]
+        quota = 200000 if two else 50000
+        new = pb.LinuxContainerResources(memory_limit_in_bytes=700 << 20, cpu_period=100000,
+                                         cpu_quota=quota, cpu_shares=512)  # fmt: skip
         rt.UpdateContainerResources(
             pb.UpdateContainerResourcesRequest(container_id=cid, linux=new), timeout=60
         )
-        assert limits() == [str(96 << 20), "50000 100000"]
+        assert limits() == [str(700 << 20), f"{quota} 100000", "True", "2" if two else "1"]
         status = rt.ContainerStatus(pb.ContainerStatusRequest(container_id=cid), timeout=30)
         got = status.status.resources.linux
-        assert (got.memory_limit_in_bytes, got.cpu_quota) == (96 << 20, 50000), got
+        assert (got.memory_limit_in_bytes, got.cpu_quota) == (700 << 20, quota), got
     finally:
         _remove_pod(cri, pod)
 
