@@ -18,7 +18,8 @@ jitters.  Medians of ``--runs`` (default 5) runs.
 Then the network (``bench_network.py``), memory per idle pod with and without templates
 (``bench_template.py``), the hot verbs beside runc (``bench_verbs.py``) and what a console
 flood costs the host (``bench_bounds.py``), file I/O and the start by ``[vm] files`` beside
-runc (``bench_files.py``); the output ends
+runc (``bench_files.py``), what resizing costs a pod and how fast ``update`` resizes
+(``bench_resize.py``); the output ends
 with ``summary NAME X`` lines for scripts. The libvirt driver's cold start and QEMU memory
 are measured beside the direct driver's (``bench_libvirt.py``, a libvirtd of its own when
 none runs), and the remote driver's cold start against an sshd on loopback in a network
@@ -39,7 +40,7 @@ import sys
 import tempfile
 import time
 
-from tests import bench_bounds, bench_files, bench_libvirt, bench_template
+from tests import bench_bounds, bench_files, bench_libvirt, bench_resize, bench_template
 from tests.libvirtd import Daemon
 from tests.sshd import Sshd
 
@@ -249,6 +250,10 @@ def main() -> int:
         console_cost = bench_bounds.report_console_cost(work, bundle, args.runs, cold_env)
         bench_files.report_start(cold_run, root, bundle, args.runs, (run, tmpl), work)
         files_write, files_untar = bench_files.report(work, 3, bench_files.envs(work))
+        resize_start = bench_resize.report_start(cold_run, root, bundle, args.runs, (run, tmpl),
+                                                 work)  # fmt: skip
+        resize_pss, resize_tmpl_pss = bench_resize.report_memory(work, busy)
+        grow_s, shrink_s = bench_resize.report_update(work, busy)
         print(f"\nsummary cold/bare {r / b:.2f}")
         print(f"summary template/cold {t / r:.2f}")
         print(f"summary pss-mib-per-pod {pss:.1f}")
@@ -261,6 +266,11 @@ def main() -> int:
         print(f"summary verbose-console-cold-s {console_cost:+.3f}")
         print(f"summary root-write-mibs/runc {files_write:.2f}")
         print(f"summary untar/runc {files_untar:.1f}")
+        print(f"summary resize-cold-start-s {resize_start:+.3f}")
+        print(f"summary resize-pss/fixed-cold {resize_pss:.2f}")
+        print(f"summary resize-pss-mib-template {resize_tmpl_pss:+.1f}")
+        print(f"summary update-grow-s {grow_s:.3f}")
+        print(f"summary update-shrink-s {shrink_s:.3f}")
     finally:
         sshd.__exit__()
         libvirtd.__exit__()

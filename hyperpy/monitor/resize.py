@@ -153,8 +153,9 @@ class Sizer:
                 target = min(floor, self.now.memory_mb)
         await self.vm.set_memory(target)
         actual = await balloon.settle(self.vm.memory_mb, target)
-        self.now = Size(target if target > self.now.memory_mb else max(actual, target),
-                        self.now.vcpus)  # fmt: skip
+        if target < self.now.memory_mb and actual > target + 2:  # it kept more (libvirt
+            target = actual  # rounds to its own units: within 2 MiB is the target)
+        self.now = Size(target, self.now.vcpus)
 
     def _ceiling(self, memory_mb: int, grow: bool) -> None:
         if self.ceiling_cgroup is None or not (grow or self.returns_memory):

@@ -71,6 +71,10 @@ def render(
     _text(dom, "memory", str(spec.resources.ram_mb), unit="MiB")
     _text(dom, "currentMemory", str(spec.resources.memory_mb), unit="MiB")
     _text(dom, "vcpu", str(spec.resources.cpus))
+    if spec.resources.balloon:  # as the direct driver's (devices.Resources): no huge pages
+        backing = ET.SubElement(dom, "memoryBacking")
+        ET.SubElement(backing, "source", type="memfd")
+        ET.SubElement(backing, "access", mode="shared")
     os_ = ET.SubElement(dom, "os")
     _text(os_, "type", "hvm", arch="x86_64", machine=machine)
     _text(os_, "kernel", paths.kernel)

@@ -88,7 +88,10 @@ def test_the_vm_boots_at_its_maximum_with_a_balloon():
     cfg = dataclasses.replace(VMConfig(), max_memory_mb=2048, max_vcpus=2)
     res = sizing.resources(cfg, 400, None)
     assert res == Resources(vcpus=1, memory_mb=400, max_vcpus=2, max_memory_mb=2048)
-    assert res.args() == ["-smp", "2", "-m", "2048M"] and res.balloon
+    assert res.args(own_ram=False) == ["-smp", "2", "-m", "2048M"] and res.balloon
+    # its own RAM a memfd: no transparent huge pages (devices.Resources)
+    assert res.args()[4:] == ["-object", "memory-backend-memfd,id=ram,size=2048M,share=on",
+                              "-machine", "memory-backend=ram"]  # fmt: skip
     # no maximum: the pod's own size, no balloon (as before resizing)
     off = sizing.resources(dataclasses.replace(cfg, max_memory_mb=0, max_vcpus=1), 400, 1)
     assert off.args() == ["-smp", "1", "-m", "400M"] and not off.balloon

@@ -130,6 +130,28 @@ def test_a_vm_whose_container_exited_is_stopped_by_qmp_over_ssh(root, bundle, re
     assert hp(remote, root, "delete", "r9").returncode == 0
 
 
+def test_update_resizes_the_remote_vm_through_qmp_over_ssh(root, bundle, remote):
+    """The balloon is moved through the QMP tunnel, the vCPUs by the agent (docs/resize.md)."""
+    pid = create(remote, root, bundle(["sleep", "1000"]), "r10")
+    assert hp(remote, root, "start", "r10").returncode == 0
+
+    def seen() -> tuple[int, int]:
+        res = hp(remote, root, "exec", "r10", "sh", "-c", "grep MemTotal /proc/meminfo; nproc")
+        assert res.returncode == 0, res.stderr
+        mem, nproc = res.stdout.decode().split("\n")[:2]
+        return int(mem.split()[1]) >> 10, int(nproc)
+
+    assert seen()[0] <= 256
+    two = (os.cpu_count() or 1) >= 2
+    quota = ["--cpu-quota", "200000", "--cpu-period", "100000"] if two else []
+    res = hp(remote, root, "update", "--memory", "600m", *quota, "r10")
+    assert res.returncode == 0, res.stderr
+    mem, nproc = seen()
+    assert 600 <= mem <= 760 and nproc == (2 if two else 1), (mem, nproc)
+    assert hp(remote, root, "delete", "--force", "r10").returncode == 0
+    assert wait_exit(pid) in (137, 255)
+
+
 def test_a_read_write_mount_is_refused_naming_it(root, bundle, remote, tmp_path):
     b = bundle(["true"])
     with open(f"{b}/config.json") as f:
