@@ -144,8 +144,12 @@ def test_a_changed_input_makes_a_new_template(root, bundle, templates, tmp_path)
     assert len(listed(env)) == 1
     os.utime(initrd, (time.time() + 10, time.time() + 10))  # a rebuilt initrd
     run_out(root, b, "ch3", env)
-    cfg.write_text(f'[vm]\ninitrd = "{initrd}"\nmemory_mb = 192\n')  # another shape
+    # a pod of another size is the same shape (docs/resize.md: the VM boots at its most)
+    cfg.write_text(f'[vm]\ninitrd = "{initrd}"\nmemory_mb = 192\n')
     run_out(root, b, "ch4", env)
+    assert len({t["key"] for t in listed(env)}) == 2
+    cfg.write_text(f'[vm]\ninitrd = "{initrd}"\nmax_memory_mb = 1024\n')  # another shape
+    run_out(root, b, "ch5", env)
     keys = [t["key"] for t in listed(env)]
     assert len(set(keys)) == 3, keys
 
