@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from hyperpy.errors import SpecError, VMError
 from hyperpy.vm import ssh
 from hyperpy.vm.boot import watch_boot
-from hyperpy.vm.console import ConsoleLog
+from hyperpy.vm.console import QEMU_LOG_MAX, ConsoleLog
 from hyperpy.vm.console import tail as console_tail
 from hyperpy.vm.devices import BASE_ARGS, SANDBOX, Machine, Rng, SerialChannel, Share9p
 from hyperpy.vm.ending import Ending
@@ -58,7 +58,6 @@ LAUNCH_TIMEOUT = 180.0
 # the read-write files docker binds into every container: copied (the container writes
 # its copy; the node's file does not change)
 RUNTIME_FILES = ("resolv.conf", "hosts", "hostname")
-STDERR_LOG_MAX = 1 << 20  # qemu.log: a ring of two files, as the console log is
 SIDE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "remote_side.py")
 
 
@@ -186,7 +185,7 @@ class RemoteVM(Ending):
             ring.close()
 
     def _stderr(self) -> None:
-        ring = ConsoleLog(self.stderr_path, STDERR_LOG_MAX)  # QEMU warns of what the guest does
+        ring = ConsoleLog(self.stderr_path, QEMU_LOG_MAX)  # QEMU warns of what the guest does
         try:
             while data := self.control.recv_stderr(65536):
                 ring.write(data)
