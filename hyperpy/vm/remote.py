@@ -82,6 +82,16 @@ def remote_argv(spec: VMSpec, poddir: str, kernel: str, initrd: str) -> list[str
     return out
 
 
+def _relay(recv: Any, path: str, max_bytes: int) -> None:
+    """What ``recv`` gives, into a ring of ``max_bytes`` at ``path``, until the channel ends."""
+    ring = ConsoleLog(path, max_bytes)
+    try:
+        while data := recv(65536):
+            ring.write(data)
+    finally:
+        ring.close()
+
+
 def remote_accel(client: Any, workdir: str, vcfg: VMConfig, kernel: str) -> str:
     """The accelerator the remote host would use: ``[vm] accel``, or with ``auto`` KVM only
     if a probe guest (the bare initrd) boots on it there, asked once per kernel and the
@@ -177,20 +187,10 @@ class RemoteVM(Ending):
             threading.Thread(target=target, name=target.__name__, daemon=True).start()
 
     def _console(self) -> None:
-        ring = ConsoleLog(self.console_path, self.vcfg.console_log_max_mb << 20)
-        try:
-            while data := self.control.recv(65536):
-                ring.write(data)
-        finally:
-            ring.close()
+        _relay(self.control.recv, self.console_path, self.vcfg.console_log_max_mb << 20)
 
     def _stderr(self) -> None:
-        ring = ConsoleLog(self.stderr_path, QEMU_LOG_MAX)  # QEMU warns of what the guest does
-        try:
-            while data := self.control.recv_stderr(65536):
-                ring.write(data)
-        finally:
-            ring.close()
+        _relay(self.control.recv_stderr, self.stderr_path, QEMU_LOG_MAX)  # QEMU's warnings
 
     def _wait(self) -> None:
         rc = self.control.recv_exit_status()  # -1: no status (the connection went away)
