@@ -257,37 +257,14 @@ def exec_(
     command_args: tuple[str, ...],
 ) -> None:
     """Run a new process in a running container."""
-    from hyperpy.oci import process as oci_process
-    from hyperpy.verbs.exec import ExecOptions
+    from hyperpy.verbs.exec import ExecOptions, ProcessFlags
 
     no_preserved_fds(preserve_fds)
-    rt = _runtime(ctx)
-    if process_file:
-        source = f"--process {process_file}"
-        process = oci_process.from_file(process_file, cap)
-    else:
-        if not command_args:
-            raise UsageError("exec needs a command (or --process FILE)")
-        for name in cap:  # before the bundle is read: a bad flag is the caller's to fix
-            oci_process.check_cap(name)
-        st = rt.load(container_id)
-        from hyperpy.oci.validate import load_bundle
-
-        process = oci_process.from_flags(
-            load_bundle(st.bundle).get("process") or {},
-            list(command_args),
-            tty=tty,
-            cwd=cwd,
-            env=env,
-            user=user,
-            additional_gids=additional_gids,
-            no_new_privs=no_new_privs,
-            caps=cap,
-        )
-        source = "exec's arguments"
-    opts = ExecOptions(console_socket, pid_file, detach, source)
-    code = rt.exec(container_id, process, opts)
-    sys.exit(code)
+    flags = ProcessFlags(process_file, command_args, tty=tty, cwd=cwd, env=env, user=user,
+                         additional_gids=additional_gids, no_new_privs=no_new_privs,
+                         caps=cap)  # fmt: skip
+    opts = ExecOptions(console_socket, pid_file, detach)
+    sys.exit(_runtime(ctx).exec(container_id, flags, opts))
 
 
 @cli.command()

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from hyperpy.sandbox.record import State
     from hyperpy.verbs.create import CreateOptions
-    from hyperpy.verbs.exec import ExecOptions
+    from hyperpy.verbs.exec import ExecOptions, ProcessFlags
 
 
 class Runtime:
@@ -81,10 +81,10 @@ class Runtime:
 
         kill(self.root, cid, sig, all_)
 
-    def exec(self, cid: str, process: dict, opts: ExecOptions) -> int:
+    def exec(self, cid: str, flags: ProcessFlags, opts: ExecOptions) -> int:
         from hyperpy.verbs.exec import exec_process
 
-        return exec_process(self.root, cid, process, opts)
+        return exec_process(self.root, cid, flags, opts)
 
     def pause(self, cid: str, resume: bool = False) -> None:
         from hyperpy.verbs.resources import pause

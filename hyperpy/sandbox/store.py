@@ -14,8 +14,9 @@ Layout of ``<root>/<id>/``::
     share-rw/, shared/, share.json   the 9p export and its record (hyperpy/share.py)
     jail/          QEMU's root, a tmpfs in QEMU's own mount namespace (hyperpy/vm/jail.py)
 
-QEMU gets its QMP and agent channels as socketpair ends and its console as a file
-descriptor: it can write nothing in this directory.
+QEMU gets its QMP and agent channels, its console and its stdout and stderr as socketpair
+ends (the monitor writes console.log and qemu.log, each a bounded ring): it can write
+nothing in this directory.
 """
 
 from __future__ import annotations

@@ -10,18 +10,20 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
 
 from hyperpy.errors import UsageError
 from hyperpy.monitor_client import MonitorClient, raise_remote
+from hyperpy.proc import spawn_ready
 from hyperpy.sandbox.model import Status
 from hyperpy.sandbox.record import State, check_id
 from hyperpy.sandbox.store import Store
 from hyperpy.verbs import cgroup, pod
 from hyperpy.verbs.delete import destroy
-from hyperpy.verbs.spawn import read_ready, spawn_detached, spawn_proxy, write_pid_file
+from hyperpy.verbs.spawn import spawn_proxy, write_pid_file
 from hyperpy.verbs.state import run_hooks
 from hyperpy.vm import sizing
 
@@ -152,42 +154,44 @@ def _boot(store: Store, d: str, st: State, spec: dict, netns: str) -> None:
     if req["limited"]:
         req["ceiling_cgroup"] = st.host_cgroup  # the monitor moves it with the VM's size
     req["network"] = {"netns": netns, "interfaces": config.network.interfaces}
-    r, w = os.pipe()
     env = dict(os.environ)
     env["HYPERPY_MONITOR_REQUEST"] = json.dumps(req)
-    try:
-        mon = spawn_detached([sys.executable, "-m", "hyperpy.monitor", d, str(w)], (w,), env=env)
-    finally:
-        os.close(w)
-    st.monitor_pid, st.driver = mon.pid, cfg.driver
-    store.save(st)
-    # Into the pod's cgroup before the monitor starts QEMU, so that the guest's memory
-    # is charged there from its first page (v1 does not move charges with a process).
     cg = cgroup(st.host_cgroup)
-    # The guest enforces the container's limit; the host ceiling is the whole VM plus
-    # QEMU's own memory, so the host never OOM-kills the VM for that limit.
-    ceiling = (req["memory_mb"] + sizing.QEMU_OVERHEAD_MB) << 20 if req["limited"] else None
     cpu = (spec.get("linux", {}).get("resources") or {}).get("cpu") or {}
-    cg.create(memory_limit=ceiling, cpu=cpu)  # the cpuset, before QEMU starts in it
-    cg.add(st.monitor_pid)
-    try:
-        line = read_ready(r, cfg.boot_timeout + 30, "the sandbox monitor")
-    finally:
-        os.close(r)
+
+    def started(mon: subprocess.Popen[bytes]) -> None:
+        st.monitor_pid, st.driver = mon.pid, cfg.driver
+        store.save(st)
+        # Into the pod's cgroup before the monitor starts QEMU, so that the guest's memory
+        # is charged there from its first page (v1 does not move charges with a process).
+        # The guest enforces the container's limit; the host ceiling is the whole VM plus
+        # QEMU's own memory, so the host never OOM-kills the VM for that limit.
+        ceiling = (req["memory_mb"] + sizing.QEMU_OVERHEAD_MB) << 20 if req["limited"] else None
+        cg.create(memory_limit=ceiling, cpu=cpu)  # the cpuset, before QEMU starts in it
+        cg.add(st.monitor_pid)
+
+    # a monitor that reports failure has cleaned up (or does now) before it exits
+    _, result = spawn_ready(lambda fd: [sys.executable, "-m", "hyperpy.monitor", d, str(fd)],
+                            "the sandbox monitor", cfg.boot_timeout + 30, _monitor_report,
+                            env=env, started=started, grace=30)  # fmt: skip
+    st.qemu_pid = result.get("qemu_pid", 0)
+    cg.set_cpu(cpu)  # shares, quota, period: after the boot, which they would throttle
+
+
+def _monitor_report(line: str) -> dict:
+    """The monitor's ready line: its JSON report, or the error it names raised."""
     try:
         result = json.loads(line) if line else {"ok": False, "error": "the monitor exited"}
     except ValueError:
         result = {"ok": False, "error": f"garbled monitor report: {line!r}"}
     if not result.get("ok"):
-        mon.wait(timeout=30)
         raise_remote(
             {
                 "kind": result.get("kind", "VMError"),
                 "error": result.get("error", "the sandbox monitor failed"),
             }
         )
-    st.qemu_pid = result.get("qemu_pid", 0)
-    cg.set_cpu(cpu)  # shares, quota, period: after the boot, which they would throttle
+    return result
 
 
 def _pod_resolvers(spec: dict) -> list[str]:

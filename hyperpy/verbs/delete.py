@@ -3,7 +3,8 @@
 :func:`destroy` is also what a failed create undoes with. Its path through the state
 directory goes one way: is the monitor answering (its socket, its pid and QEMU's from
 the record), kill what still runs and wait for init's exit, leave the pod or shut the VM
-down, kill what is left, then release the share, a libvirt domain and the host cgroup.
+down, kill what is left, then release the share, what the VM's driver left behind
+(``vm/orphans.py``) and the host cgroup.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from hyperpy.sandbox.model import Status
 from hyperpy.sandbox.record import State
 from hyperpy.verbs import cgroup, log
 from hyperpy.verbs.state import run_hooks, status
+from hyperpy.vm import orphans
 
 
 def delete(root: str, cid: str, force: bool = False) -> None:
@@ -113,22 +115,7 @@ def _stop_vm(d: str, st: State, answering: bool, exited: bool) -> None:
         from hyperpy import share
 
         share.release(d)
-    if st.driver == "libvirt":
-        _destroy_libvirt_domain(d)
-
-
-def _destroy_libvirt_domain(d: str) -> None:
-    """A libvirt pod whose monitor was killed (its view is left): its domain too."""
-    from hyperpy.vm import view
-
-    if view.remove_for(d):
-        from hyperpy.config import load
-        from hyperpy.launcher import with_site
-
-        with_site()  # libvirt-python is in site-packages
-        from hyperpy.vm.libvirt import destroy_by_name
-
-        destroy_by_name(load().libvirt.uri, view.domain_name(d))
+    orphans.reap(d, st.driver)  # what the driver's VM left, if its monitor was killed
 
 
 def _remove_cgroup(st: State) -> None:

@@ -17,6 +17,11 @@ control does), so a monitor that falls behind never stalls the guest or grows a 
 The remote driver writes what its SSH channel carries through the same :class:`ConsoleLog`,
 and libvirt's QEMU connects its serial port to a socket the monitor listens on
 (:class:`ConsoleListener`) instead of writing a file itself, which nothing would bound.
+
+QEMU's own stdout and stderr (``qemu.log``) are a ring of the same kind, of
+``QEMU_LOG_MAX``: the guest can make QEMU print (virtio and 9p warnings), so the direct
+driver gives QEMU a :class:`ConsolePipe` for them, and the remote driver relays the remote
+QEMU's stderr into one.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import os
 import socket
 
 DEFAULT_MAX_BYTES = 4 << 20
+QEMU_LOG_MAX = 1 << 20  # qemu.log: what QEMU itself prints, quoted when a VM fails
 CHUNK = 65536
 PANIC_MARKERS = (b"Kernel panic", b"---[ end Kernel panic")
 
@@ -114,7 +120,9 @@ class ConsoleReader:
 
 
 class ConsolePipe(ConsoleReader):
-    """The direct driver's console: a socketpair whose end ``fd`` QEMU inherits."""
+    """The direct driver's console (and QEMU's stdout and stderr): a socketpair whose end
+    ``fd`` QEMU inherits; that end never blocks, so QEMU drops what a monitor that falls
+    behind has no room for rather than stall."""
 
     def __init__(self, path: str, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         super().__init__(path, max_bytes)
@@ -179,7 +187,7 @@ class ConsoleListener(ConsoleReader):
         super().close()
 
 
-def _read_end(path: str, limit: int) -> bytes:
+def read_end(path: str, limit: int) -> bytes:
     """The last ``limit`` bytes of the log: of the current file, topped up from the previous."""
     data = b""
     for name in (path, path + ".1"):
@@ -200,7 +208,7 @@ def tail(path: str, lines: int = 20) -> str:
     """The last ``lines`` lines of a console log (or of any log), for an error message."""
     if not (os.path.exists(path) or os.path.exists(path + ".1")):
         return "(no console log)"
-    text = _read_end(path, 8192).decode("utf-8", "replace").replace("\r", "")
+    text = read_end(path, 8192).decode("utf-8", "replace").replace("\r", "")
     return "\n".join(text.splitlines()[-lines:]) or "(console log is empty)"
 
 

@@ -22,7 +22,9 @@ A :class:`VM` (``qemu.QemuVM`` or ``libvirt.LibvirtVM``) is what the monitor hol
 jail; vsock needs a host device QEMU opens itself). A :class:`Driver` is how the monitor
 gets one: it checks the artifacts, probes the host (``prepare``), names the shape's
 template (``template_key``) and makes the VM; :func:`connect_early` opens what a driver
-needs from the host's network namespace.
+needs from the host's network namespace. What a driver's VM leaves behind a killed monitor
+is reaped by ``delete`` through ``vm/orphans.py``, the verbs' side of this interface (lean:
+importing this module costs a hot verb ~35 ms).
 """
 
 from __future__ import annotations

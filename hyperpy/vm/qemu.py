@@ -3,8 +3,9 @@
 :mod:`hyperpy.vm.boot`'s).
 
 Owns the QEMU process, its QMP connection (qemu.qmp), and its channels (:class:`Channels`):
-the socketpairs of QMP and the agent channel and the console's pipe, read into the bounded
-log of :mod:`hyperpy.vm.console` (QEMU inherits one end of each, so it never makes a socket
+the socketpairs of QMP and the agent channel, and the pipes of the console and of QEMU's
+own stdout and stderr, each read into a bounded log of :mod:`hyperpy.vm.console`
+(``console.log``, ``qemu.log``; QEMU inherits one end of each, so it never makes a socket
 or file the host later opens by path). Used by the sandbox monitor inside
 its asyncio loop. :class:`QemuVM` is an async context manager whose cleanup always runs:
 QMP ``quit``, then SIGTERM, then SIGKILL (after QEMU's QEMUMachine). With a
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING
 from hyperpy.errors import VMError
 from hyperpy.vm import balloon, console
 from hyperpy.vm.boot import watch_boot
-from hyperpy.vm.console import DEFAULT_MAX_BYTES, ConsolePipe
+from hyperpy.vm.console import DEFAULT_MAX_BYTES, QEMU_LOG_MAX, ConsolePipe
 from hyperpy.vm.devices import VMSpec, VsockChannel
 from hyperpy.vm.share_local import LocalShare
 
@@ -40,7 +41,8 @@ log = logging.getLogger(__name__)
 
 
 class Channels:
-    """The monitor's ends of QMP and the agent channel (socketpairs) and the console log;
+    """The monitor's ends of QMP and the agent channel (socketpairs), the console log and
+    QEMU's stdout and stderr (``qemu.log``, a ring too: the guest can make QEMU print);
     QEMU inherits the other ends, which :meth:`close_vm_ends` closes here once it runs."""
 
     def __init__(
@@ -53,6 +55,8 @@ class Channels:
         if serial:
             self.agent, self._agent_vm = socket.socketpair()
         self.console = ConsolePipe(self.console_path, console_max)
+        self.stderr_path = os.path.join(workdir, "qemu.log")
+        self.stderr = ConsolePipe(self.stderr_path, QEMU_LOG_MAX)
 
     @property
     def console_fd(self) -> int:
@@ -71,6 +75,17 @@ class Channels:
             if sock is not None:
                 sock.close()
         self.console.close_vm_end()
+        self.stderr.close_vm_end()
+
+    def start(self) -> None:
+        """Read the console and QEMU's output from now on (once QEMU has its ends)."""
+        self.console.start()
+        self.stderr.start()
+
+    def drain(self) -> None:
+        """Move what QEMU wrote to the logs now: its last lines, before they are read."""
+        self.console.drain()
+        self.stderr.drain()
 
     def close(self) -> None:
         self.close_vm_ends()
@@ -78,6 +93,7 @@ class Channels:
             if sock is not None:
                 sock.close()
         self.console.close()
+        self.stderr.close()
 
 
 class QemuVM(LocalShare):
@@ -92,7 +108,7 @@ class QemuVM(LocalShare):
         self.jail = jail
         self.proc: asyncio.subprocess.Process | None = None
         self.qmp: QMPClient | None = None
-        self.stderr_path = os.path.join(workdir, "qemu.log")
+        self.stderr_path = chans.stderr_path
 
     async def __aenter__(self) -> QemuVM:
         await self.launch()
@@ -106,23 +122,22 @@ class QemuVM(LocalShare):
         if self.jail is not None:
             argv = self.jail.wrap(argv)
         log.info("launching QEMU: %s", " ".join(argv))
-        with open(self.stderr_path, "wb") as err:
-            try:
-                self.proc = await asyncio.create_subprocess_exec(
-                    *argv,
-                    cwd="/",
-                    stdin=subprocess.DEVNULL,
-                    stdout=err,
-                    stderr=err,
-                    close_fds=True,
-                    pass_fds=self.spec.pass_fds(),
-                    preexec_fn=_die_with_parent,
-                )
-            except OSError as exc:
-                raise VMError(f"cannot run {argv[0]}: {exc}; install qemu-system-x86") from exc
-            finally:
-                self.chans.close_vm_ends()
-        self.chans.console.start()
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                *argv,
+                cwd="/",
+                stdin=subprocess.DEVNULL,
+                stdout=self.chans.stderr.fd,
+                stderr=self.chans.stderr.fd,
+                close_fds=True,
+                pass_fds=self.spec.pass_fds(),
+                preexec_fn=_die_with_parent,
+            )
+        except OSError as exc:
+            raise VMError(f"cannot run {argv[0]}: {exc}; install qemu-system-x86") from exc
+        finally:
+            self.chans.close_vm_ends()
+        self.chans.start()
         try:
             await self._connect_qmp()
         except VMError:
@@ -166,10 +181,8 @@ class QemuVM(LocalShare):
         self.qmp.send_fd_scm(fd)
 
     def failure(self, what: str, cls: type[VMError] = VMError) -> VMError:
-        self.chans.console.drain()  # its last lines, before they are quoted
-        stderr = ""
-        with contextlib.suppress(OSError), open(self.stderr_path, "rb") as f:
-            stderr = f.read()[-2000:].decode(errors="replace").strip()
+        self.chans.drain()  # its last lines, before they are quoted
+        stderr = console.read_end(self.stderr_path, 2000).decode(errors="replace").strip()
         return cls(
             f"{what}.\nQEMU command: {' '.join(self.spec.argv())}\n"
             f"QEMU stderr: {stderr or '(empty)'}\n"
@@ -188,7 +201,7 @@ class QemuVM(LocalShare):
         """Why QEMU is gone, or None while it runs."""
         if self.proc is None or self.proc.returncode is None:
             return None
-        self.chans.console.drain()  # what it wrote last is in the log before anyone reads it
+        self.chans.drain()  # what it wrote last is in the logs before anyone reads them
         rc = self.proc.returncode
         return f"QEMU killed by signal {-rc}" if rc < 0 else f"QEMU exit status {rc}"
 

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from hyperpy.errors import SpecError, VMError
 from hyperpy.vm import balloon, ssh
 from hyperpy.vm.boot import watch_boot
-from hyperpy.vm.console import ConsoleLog
+from hyperpy.vm.console import QEMU_LOG_MAX, ConsoleLog
 from hyperpy.vm.console import tail as console_tail
 from hyperpy.vm.devices import (
     BASE_ARGS,
@@ -66,7 +66,6 @@ LAUNCH_TIMEOUT = 180.0
 # the read-write files docker binds into every container: copied (the container writes
 # its copy; the node's file does not change)
 RUNTIME_FILES = ("resolv.conf", "hosts", "hostname")
-STDERR_LOG_MAX = 1 << 20  # qemu.log: a ring of two files, as the console log is
 SIDE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "remote_side.py")
 
 
@@ -89,6 +88,16 @@ def remote_argv(spec: VMSpec, poddir: str, kernel: str, initrd: str) -> list[str
     out += ["-chardev", f"socket,id=qmp,path={poddir}/qmp.sock,server=on,wait=off",
             "-mon", "chardev=qmp,mode=control"]  # fmt: skip
     return out
+
+
+def _relay(recv: Any, path: str, max_bytes: int) -> None:
+    """What ``recv`` gives, into a ring of ``max_bytes`` at ``path``, until the channel ends."""
+    ring = ConsoleLog(path, max_bytes)
+    try:
+        while data := recv(65536):
+            ring.write(data)
+    finally:
+        ring.close()
 
 
 def remote_accel(client: Any, workdir: str, vcfg: VMConfig, kernel: str) -> str:
@@ -186,20 +195,10 @@ class RemoteVM(Ending):
             threading.Thread(target=target, name=target.__name__, daemon=True).start()
 
     def _console(self) -> None:
-        ring = ConsoleLog(self.console_path, self.vcfg.console_log_max_mb << 20)
-        try:
-            while data := self.control.recv(65536):
-                ring.write(data)
-        finally:
-            ring.close()
+        _relay(self.control.recv, self.console_path, self.vcfg.console_log_max_mb << 20)
 
     def _stderr(self) -> None:
-        ring = ConsoleLog(self.stderr_path, STDERR_LOG_MAX)  # QEMU warns of what the guest does
-        try:
-            while data := self.control.recv_stderr(65536):
-                ring.write(data)
-        finally:
-            ring.close()
+        _relay(self.control.recv_stderr, self.stderr_path, QEMU_LOG_MAX)  # QEMU's warnings
 
     def _wait(self) -> None:
         rc = self.control.recv_exit_status()  # -1: no status (the connection went away)

@@ -40,14 +40,13 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterable
 from typing import NamedTuple
 
 from agent import protocol as P
-from hyperpy import launcher
+from hyperpy import launcher, proc
 from hyperpy.errors import UsageError, VMError
 from hyperpy.sandbox import record
 from hyperpy.vm import keeper
@@ -268,29 +267,16 @@ class Store:
 
     def start_keeper(self, k: str, mem: int, state: int, meta: dict) -> None:
         os.makedirs(self.path(k), mode=0o700, exist_ok=True)
-        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
-        argv = launcher.lean_argv("hyperpy.vm.keeper", self.path(k), str(mem), str(state),
-                                  str(ready_w), json.dumps(meta))  # fmt: skip
-        try:
-            null, env = subprocess.DEVNULL, {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-            proc = subprocess.Popen(argv, pass_fds=(mem, state, ready_w), cwd="/", stdin=null,
-                                    stdout=null, stderr=null, start_new_session=True,
-                                    env=env)  # fmt: skip
-        finally:
-            os.close(ready_w)
-        try:
-            import select
 
-            ready, _, _ = select.select([ready_r], [], [], KEEPER_TIMEOUT)
-            said = os.read(ready_r, 4096).decode(errors="replace").strip() if ready else ""
-            if said != "ok":
-                proc.kill()
-                proc.wait()
-                why = said or f"no answer within {KEEPER_TIMEOUT:.0f}s"
-                raise VMError(f"the template keeper did not start: {why}")
-        finally:
-            os.close(ready_r)
-        proc.returncode = 0  # it outlives this process: keep Popen from warning about it
+        def argv(ready_fd: int) -> list[str]:
+            return launcher.lean_argv("hyperpy.vm.keeper", self.path(k), str(mem), str(state),
+                                      str(ready_fd), json.dumps(meta))  # fmt: skip
+
+        what = "the template keeper"
+        # it outlives this process (and the pod): nobody waits for it
+        proc.spawn_ready(argv, what, KEEPER_TIMEOUT, proc.said_ok(what), pass_fds=(mem, state),
+                         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, cwd="/",
+                         disown=True)  # fmt: skip
 
 
 def _sealed(fd: int) -> bool:

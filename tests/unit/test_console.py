@@ -105,3 +105,50 @@ def test_daemon_logs_and_guest_warnings_are_bounded(tmp_path):
             h.close()
         root.handlers[:], _ = saved
         root.setLevel(saved[1])
+
+
+WRITER = """
+import os, select, sys
+for fd in (1, 2):  # QEMU's stdout and stderr, one socket
+    os.set_blocking(fd, False)
+for i in range(30000):
+    line = b"qemu-system-x86_64: warning: line %06d " % i + b"W" * 100 + b"\\n"
+    while line:
+        try:
+            line = line[os.write(2, line):]
+        except BlockingIOError:
+            select.select([], [2], [])
+os.write(1, b"the last line\\n")
+"""
+
+
+def test_qemus_own_output_is_a_ring_the_monitor_drains(tmp_path):
+    """QEMU's stdout and stderr (qemu.log) go to a socket the monitor reads into a ring of
+    QEMU_LOG_MAX: a writer that prints several times that leaves the newest in the log."""
+    import sys
+
+    from hyperpy.vm import qemu
+
+    chans = qemu.Channels(str(tmp_path))
+    path = chans.stderr_path
+
+    async def run() -> None:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", WRITER, stdout=chans.stderr.fd, stderr=chans.stderr.fd
+        )
+        chans.close_vm_ends()
+        chans.start()
+        assert await proc.wait() == 0
+        while chans.stderr.drain():  # until EOF: every end of the writer's is closed
+            await asyncio.sleep(0.01)
+
+    try:
+        asyncio.run(run())
+    finally:
+        chans.close()
+    assert path == str(tmp_path / "qemu.log") and os.path.exists(path + ".1")
+    assert _sizes(path) <= console.QEMU_LOG_MAX
+    assert console.tail(path, 2).splitlines() == [
+        "qemu-system-x86_64: warning: line 029999 " + "W" * 100,
+        "the last line",
+    ]

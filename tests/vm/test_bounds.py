@@ -42,6 +42,16 @@ def flood_bundle(bundle, tmp_path: Path) -> Path:  # noqa: ANN001 - the fixture
     return b
 
 
+def create_detached(root: str, bundle: str, cid: str, out: Path, env: dict) -> None:
+    """``create`` with the container's stdio on the file ``out`` (the proxy keeps it: not a
+    pipe, whose reader would wait for it)."""
+    with open(out, "wb") as f:
+        res = subprocess.run([HYPERPY, "--root", root, "create", "--bundle", bundle, cid],
+                             stdin=subprocess.DEVNULL, stdout=f, stderr=f, env=env,
+                             timeout=180)  # fmt: skip
+    assert res.returncode == 0, out.read_text()
+
+
 def watch_ring(d: str, bound: int, pid: int = 0, turns: int = 6) -> tuple[int, int]:
     """Until the console log in state dir ``d`` has turned ``turns`` times (its bound passed
     turns/2 times over), checking it never holds more than ``bound`` (and one read): the
@@ -69,12 +79,7 @@ def test_a_console_flood_stays_within_its_bound(root, bundle, tmp_path, vm_confi
     b = flood_bundle(bundle, tmp_path)
     cid = "flood1"
     d = os.path.join(root, cid)
-    out = tmp_path / "out"
-    with open(out, "wb") as f:  # the container's stdio (the proxy keeps it): not a pipe
-        res = subprocess.run([HYPERPY, "--root", root, "create", "--bundle", str(b), cid],
-                             stdin=subprocess.DEVNULL, stdout=f, stderr=f, env=env,
-                             timeout=180)  # fmt: skip
-    assert res.returncode == 0, out.read_text()
+    create_detached(root, str(b), cid, tmp_path / "out", env)
     try:
         assert hyperpy(root, "start", cid, env=env).returncode == 0
         watch_ring(d, bound)

@@ -21,7 +21,7 @@ import pytest
 from hyperpy.agent_link import OUTPUT_LIMIT
 from hyperpy.log import DAEMON_LOG_MAX
 from tests.conftest import HYPERPY, hyperpy, needs_artifacts
-from tests.vm.test_bounds import _rss_kib
+from tests.vm.test_bounds import _rss_kib, create_detached
 
 pytestmark = [pytest.mark.vm, needs_artifacts]
 
@@ -79,13 +79,7 @@ def test_a_hostile_channel_is_bounded_and_an_oversize_frame_ends_the_pod(root, b
     env = dict(os.environ, HYPERPY_CONFIG=str(h.config))
     cid = "hostile1"
     d = os.path.join(root, cid)
-    out = tmp_path / "out"
-    with open(out, "wb") as f:
-        res = subprocess.run([HYPERPY, "--root", root, "create", "--bundle",
-                              bundle(["sleep", "1000"]), cid],
-                             stdin=subprocess.DEVNULL, stdout=f, stderr=f, env=env,
-                             timeout=180)  # fmt: skip
-    assert res.returncode == 0, out.read_text()
+    create_detached(root, bundle(["sleep", "1000"]), cid, tmp_path / "out", env)
     readers: list[subprocess.Popen] = []
     try:
         assert hyperpy(root, "start", cid, env=env).returncode == 0
