@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent import linux
@@ -241,38 +242,60 @@ def _make(real_fd: int, rel: str, is_dir: bool) -> None:
         os.close(pfd)
 
 
-def _bind(export_fd: int, b: Bind) -> None:
-    """Mount ``b.source`` on its entry, on file descriptors: the source is what the plan saw
-    (a directory or not), the target is resolved without links beneath the export."""
-    rec = linux.AT_RECURSIVE if b.recursive else 0
-    clone = linux.OPEN_TREE_CLONE | linux.OPEN_TREE_CLOEXEC
-    tree = linux.open_tree(AT_FDCWD, b.source, clone | rec)
+def attach(source: str, open_target: Callable[[], int], attrs: int, *, recursive: bool = False,
+           top_attrs: int = 0, propagation: int = linux.MS_PRIVATE,
+           check: Callable[[int], None] | None = None) -> None:  # fmt: skip
+    """Bind ``source`` (a clone of its mount, of its tree with ``recursive``) on the file
+    descriptor ``open_target()`` returns, on file descriptors only: ``attrs`` on every mount
+    of the clone and ``top_attrs`` on its own, set before it is attached, so it is never
+    seen without them; ``check`` sees the clone first. The one fd-mount sequence of the
+    share's binds and of libvirt's view (``vm/view.py``)."""
+    rec = linux.AT_RECURSIVE if recursive else 0
+    tree = linux.open_tree(AT_FDCWD, source, linux.OPEN_TREE_CLONE | linux.OPEN_TREE_CLOEXEC | rec)
     try:
-        if stat.S_ISDIR(os.fstat(tree).st_mode) != b.is_dir:
-            raise VMError(f"bind source {b.source} changed type since create checked it")
-        # nodev everywhere: no device node below an export is ever opened on the host
-        attrs = linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV
-        if b.readonly and b.readonly_all:
-            attrs |= linux.MOUNT_ATTR_RDONLY
-        linux.mount_setattr(tree, linux.AT_RECURSIVE, attrs, linux.MS_SLAVE)
-        if b.readonly and not b.readonly_all:  # as runc's ro: the bind's own mount only
-            linux.mount_setattr(tree, 0, linux.MOUNT_ATTR_RDONLY)
-        target = linux.openat2(
-            export_fd, b.target, os.O_PATH | os.O_NOFOLLOW, _STRICT | linux.RESOLVE_NO_XDEV
-        )
+        if check is not None:
+            check(tree)
+        linux.mount_setattr(tree, linux.AT_RECURSIVE, attrs, propagation)
+        if top_attrs:
+            linux.mount_setattr(tree, 0, top_attrs)
+        target = open_target()
         try:
-            mode = os.fstat(target).st_mode  # O_PATH|O_NOFOLLOW: a link is seen as one
-            if not (stat.S_ISDIR(mode) if b.is_dir else stat.S_ISREG(mode)):
-                raise VMError(
-                    f"share entry {b.target} is not the {'directory' if b.is_dir else 'file'} "
-                    "hyperpy made: refusing to mount on it"
-                )
             flags = linux.MOVE_MOUNT_F_EMPTY_PATH | linux.MOVE_MOUNT_T_EMPTY_PATH
-            linux.move_mount(tree, target, flags, f"{b.source} on {b.target}")
+            linux.move_mount(tree, target, flags, f"{source} on fd {target}")
         finally:
             os.close(target)
     finally:
         os.close(tree)
+
+
+def _bind(export_fd: int, b: Bind) -> None:
+    """Mount ``b.source`` on its entry: the source is what the plan saw (a directory or
+    not), the target is resolved without links beneath the export."""
+
+    def same_type(tree: int) -> None:
+        if stat.S_ISDIR(os.fstat(tree).st_mode) != b.is_dir:
+            raise VMError(f"bind source {b.source} changed type since create checked it")
+
+    def entry() -> int:
+        target = linux.openat2(
+            export_fd, b.target, os.O_PATH | os.O_NOFOLLOW, _STRICT | linux.RESOLVE_NO_XDEV
+        )
+        mode = os.fstat(target).st_mode  # O_PATH|O_NOFOLLOW: a link is seen as one
+        if not (stat.S_ISDIR(mode) if b.is_dir else stat.S_ISREG(mode)):
+            os.close(target)
+            raise VMError(
+                f"share entry {b.target} is not the {'directory' if b.is_dir else 'file'} "
+                "hyperpy made: refusing to mount on it"
+            )
+        return target
+
+    # nodev everywhere: no device node below an export is ever opened on the host
+    attrs = linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV
+    if b.readonly and b.readonly_all:
+        attrs |= linux.MOUNT_ATTR_RDONLY
+    top = linux.MOUNT_ATTR_RDONLY if b.readonly and not b.readonly_all else 0  # runc's ro
+    attach(b.source, entry, attrs, recursive=b.recursive, top_attrs=top,
+           propagation=linux.MS_SLAVE, check=same_type)  # fmt: skip
 
 
 class _Fds:

@@ -143,9 +143,9 @@ class Sizer:
             return
         if target < self.now.memory_mb:
             # never below what the guest uses now (its cgroups already shrank)
-            info = await self.request(P.OP_RESIZE)
-            used_mb = (int(info["mem_total_kb"]) - int(info["mem_available_kb"])) >> 10
-            free_floor = self.now.memory_mb - (int(info["mem_available_kb"]) >> 10)
+            total_kb, avail_kb = _meminfo(await self.request(P.OP_RESIZE))
+            used_mb = (total_kb - avail_kb) >> 10
+            free_floor = self.now.memory_mb - (avail_kb >> 10)
             floor = max(used_mb, free_floor) + HEADROOM_MB
             if floor > target:
                 log.info("the guest uses %d MiB: the balloon stops at %d, not %d",
@@ -175,3 +175,13 @@ class Sizer:
         """The VM's size, for ``state`` and ``events --stats``."""
         return {"memory_mb": self.now.memory_mb, "vcpus": self.now.vcpus,
                 "max_memory_mb": self.most.memory_mb, "max_vcpus": self.most.vcpus}  # fmt: skip
+
+
+def _meminfo(reply: dict) -> tuple[int, int]:
+    """MemTotal and MemAvailable (KiB) from the agent's ``resize`` reply: what the guest
+    says, checked (it is the guest's word, and only sets how far the balloon inflates)."""
+    total, avail = reply.get("mem_total_kb"), reply.get("mem_available_kb")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (total, avail)):
+        raise VMError(f"the guest's memory report is not two sizes: {reply!r:.80}")
+    assert isinstance(total, int) and isinstance(avail, int)
+    return total, min(avail, total)

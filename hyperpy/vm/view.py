@@ -95,19 +95,11 @@ def _bind_readonly(source: str, target: str) -> None:
     """A read-only bind of ``source`` on ``target``, read-only from the moment it is attached
     (a remount would not reach the copies propagated to a libvirtd in another namespace)."""
     from agent import linux
+    from hyperpy.share import attach
 
-    tree = linux.open_tree(AT_FDCWD, source, linux.OPEN_TREE_CLONE | linux.OPEN_TREE_CLOEXEC)
-    try:
-        attrs = linux.MOUNT_ATTR_RDONLY | linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV
-        linux.mount_setattr(tree, 0, attrs | linux.MOUNT_ATTR_NOEXEC, linux.MS_PRIVATE)
-        to = os.open(target, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            flags = linux.MOVE_MOUNT_F_EMPTY_PATH | linux.MOVE_MOUNT_T_EMPTY_PATH
-            linux.move_mount(tree, to, flags, f"{source} on {target}")
-        finally:
-            os.close(to)
-    finally:
-        os.close(tree)
+    attrs = linux.MOUNT_ATTR_RDONLY | linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV
+    attach(source, lambda: os.open(target, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC),
+           attrs | linux.MOUNT_ATTR_NOEXEC)  # fmt: skip
 
 
 class View:
