@@ -208,6 +208,25 @@ def confinement(cfg: VMConfig) -> Result:
                   f"sandbox; {files}")  # fmt: skip
 
 
+def resize(cfg: VMConfig) -> Result:
+    """How far ``update`` can grow a pod's VM (docs/resize.md)."""
+    if not cfg.max_memory_mb:
+        return Result(WARN, "resize", "[vm] max_memory_mb = 0: a pod's memory is fixed at "
+                      "boot; update changes only its cgroup", "set [vm] max_memory_mb")  # fmt: skip
+    try:
+        with open(cfg.kernel + ".config") as f:
+            balloon = "CONFIG_VIRTIO_BALLOON=y" in f.read()
+    except OSError:
+        balloon = True  # a kernel built elsewhere: its own word at boot
+    if not balloon:
+        return Result(FAIL, "resize", f"{cfg.kernel} has no virtio balloon (its .config lacks "
+                      "CONFIG_VIRTIO_BALLOON): pods would see all of max_memory_mb",
+                      "make kernel")  # fmt: skip
+    vcpus = cfg.max_vcpus or os.cpu_count() or 1
+    return Result(OK, "resize", f"update grows a pod's VM up to {cfg.max_memory_mb} MiB and "
+                  f"{vcpus} vCPUs (a balloon, vCPUs onlined in the guest)")  # fmt: skip
+
+
 def python_deps(cfg: VMConfig) -> Result:
     missing = []
     extra = {"libvirt": ("libvirt",), "remote": ("paramiko",)}.get(cfg.driver, ())
@@ -223,7 +242,7 @@ def python_deps(cfg: VMConfig) -> Result:
 
 CHECKS: list[Callable[[VMConfig], Result]] = [
     driver, qemu, artifacts, accelerator, channel, cgroups, host_tools, confinement,
-    python_deps,
+    resize, python_deps,
 ]  # fmt: skip
 
 

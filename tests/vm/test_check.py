@@ -21,6 +21,7 @@ def test_check_reports_every_item_and_passes_here(tmp_path):
     )
     assert results["confinement"]["status"] == "ok", results["confinement"]
     assert "seccomp" in results["confinement"]["detail"]
+    assert results["resize"]["status"] == "ok" and "2048 MiB" in results["resize"]["detail"]
     # this machine: KVM does not run guests, no vhost-vsock: both reported with a fix
     if not os.path.exists("/dev/vhost-vsock"):
         assert results["agent channel"]["status"] == "warn"
