@@ -12,7 +12,6 @@ import importlib
 import os
 import re
 import shutil
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,7 +33,13 @@ def qemu(cfg: VMConfig) -> Result:
     path = shutil.which(cfg.qemu)
     if not path:
         return Result(FAIL, "qemu", f"{cfg.qemu} not found", "apt-get install qemu-system-x86")
-    out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout
+    from hyperpy.errors import ProcessError
+    from hyperpy.proc import run
+
+    try:
+        out = run([path, "--version"], timeout=30).stdout.decode(errors="replace")
+    except ProcessError as exc:
+        return Result(FAIL, "qemu", f"{path} --version failed: {exc}", "reinstall qemu-system-x86")
     m = re.search(r"version (\d+)\.(\d+)", out)
     version = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
     if version < MIN_QEMU:
@@ -190,8 +195,10 @@ def confinement(cfg: VMConfig) -> Result:
         return Result(FAIL, "confinement", str(exc))
     probe = [cfg.qemu, *devices.SANDBOX, "-M", "none", "-display", "none", "-nodefaults",
              "-S", "-qmp", "stdio"]  # fmt: skip
-    res = subprocess.run(probe, input=b'{"execute":"qmp_capabilities"}\n{"execute":"quit"}\n',
-                         capture_output=True, timeout=20, check=False)  # fmt: skip
+    from hyperpy.proc import run
+
+    res = run(probe, input=b'{"execute":"qmp_capabilities"}\n{"execute":"quit"}\n',
+              timeout=20, check=False)  # fmt: skip
     if res.returncode != 0:
         return Result(FAIL, "confinement", "QEMU's seccomp sandbox does not start: "
                       + res.stderr.decode(errors="replace").strip()[-200:],

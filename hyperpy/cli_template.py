@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -19,6 +18,7 @@ import time
 import click
 
 from hyperpy.errors import UsageError, VMError
+from hyperpy.proc import run
 
 
 def _store():  # noqa: ANN202
@@ -84,7 +84,7 @@ def build() -> None:
         make_bundle(bundle, ["true"])
         argv = [sys.executable, "-m", "hyperpy.cli", "--root", os.path.join(work, "root"),
                 "run", "--bundle", bundle, f"template-build-{os.getpid()}"]  # fmt: skip
-        res = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=600)
+        res = run(argv, timeout=600, check=False, input=b"")
         if res.returncode != 0:
             raise VMError(f"template build: the throwaway pod failed: "
                              f"{res.stderr.decode(errors='replace').strip()}")  # fmt: skip

@@ -12,11 +12,11 @@ import contextlib
 import json
 import logging
 import os
-import subprocess
 import time
 
 from hyperpy.config import VMConfig
-from hyperpy.errors import ArtifactMissing
+from hyperpy.errors import ArtifactMissing, ProcessError
+from hyperpy.proc import run
 from hyperpy.vm.devices import Machine
 from hyperpy.vm.plan import BASE_CMDLINE
 
@@ -74,13 +74,11 @@ def kvm_usable(cfg: VMConfig, bare_initrd: str | None = None, timeout: float = 1
         ]
         start = time.monotonic()
         try:
-            res = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
+            res = run(argv, timeout=timeout, check=False)
             usable = res.returncode == 0
             detail = res.stderr.decode(errors="replace")[-300:]
-        except subprocess.TimeoutExpired:
-            detail = f"the probe guest did not finish within {timeout}s"
-        except OSError as exc:
-            detail = str(exc)
+        except ProcessError as exc:  # it did not finish within the timeout, or did not run
+            detail = f"the probe guest: {exc}"
         log.debug("KVM probe: usable=%s in %.2fs %s", usable, time.monotonic() - start, detail)
     else:
         detail = "no bare initrd to probe with"
