@@ -104,16 +104,10 @@ class Monitor:
             network.close_taps(self.taps)  # QEMU holds them now: they go with it
         assert self.vm is not None and self.agent is not None
         boot = sizing.Size(shape["memory_mb"] or cfg.memory_mb, shape["vcpus"] or cfg.vcpus)
-        self.sizer = Sizer(
-            self.config,
-            self.vm,
-            self.agent.request,
-            boot,
-            request.get("ceiling_cgroup"),
-            returns_memory=self.template is None,
-        )
+        ceiling, restored = request.get("ceiling_cgroup"), self.template is not None
+        self.sizer = Sizer(self.config, self.vm, self.agent.request, boot, self.dir, ceiling,
+                           returns_memory=not restored)  # fmt: skip
         await self.sizer.start()
-        self._record_size()
         self.timings["agent_ready"] = time.monotonic()
         return {
             "accel": self.vm.spec.machine.accel,  # the remote driver's is the remote host's
@@ -313,7 +307,6 @@ class Monitor:
             return await agent.request(P.OP_EXEC, cid=msg["cid"], process=msg["process"])
         if op == P.OP_UPDATE and self.sizer is not None:
             await self.sizer.update(msg["cid"], msg.get("resources") or {})
-            self._record_size()
             return {"vm": self.sizer.report()}
         if op == P.OP_STATS and self.sizer is not None:
             reply = await agent.request(op, cid=msg["cid"])
@@ -346,7 +339,6 @@ class Monitor:
         if self.sizer is not None:
             resources = (msg["spec"].get("linux") or {}).get("resources") or {}
             await self.sizer.join(cid, resources)
-            self._record_size()
         await self.vm.share(plan, self.dir)
         try:
             reply = await self.agent.request(
@@ -422,11 +414,6 @@ class Monitor:
         if self.sizer is not None:
             self.sizer.leave(cid)
         return {}
-
-    def _record_size(self) -> None:
-        """The VM's size where ``state`` reads it (vm.json beside monitor.sock)."""
-        if self.sizer is not None:
-            write_json_atomic(os.path.join(self.dir, "vm.json"), self.sizer.report())
 
     # --- main ---------------------------------------------------------------------------
     async def main(self, ready: Callable[[dict], None]) -> int:

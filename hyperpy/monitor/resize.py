@@ -21,6 +21,7 @@ from typing import Any
 from agent import protocol as P
 from hyperpy.config import Config
 from hyperpy.errors import UsageError, VMError
+from hyperpy.sandbox.store import write_json_atomic
 from hyperpy.vm import balloon, sizing
 from hyperpy.vm.sizing import Size
 
@@ -36,11 +37,12 @@ Request = Callable[..., Awaitable[dict]]
 class Sizer:
     """One pod's size. ``request`` is the agent's (``AgentLink.request``)."""
 
-    def __init__(self, config: Config, vm: Any, request: Request, boot: Size,
+    def __init__(self, config: Config, vm: Any, request: Request, boot: Size, state_dir: str,
                  ceiling_cgroup: str | None, returns_memory: bool = True) -> None:  # fmt: skip
         self.cfg = config.vm
         self.config_path = os.environ.get("HYPERPY_CONFIG") or "/etc/hyperpy/config.toml"
         self.vm = vm
+        self.record = os.path.join(state_dir, "vm.json")  # beside monitor.sock, for `state`
         self.request = request
         self.now = boot
         res = vm.spec.resources
@@ -69,6 +71,7 @@ class Sizer:
             t = time.monotonic()
             await balloon.settle(self.vm.memory_mb, self.now.memory_mb)
             self.last = {"balloon_at_start": round((time.monotonic() - t) * 1e3, 1)}
+        write_json_atomic(self.record, self.report())
 
     async def join(self, cid: str, resources: dict) -> None:
         """Container ``cid`` is being made in this pod: grow the VM to what the pod needs
@@ -126,6 +129,7 @@ class Sizer:
             timings[step.kind] = round((time.monotonic() - t) * 1e3, 1)
         timings["total"] = round((time.monotonic() - t0) * 1e3, 1)
         self.last = timings
+        write_json_atomic(self.record, self.report())
         log.info("the VM is %d MiB, %d vCPUs (%s ms)", self.now.memory_mb, self.now.vcpus,
                  timings)  # fmt: skip
 
