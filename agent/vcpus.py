@@ -13,18 +13,33 @@ import os
 CPU_DIR = "/sys/devices/system/cpu"
 
 
-def _ids(text: str) -> list[int]:
+class BadList(ValueError):
+    """Not a CPU list; ``part`` is the range at fault, or None if one is not a number."""
+
+    def __init__(self, part: str | None) -> None:
+        super().__init__(part)
+        self.part = part
+
+
+def cpu_list(text: str) -> list[int]:
+    """The numbers of a CPU list ("0-3,5"), as the kernel parses cpuset.cpus and writes
+    /sys/devices/system/cpu/online (the host's preflight checks specs with it too)."""
     out: list[int] = []
     for part in text.strip().split(","):
-        if part:
-            lo, _, hi = part.partition("-")
-            out += range(int(lo), int(hi or lo) + 1)
+        lo, dash, hi = part.strip().partition("-")
+        try:
+            a, b = int(lo), int(hi) if dash else int(lo)
+        except ValueError:
+            raise BadList(None) from None
+        if a < 0 or b < a:
+            raise BadList(part)
+        out += range(a, b + 1)
     return out
 
 
 def _read(name: str) -> list[int]:
     with open(os.path.join(CPU_DIR, name)) as f:
-        return _ids(f.read())
+        return cpu_list(f.read())
 
 
 def set_online(n: int) -> list[int]:

@@ -150,23 +150,21 @@ def process_fits(process: dict, source: str) -> None:
 
 
 def id_list(text: str, pointer: str, path: str) -> set[int]:
-    """The numbers of a cpuset list ("0-3,5"), as the kernel parses cpuset.cpus."""
-    out: set[int] = set()
-    for part in text.strip().split(","):
-        lo, dash, hi = part.strip().partition("-")
-        try:
-            a, b = int(lo), int(hi) if dash else int(lo)
-        except ValueError:
+    """The numbers of a cpuset list ("0-3,5"), as the kernel parses cpuset.cpus
+    (``agent.vcpus.cpu_list``), its errors as SpecErrors."""
+    from agent.vcpus import BadList, cpu_list
+
+    try:
+        return set(cpu_list(text))
+    except BadList as exc:
+        if exc.part is None:
             raise SpecError(
                 f'found {text!r}, expected a list of numbers and ranges such as "0-1,3"',
                 pointer,
                 path,
             ) from None
-        if a < 0 or b < a:
-            raise SpecError(f"found {text!r}: the range {part!r} is empty or negative",
-                            pointer, path)  # fmt: skip
-        out.update(range(a, b + 1))
-    return out
+        raise SpecError(f"found {text!r}: the range {exc.part!r} is empty or negative",
+                        pointer, path) from None  # fmt: skip
 
 
 def _online(path: str) -> set[int]:
