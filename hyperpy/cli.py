@@ -404,10 +404,10 @@ def check(fmt: str) -> None:
 @command
 def env(ctx: click.Context) -> None:
     """Print the effective configuration as JSON."""
-    from hyperpy.config import DEFAULT_PATH, artifacts_dir
+    from hyperpy.config import artifacts_dir, config_path
     from hyperpy.config import load as load_config
 
-    source = os.environ.get("HYPERPY_CONFIG") or DEFAULT_PATH
+    source = config_path()
     obj = ctx.find_root().obj
     out = {
         "version": __version__,

@@ -132,8 +132,13 @@ class Config:
         return dataclasses.asdict(self)
 
 
+def config_path() -> str:
+    """The configuration file this process reads (it may not exist: the defaults)."""
+    return os.environ.get("HYPERPY_CONFIG") or DEFAULT_PATH
+
+
 def load(path: str | None = None) -> Config:
-    path = path or os.environ.get("HYPERPY_CONFIG") or DEFAULT_PATH
+    path = path or config_path()
     if not os.path.exists(path):
         if path != DEFAULT_PATH:
             raise ConfigError(f"{path}: configuration file not found (set by HYPERPY_CONFIG)")

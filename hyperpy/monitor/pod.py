@@ -103,9 +103,8 @@ class Monitor:
         finally:
             network.close_taps(self.taps)  # QEMU holds them now: they go with it
         assert self.vm is not None and self.agent is not None
-        boot = sizing.Size(shape["memory_mb"] or cfg.memory_mb, shape["vcpus"] or cfg.vcpus)
         ceiling, restored = request.get("ceiling_cgroup"), self.template is not None
-        self.sizer = Sizer(self.config, self.vm, self.agent.request, boot, self.dir, ceiling,
+        self.sizer = Sizer(self.config, self.vm, self.agent.request, self.dir, ceiling,
                            returns_memory=not restored)  # fmt: skip
         await self.sizer.start()
         self.timings["agent_ready"] = time.monotonic()

@@ -19,8 +19,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from agent import protocol as P
-from hyperpy.config import Config
-from hyperpy.errors import UsageError, VMError
+from hyperpy.config import Config, config_path
+from hyperpy.errors import CgroupError, UsageError, VMError
 from hyperpy.sandbox.store import write_json_atomic
 from hyperpy.vm import balloon, sizing
 from hyperpy.vm.sizing import Size
@@ -35,18 +35,18 @@ Request = Callable[..., Awaitable[dict]]
 
 
 class Sizer:
-    """One pod's size. ``request`` is the agent's (``AgentLink.request``)."""
+    """One pod's size, from the one its VM booted at (``vm.spec.resources``). ``request``
+    is the agent's (``AgentLink.request``)."""
 
-    def __init__(self, config: Config, vm: Any, request: Request, boot: Size, state_dir: str,
+    def __init__(self, config: Config, vm: Any, request: Request, state_dir: str,
                  ceiling_cgroup: str | None, returns_memory: bool = True) -> None:  # fmt: skip
         self.cfg = config.vm
-        self.config_path = os.environ.get("HYPERPY_CONFIG") or "/etc/hyperpy/config.toml"
         self.vm = vm
         self.record = os.path.join(state_dir, "vm.json")  # beside monitor.sock, for `state`
         self.request = request
-        self.now = boot
         res = vm.spec.resources
-        self.most = Size(res.ram_mb if res.balloon else res.memory_mb, res.cpus)
+        self.now = Size(res.memory_mb, res.vcpus)
+        self.most = Size(res.ram_mb, res.cpus)  # without a balloon: the boot size
         self.ceiling_cgroup = ceiling_cgroup  # the pod's host cgroup, if create gave it one
         # whether what the balloon takes is the host's again: not in a VM restored from a
         # template (QEMU 7.2 cannot discard a private file mapping's pages: vm/devices.py
@@ -100,7 +100,7 @@ class Sizer:
             merged[cid] = sizing.merge(self.containers.get(cid, {}), resources)
             want = self.want(merged)
             try:
-                sizing.check(want, self.most, self.config_path)
+                sizing.check(want, self.most, config_path())
             except sizing.TooBig as exc:
                 raise UsageError(f"update: LinuxResources#{exc.pointer}: {exc}") from None
 
@@ -158,13 +158,14 @@ class Sizer:
         await self.vm.set_memory(target)
         actual = await balloon.settle(self.vm.memory_mb, target)
         if target < self.now.memory_mb and actual > target + 2:  # it kept more (libvirt
-            target = actual  # rounds to its own units: within 2 MiB is the target)
+            # rounds to its own units: within 2 MiB is the target); never more than it had,
+            # whatever the guest reports: the host ceiling follows this
+            target = min(actual, self.now.memory_mb)
         self.now = Size(target, self.now.vcpus)
 
     def _ceiling(self, memory_mb: int, grow: bool) -> None:
         if self.ceiling_cgroup is None or not (grow or self.returns_memory):
             return
-        from hyperpy.errors import CgroupError
         from hyperpy.hostcgroup import HostCgroup
 
         limit = (memory_mb + sizing.QEMU_OVERHEAD_MB) << 20
