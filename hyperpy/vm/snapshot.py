@@ -67,11 +67,15 @@ async def build(launch: Launcher, memory_mb: int, timeout: float,
         vm = await launch(Memory(mem, memory_mb, shared=True), None)
         try:
             _into_template_cgroup(vm)
+
+            def command(cmd: str, args: dict | None) -> Awaitable[object]:
+                return _qmp(vm, cmd, args)
+
             if balloon_mb:
-                await _qmp(vm, "balloon", {"value": balloon_mb << 20})
+                await balloon.set_target(command, balloon_mb)
             await _guest_ready(vm, timeout)
             if balloon_mb:
-                await balloon.settle(lambda: balloon.actual(vm.command), balloon_mb)
+                await balloon.settle(lambda: balloon.actual(command), balloon_mb)
             await _qmp(vm, "stop")
             await _qmp(vm, "migrate-set-capabilities", IGNORE_SHARED)
             vm.send_fd(state)
